@@ -1,0 +1,44 @@
+"""``ssmkit <command>``: the command-line entry point.
+
+Each subcommand lives in ``ssmkit/commands/<name>.py`` with ``add_parser(subparsers)`` and
+``run(args) -> int``. ``ssmkit`` with no command runs ``ssmkit demo``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# Order is the order shown in --help.
+COMMANDS = ("demo", "hippo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssmkit",
+        description="State-space sequence models from HiPPO to Mamba. Run without a command for the demo.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"ssmkit.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["demo"] + argv
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"ssmkit.commands.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # Input errors: one clear line, not a traceback.
+        print(f"ssmkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

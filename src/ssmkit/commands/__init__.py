@@ -1,0 +1,1 @@
+"""Subcommands of the ``ssmkit`` CLI: each module defines ``add_parser(subparsers)`` and ``run(args)``."""

@@ -1,0 +1,1 @@
+"""HiPPO: continuous-time memory by projection onto orthogonal polynomials."""

@@ -1,0 +1,9 @@
+"""Sequence layers, one module per family; all keep the SequenceLayer protocol (layers/base.py)."""
+from .base import (
+    SequenceLayer,
+    available_layers,
+    get_layer,
+    get_optim_hints,
+    register_layer,
+    set_optim_hints,
+)

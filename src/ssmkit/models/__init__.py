@@ -1,0 +1,1 @@
+"""Backbone and heads built from any registered SequenceLayer."""

@@ -1,0 +1,1 @@
+"""Sequence operators: causal FFT convolution and linear / selective scans."""
