@@ -1,0 +1,200 @@
+"""Online HiPPO memory: compress a stream into N coefficients and reconstruct its past.
+
+``HiPPO(measure, N).encode(u)`` returns the coefficients ``c_k`` after every sample;
+``reconstruct(c_k, P)`` evaluates ``Σ_n c_n g_n(s)`` on ``P`` points of the measure's window
+(:mod:`ssmkit.hippo.basis`). Time conventions: sample ``k`` holds the input over the step
+ending at ``t_k``; for uniform steps ``t_k = (k+1)·dt``. LegS is run with its step-free
+bilinear recurrence in O(N) per sample (:mod:`ssmkit.hippo.legs`); the translated measures
+(``legt``, ``lmu``, ``lagt``, ``fout``) with their discretized LTI recurrence.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .._checks import check_choice, check_finite, check_positive, check_positive_int, check_tensor
+from .basis import basis
+from .discretize import METHODS, discretize
+from .legs import legs_scan, legs_step
+from .measures import MEASURES, transition
+
+__all__ = ["HiPPO"]
+
+
+class HiPPO:
+    """A HiPPO memory of order ``N`` for ``measure``.
+
+    Args:
+        measure: one of ``legt``, ``lmu``, ``legs``, ``lagt``, ``fout``.
+        N: number of coefficients kept.
+        dt: time per sample for the translated measures (LegS ignores it: it is scale-free).
+        theta: window length (same time unit as ``dt``) of ``legt``/``lmu``/``fout``; for
+            ``lagt`` the horizon that :meth:`reconstruct` shows. ``theta/dt`` samples per window.
+        method: discretization of the translated measures (``bilinear``, ``zoh``,
+            ``forward_euler``, ``backward_euler``).
+
+    >>> import torch
+    >>> mem = HiPPO("legs", N=32)
+    >>> u = torch.sin(torch.linspace(0, 20, 1000, dtype=torch.float64))
+    >>> c = mem.encode(u)               # (1000, 32): the memory after every sample
+    >>> past = mem.reconstruct(c[-1], 1000)   # the whole history, from its 32 numbers
+    >>> float((past - u).pow(2).mean()) < 1e-3
+    True
+    """
+
+    def __init__(self, measure: str = "legs", N: int = 64, *, dt: float = 1e-3, theta: float = 1.0,
+                 method: str = "bilinear"):
+        check_choice("measure", measure, MEASURES)
+        check_positive_int("N", N)
+        check_positive("dt", dt)
+        check_positive("theta", theta)
+        check_choice("method", method, METHODS)
+        self.measure, self.N, self.dt, self.theta, self.method = measure, N, float(dt), float(theta), method
+        self.A, self.B = transition(measure, N, torch.float64, theta=theta)
+        if measure != "legs":
+            self.Ad, self.Bd = discretize(self.A, self.B, self.dt, method)
+
+    def __repr__(self) -> str:
+        return f"HiPPO(measure={self.measure!r}, N={self.N}, dt={self.dt:g}, theta={self.theta:g}, method={self.method!r})"
+
+    # ------------------------------------------------------------------ encoding
+    def _check_u(self, u) -> torch.Tensor:
+        check_tensor("u", u, ndim=(1, 2), floating=True)
+        if u.shape[-1] < 1:
+            raise ValueError(f"u must hold at least one sample, got shape {tuple(u.shape)}")
+        return u
+
+    @staticmethod
+    def _check_times(times, L: int) -> torch.Tensor:
+        check_tensor("times", times, shape=(L,), floating=True)
+        if L > 1 and not bool((torch.diff(times) > 0).all()):
+            raise ValueError("times must be strictly increasing")
+        return times.to(torch.float64)
+
+    def encode(self, u: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Coefficients after every sample: ``u`` (L,) or (batch, L) -> (L, N) or (batch, L, N).
+
+        ``times`` (L,), strictly increasing, gives the sample times of an irregularly sampled
+        signal (shared across the batch). LegS only uses ratios of times, so encoding
+        ``u(αt)`` on times ``αt`` gives the same coefficients; the history is taken to start
+        one step before the first sample, as for uniform steps.
+        """
+        self._check_u(u)
+        squeeze = u.dim() == 1
+        U = u.reshape(-1, u.shape[-1]).to(torch.float64)
+        L = U.shape[1]
+        if times is not None:
+            times = self._check_times(times, L)
+        c0 = torch.zeros(U.shape[0], self.N, dtype=torch.float64)
+        if self.measure == "legs":
+            t = self._legs_times(times, L)
+            lam_l, lam_r = self._legs_lambdas(t)
+            # The first sample alone: its best constant approximation, c = u_0 e_0.
+            C = legs_scan(U[:, 1:], lam_l[1:], lam_r[1:], U[:, :1] * torch.eye(self.N, dtype=torch.float64)[0]) if L > 1 else None
+            first = (U[:, :1] * torch.eye(self.N, dtype=torch.float64)[0])[:, None]
+            C = first if C is None else torch.cat([first, C], dim=1)
+        else:
+            C = self._lti_scan(U, times, c0)
+        C = C.to(u.dtype)
+        return C[0] if squeeze else C
+
+    @staticmethod
+    def _legs_times(times: Optional[torch.Tensor], L: int) -> torch.Tensor:
+        if times is None:
+            return torch.arange(1, L + 1, dtype=torch.float64)
+        first_step = times[1] - times[0] if L > 1 else torch.ones((), dtype=torch.float64)
+        return times - (times[0] - first_step)
+
+    @staticmethod
+    def _legs_lambdas(t: torch.Tensor):
+        # Step into sample k (k >= 1): λ_l = Δ/(2 t_{k-1}), λ_r = Δ/(2 t_k). Entry 0 is unused.
+        dlt = torch.diff(t, prepend=torch.zeros(1, dtype=t.dtype))
+        prev = torch.cat([t[:1], t[:-1]])
+        return dlt / (2 * prev), dlt / (2 * t)
+
+    def _lti_scan(self, U: torch.Tensor, times: Optional[torch.Tensor], c0: torch.Tensor) -> torch.Tensor:
+        batch, L = U.shape
+        out = np.empty((L, batch, self.N))
+        c = c0.numpy().copy()
+        Un = U.numpy()
+        if times is None:
+            AdT, Bd = self.Ad.numpy().T.copy(), self.Bd.numpy()
+            for k in range(L):
+                c = c @ AdT + Un[:, k, None] * Bd
+                out[k] = c
+        else:
+            dts = torch.diff(times, prepend=(times[:1] - (times[1] - times[0])) if L > 1 else times[:1] - self.dt)
+            for start in range(0, L, 512):  # discretize in blocks: (block, N, N) at a time
+                Ad, Bd = discretize(self.A, self.B, dts[start:start + 512], self.method)
+                AdT, Bd = Ad.transpose(-1, -2).numpy(), Bd.numpy()
+                for j in range(AdT.shape[0]):
+                    c = c @ AdT[j] + Un[:, start + j, None] * Bd[j]
+                    out[start + j] = c
+        return torch.from_numpy(out.transpose(1, 0, 2).copy())
+
+    # ------------------------------------------------------------------ streaming
+    def initial_state(self, batch_size: Optional[int] = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Zero coefficients, (N,) or (batch_size, N)."""
+        shape = (self.N,) if batch_size is None else (batch_size, self.N)
+        return torch.zeros(shape, dtype=dtype)
+
+    def step(self, c: torch.Tensor, u_t, k: Optional[int] = None, *, t: Optional[float] = None,
+             t_prev: Optional[float] = None) -> torch.Tensor:
+        """Advance the memory by one sample in O(N) (LegS) or O(N²) (translated measures).
+
+        ``c``: (..., N) coefficients before the sample; ``u_t``: a number or a tensor of shape
+        ``c.shape[:-1]``. Uniform steps: pass the 0-based index ``k`` of ``u_t`` (LegS needs it;
+        the translated measures ignore it). Irregular steps: pass the sample time ``t`` and the
+        previous one ``t_prev`` (for LegS measured from the start of the history, so ``t > t_prev > 0``).
+        """
+        check_tensor("c", c, floating=True)
+        if c.shape[-1] != self.N:
+            raise ValueError(f"c must have shape (..., {self.N}), got {tuple(c.shape)}")
+        u_t = torch.as_tensor(u_t, dtype=c.dtype, device=c.device)
+        check_finite("u_t", u_t)
+        if u_t.shape != c.shape[:-1]:
+            u_t = u_t.expand(c.shape[:-1])
+        irregular = t is not None or t_prev is not None
+        if irregular:
+            if t is None or t_prev is None:
+                raise ValueError("irregular steps need both t and t_prev")
+            check_positive("t - t_prev", float(t) - float(t_prev))
+        if self.measure == "legs":
+            if irregular:
+                check_positive("t_prev", float(t_prev))
+                dlt = float(t) - float(t_prev)
+                return legs_step(c, u_t, dlt / (2 * float(t_prev)), dlt / (2 * float(t)))
+            if k is None:
+                raise ValueError("LegS needs the 0-based sample index k (or t and t_prev)")
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"k must be an int >= 0, got {k!r}")
+            if k == 0:
+                return u_t[..., None] * torch.eye(self.N, dtype=c.dtype, device=c.device)[0]
+            return legs_step(c, u_t, 1 / (2 * k), 1 / (2 * (k + 1)))
+        if irregular:
+            Ad, Bd = discretize(self.A, self.B, float(t) - float(t_prev), self.method)
+        else:
+            Ad, Bd = self.Ad, self.Bd
+        Ad, Bd = Ad.to(c), Bd.to(c)
+        return c @ Ad.T + u_t[..., None] * Bd
+
+    # ------------------------------------------------------------------ reconstruction
+    def reconstruct(self, c: torch.Tensor, num_points: int = 1000, s: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The history approximated by coefficients ``c`` (..., N) -> (..., num_points).
+
+        Evaluated at the midpoints ``s_j = (j + 1/2)/num_points`` of the window (oldest first),
+        or at the given relative positions ``s`` in [0, 1]. The window is the whole history for
+        LegS and the last ``theta`` time units for the translated measures.
+        """
+        check_tensor("c", c, floating=True)
+        if c.shape[-1] != self.N:
+            raise ValueError(f"c must have shape (..., {self.N}), got {tuple(c.shape)}")
+        if s is None:
+            check_positive_int("num_points", num_points)
+            s = (torch.arange(num_points, dtype=c.dtype, device=c.device) + 0.5) / num_points
+        else:
+            check_tensor("s", s, ndim=1, floating=True)
+        G = basis(self.measure, self.N, s.to(c.dtype), theta=self.theta)  # (P, N)
+        return c @ G.T
