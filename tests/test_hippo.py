@@ -316,3 +316,13 @@ def test_bad_input_errors():
         mem.step(mem.initial_state(), 1.0)
     with pytest.raises(ValueError, match="N"):
         HiPPO("legs", -3)
+
+
+@pytest.mark.parametrize("measure", ["legs", "fout"])
+def test_encode_in_blocks_equals_whole(measure):
+    mem = HiPPO(measure, 10, dt=0.01)
+    u = torch.randn(2, 70, dtype=f64)
+    whole = mem.encode(u)
+    a = mem.encode(u[:, :33])
+    b = mem.encode(u[:, 33:], c0=a[:, -1], k0=33)
+    torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-12, atol=1e-12)

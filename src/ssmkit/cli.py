@@ -10,8 +10,9 @@ import importlib
 import sys
 from typing import List, Optional
 
-# Order is the order shown in --help.
-COMMANDS = ("demo", "hippo")
+# Order is the order shown in --help; `ssmkit` alone runs DEFAULT_COMMAND.
+DEFAULT_COMMAND = "demo"
+COMMANDS = ("hippo",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-        argv = ["demo"] + argv
+        argv = [DEFAULT_COMMAND if DEFAULT_COMMAND in COMMANDS else COMMANDS[0]] + argv
     args = parser.parse_args(argv)
     module = importlib.import_module(f"ssmkit.commands.{args.command}")
     try:

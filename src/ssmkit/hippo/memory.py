@@ -73,8 +73,12 @@ class HiPPO:
             raise ValueError("times must be strictly increasing")
         return times.to(torch.float64)
 
-    def encode(self, u: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode(self, u: torch.Tensor, times: Optional[torch.Tensor] = None, *, c0: Optional[torch.Tensor] = None,
+               k0: int = 0) -> torch.Tensor:
         """Coefficients after every sample: ``u`` (L,) or (batch, L) -> (L, N) or (batch, L, N).
+
+        To continue a uniformly sampled stream block by block, pass the last coefficients
+        ``c0`` ((N,) or (batch, N)) and the index ``k0`` of the block's first sample.
 
         ``times`` (L,), strictly increasing, gives the sample times of an irregularly sampled
         signal (shared across the batch). LegS only uses ratios of times, so encoding
@@ -87,14 +91,31 @@ class HiPPO:
         L = U.shape[1]
         if times is not None:
             times = self._check_times(times, L)
-        c0 = torch.zeros(U.shape[0], self.N, dtype=torch.float64)
+        if isinstance(k0, bool) or not isinstance(k0, int) or k0 < 0:
+            raise ValueError(f"k0 must be an int >= 0, got {k0!r}")
+        if times is not None and (c0 is not None or k0):
+            raise ValueError("c0/k0 continue a uniformly sampled stream; they cannot be combined with times")
+        if c0 is None:
+            if k0:
+                raise ValueError("k0 > 0 needs the coefficients c0 reached before sample k0")
+            c0 = torch.zeros(U.shape[0], self.N, dtype=torch.float64)
+        else:
+            check_tensor("c0", c0, floating=True)
+            if c0.shape[-1] != self.N or c0.numel() != U.shape[0] * self.N:
+                raise ValueError(f"c0 must have shape ({self.N},) or ({U.shape[0]}, {self.N}), got {tuple(c0.shape)}")
+            c0 = c0.reshape(U.shape[0], self.N).to(torch.float64)
         if self.measure == "legs":
-            t = self._legs_times(times, L)
-            lam_l, lam_r = self._legs_lambdas(t)
-            # The first sample alone: its best constant approximation, c = u_0 e_0.
-            C = legs_scan(U[:, 1:], lam_l[1:], lam_r[1:], U[:, :1] * torch.eye(self.N, dtype=torch.float64)[0]) if L > 1 else None
-            first = (U[:, :1] * torch.eye(self.N, dtype=torch.float64)[0])[:, None]
-            C = first if C is None else torch.cat([first, C], dim=1)
+            if times is None:
+                k = torch.arange(k0, k0 + L, dtype=torch.float64)
+                lam_l, lam_r = 1 / (2 * k.clamp(min=1)), 1 / (2 * (k + 1))
+            else:
+                lam_l, lam_r = self._legs_lambdas(self._legs_times(times, L))
+            skip = 1 if k0 == 0 else 0
+            if skip:  # the first sample alone: its best constant approximation, c = u_0 e_0
+                c0 = U[:, :1] * torch.eye(self.N, dtype=torch.float64)[0]
+            C = legs_scan(U[:, skip:], lam_l[skip:], lam_r[skip:], c0)
+            if skip:
+                C = torch.cat([c0[:, None], C], dim=1)
         else:
             C = self._lti_scan(U, times, c0)
         C = C.to(u.dtype)
