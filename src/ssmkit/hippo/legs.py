@@ -87,9 +87,36 @@ def legs_step(c: torch.Tensor, u: torch.Tensor, lam_l: float, lam_r: float) -> t
 
     ``c``: (..., N); ``u``: (...,) broadcastable against ``c[..., 0]``.
     """
+    u = torch.as_tensor(u, dtype=c.dtype, device=c.device).expand(c.shape[:-1])
+    if c.device.type == "cpu" and not (c.requires_grad or u.requires_grad) and c.dtype in (torch.float32, torch.float64):
+        N = c.shape[-1]
+        cn = c.detach().reshape(-1, N).to(torch.float64).numpy().T
+        out = _NumpyLegS(N).step(cn, u.detach().reshape(-1).to(torch.float64).numpy(), lam_l, lam_r)
+        return torch.from_numpy(np.ascontiguousarray(out.T)).reshape(c.shape).to(c.dtype)
     r = _r(c.shape[-1], c)
     w = c + lam_l * legs_matvec(c) + (lam_l + lam_r) * r * u[..., None]
     return legs_solve(lam_r, w)
+
+
+class _NumpyLegS:
+    """The O(N) step on NumPy arrays laid out (N, batch), for low per-step overhead."""
+
+    def __init__(self, N: int):
+        self.n = np.arange(N, dtype=np.float64)
+        self.r = np.sqrt(2 * self.n + 1)
+        self.nc, self.rc = self.n[:, None], self.r[:, None]
+        self.band = np.empty((2, N))  # lower band storage: unit diagonal, then subdiagonal
+        self.band[0] = 1.0
+        self.band[1, N - 1] = 0.0
+
+    def step(self, c: np.ndarray, u: np.ndarray, a_l: float, a_r: float) -> np.ndarray:
+        rc, n = self.rc, self.n
+        # w = (I + λ_l A) c + (λ_l + λ_r) B u, with A c by one cumulative sum
+        w = c + a_l * (self.nc * c - rc * np.cumsum(rc * c, axis=0)) + (a_l + a_r) * rc * u
+        den = 1.0 + a_r * (n + 1.0)
+        self.band[1, :-1] = -(1.0 - a_r * n[1:]) / den[1:]
+        S, _ = lapack.dtbtrs(self.band, (self.r / den)[:, None] * w, uplo="L")
+        return np.diff(S, axis=0, prepend=0.0) / rc
 
 
 def legs_step_dense(c: torch.Tensor, u: torch.Tensor, lam_l: float, lam_r: float, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -113,29 +140,15 @@ def legs_scan(u: torch.Tensor, lam_l: torch.Tensor, lam_r: torch.Tensor, c0: tor
             c = legs_step(c, u[:, k], float(lam_l[k]), float(lam_r[k]))
             out.append(c)
         return torch.stack(out, dim=1)
-    dtype = np.float64
     batch, L = u.shape
     N = c0.shape[-1]
-    n = np.arange(N, dtype=dtype)
-    r = np.sqrt(2 * n + 1)
     U = u.detach().to(torch.float64).numpy()
     ll = lam_l.detach().to(torch.float64).numpy()
     lr = lam_r.detach().to(torch.float64).numpy()
-    out = np.empty((L, N, batch), dtype=dtype)
+    out = np.empty((L, N, batch))
     c = c0.detach().to(torch.float64).numpy().T.copy()  # (N, batch): columns are right-hand sides
-    band = np.empty((2, N), dtype=dtype)
-    band[0] = 1.0
-    band[1, N - 1] = 0.0
-    rc = r[:, None]
-    nc = n[:, None]
-    tbtrs = lapack.dtbtrs
+    kernel = _NumpyLegS(N)
     for k in range(L):
-        a_l, a_r = ll[k], lr[k]
-        # w = (I + λ_l A) c + (λ_l + λ_r) B u
-        w = c + a_l * (nc * c - rc * np.cumsum(rc * c, axis=0)) + (a_l + a_r) * rc * U[:, k]
-        den = 1.0 + a_r * (n + 1.0)
-        band[1, : N - 1] = -(1.0 - a_r * n[1:]) / den[1:]
-        S, _ = tbtrs(band, (r / den)[:, None] * w, uplo="L")
-        c = np.diff(S, axis=0, prepend=0.0) / rc
+        c = kernel.step(c, U[:, k], ll[k], lr[k])
         out[k] = c
     return torch.from_numpy(out.transpose(2, 0, 1).copy()).to(u.dtype)
