@@ -1,1 +1,4 @@
 """LTI convolution kernels K_k = C Ā^k B̄ computed from structured parameters."""
+from .naive import naive_kernel
+from .rational import fold, rational_kernel
+from .vandermonde import vandermonde_kernel, vandermonde_kernel_ref
