@@ -7,3 +7,6 @@ from .base import (
     register_layer,
     set_optim_hints,
 )
+from .lti_base import LTILayer
+from .rtf import RTF
+from .s4d import S4D
