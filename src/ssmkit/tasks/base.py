@@ -7,7 +7,7 @@ A :class:`Task` bundles train/val/test ``torch.utils.data.Dataset`` objects whos
   ``FloatTensor`` of shape (L, d_input) (real-valued input such as pixels or a time series).
 - ``y``: for ``kind == "classify"`` a ``LongTensor`` scalar (one label per sequence); for
   ``kind == "tokens"`` a ``LongTensor`` of shape (L,) with a target per position and
-  ``IGNORE_INDEX`` where nothing is scored.
+  ``IGNORE_INDEX`` where nothing is scored; for ``kind == "regress"`` a float scalar.
 
 Sequences in one dataset may have different lengths; :func:`pad_collate` pads a batch and
 returns the padding mask (True at real positions).
@@ -23,13 +23,13 @@ from torch.utils.data import Dataset
 __all__ = ["Task", "IGNORE_INDEX", "TASK_KINDS", "pad_collate"]
 
 IGNORE_INDEX = -100
-TASK_KINDS = ("classify", "tokens")
+TASK_KINDS = ("classify", "tokens", "regress")
 
 
 @dataclass
 class Task:
     name: str
-    kind: str  # "classify" | "tokens"
+    kind: str  # "classify" | "tokens" | "regress"
     train: Dataset
     test: Dataset
     val: Optional[Dataset] = None
