@@ -1,1 +1,3 @@
 """Backbone and heads built from any registered SequenceLayer."""
+from .backbone import Backbone, Block
+from .heads import LanguageModel, SequenceClassifier, TokenModel
