@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--layer-opt", action="append", metavar="KEY=VALUE", help="layer option, e.g. init=lin (repeatable)")
     p.add_argument("--out", required=True, help="run folder (config, metrics, plots, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--pause-at", type=int, default=None, metavar="STEP",
+                   help="stop after STEP steps with a checkpoint; --resume continues exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -52,7 +54,7 @@ def config_from_args(args) -> TrainConfig:
 
 def run(args) -> int:
     config = config_from_args(args)
-    result = fit(config, args.out, resume=args.resume, progress=not args.no_progress)
+    result = fit(config, args.out, resume=args.resume, progress=not args.no_progress, pause_at=args.pause_at)
     print(json.dumps(result, indent=2))
     print(f"run folder: {Path(args.out)}")
     return 0

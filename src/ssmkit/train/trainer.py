@@ -145,8 +145,13 @@ def load_model(path):
     return model, config, task
 
 
-def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = True, task: Optional[Task] = None) -> Dict[str, Any]:
-    """Train ``config`` into ``out_dir``; returns the final test metrics and run facts."""
+def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = True, task: Optional[Task] = None,
+        pause_at: Optional[int] = None) -> Dict[str, Any]:
+    """Train ``config`` into ``out_dir``; returns the final test metrics and run facts.
+
+    ``pause_at``: stop after that many steps with a checkpoint, as an interruption would, without
+    changing the schedule (unlike ``max_steps``); ``resume=True`` continues the run exactly.
+    """
     from tqdm.auto import tqdm
 
     config.validate()
@@ -237,9 +242,10 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
             if step % eval_every == 0 or step == total or over_budget:
                 last_eval = evaluate(model, task, "test", batch_size=max(config.batch_size, 64))
                 log({"split": "test", "step": step, "epoch": epoch, **last_eval})
-            if step % ckpt_every == 0 or step == total or over_budget:
+            pausing = pause_at is not None and step >= pause_at
+            if step % ckpt_every == 0 or step == total or over_budget or pausing:
                 checkpoint()
-            if over_budget:
+            if over_budget or pausing:
                 stopped_early = True
                 break
             if step >= total:
