@@ -8,5 +8,6 @@ from .base import (
     set_optim_hints,
 )
 from .lti_base import LTILayer
+from .mamba import Mamba
 from .rtf import RTF
 from .s4d import S4D

@@ -1,0 +1,143 @@
+"""Mamba: the selective state-space block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling
+with Selective State Spaces", §3.4 and Fig. 3; MATH.md §7).
+
+    [x, z] = in_proj(u)                         (B, L, 2E)  with E = expand · d_model
+    x = silu(causal depthwise conv1d(x))        width d_conv
+    Δ, B, C = x_proj(x)                         Δ through dt_proj (rank dt_rank) and softplus
+    y = selective_scan(x, Δ, A, B, C, D)        A = -exp(A_log), S4D-Real init A_n = -(n+1)
+    out = out_proj(y · silu(z))
+
+``step`` decodes one token in O(1): it carries the last ``d_conv - 1`` conv inputs and the
+(E, N) SSM state. Padding: right padding only (real tokens first); padded positions get
+Δ = 0, so ``exp(Δ A) = 1`` and the state passes through unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_positive, check_positive_int
+from ..ops.selective_scan import selective_scan
+from .base import SequenceLayer, check_mask, check_sequence_input, register_layer, set_optim_hints
+
+__all__ = ["Mamba"]
+
+
+@register_layer("mamba")
+class Mamba(SequenceLayer):
+    """The Mamba-1 block over (batch, length, d_model); defaults as in the paper."""
+
+    needs_channel_mixer = False
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, bias: bool = False,
+                 conv_bias: bool = True):
+        super().__init__()
+        for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand).items():
+            check_positive_int(k, v)
+        check_positive("dt_min", dt_min)
+        check_positive("dt_max", dt_max)
+        if dt_min > dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = E = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        check_positive_int("dt_rank", self.dt_rank)
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
+        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=conv_bias)
+        self.x_proj = nn.Linear(E, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, E, bias=True)
+        # Δ init (Mamba §3.6): dt_proj's bias is softplus⁻¹ of dt ~ log-uniform[dt_min, dt_max].
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+        set_optim_hints(self.A_log, weight_decay=0.0)
+        set_optim_hints(self.D, weight_decay=0.0)
+        self.out_proj = nn.Linear(E, d_model, bias=bias)
+
+    def initial_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        device = device or self.D.device
+        dtype = dtype or self.D.dtype
+        return (torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+                torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype))
+
+    def _check_state(self, state, batch: int):
+        ref = self.initial_state(batch)
+        if (not isinstance(state, (tuple, list)) or len(state) != 2
+                or any(not isinstance(s, torch.Tensor) or s.shape != r.shape for s, r in zip(state, ref))):
+            raise ValueError(f"state must be a (conv_state, ssm_state) pair of shapes {tuple(ref[0].shape)}, {tuple(ref[1].shape)}")
+
+    def _ssm_params(self, x: torch.Tensor):
+        """From conv output x (..., E): Δ (..., E) after softplus, B and C (..., N)."""
+        dt_low, Bm, Cm = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt_low))
+        return dt, Bm, Cm
+
+    def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
+        check_sequence_input(x, self.d_model)
+        Bsz, L, _ = x.shape
+        mask = check_mask(mask, x)
+        lengths = None
+        if mask is not None:
+            lengths = mask.sum(1)
+            if not bool((torch.arange(L, device=x.device)[None, :] < lengths[:, None]).eq(mask).all()):
+                raise ValueError("mask must be right padding (True for real tokens, then False)")
+        if initial_state is not None:
+            self._check_state(initial_state, Bsz)
+            conv0, h0 = initial_state
+        else:
+            conv0, h0 = None, None
+        xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        xi = xi.transpose(1, 2)  # (B, E, L)
+        if mask is not None:
+            xi = xi * mask[:, None, :]
+        K = self.d_conv
+        window0 = conv0 if conv0 is not None else xi.new_zeros(Bsz, self.d_inner, K - 1)
+        xpad = torch.cat([window0, xi], dim=-1)  # (B, E, K-1+L)
+        u = F.silu(F.conv1d(xpad, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))  # (B, E, L)
+        dt, Bm, Cm = self._ssm_params(u.transpose(1, 2))
+        dt = dt.transpose(1, 2)  # (B, E, L)
+        if mask is not None:
+            dt = dt * mask[:, None, :]  # Δ = 0: the state passes through padded positions unchanged
+        A = -torch.exp(self.A_log)
+        y, h = selective_scan(u, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D, z=z.transpose(1, 2),
+                              return_last_state=True, initial_state=h0)
+        out = self.out_proj(y.transpose(1, 2))
+        if mask is not None:
+            out = out * mask[..., None]
+        if not return_state:
+            return out
+        if lengths is None:
+            conv_state = xpad[:, :, L:]
+        else:  # the K-1 inputs before each sequence's end: xpad[lengths .. lengths+K-2]
+            idx = lengths[:, None] + torch.arange(K - 1, device=x.device)[None, :]  # (B, K-1)
+            conv_state = torch.gather(xpad, 2, idx[:, None, :].expand(Bsz, self.d_inner, K - 1))
+        return out, (conv_state, h)
+
+    def step(self, x_t: torch.Tensor, state):
+        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
+            raise ValueError(f"x_t must have shape (batch, {self.d_model}), got "
+                             f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+        self._check_state(state, x_t.shape[0])
+        conv_state, h = state
+        xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
+        window = torch.cat([conv_state, xi.unsqueeze(-1)], dim=-1)  # (B, E, K)
+        u = (window * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            u = u + self.conv1d.bias
+        u = F.silu(u)
+        dt, Bm, Cm = self._ssm_params(u)
+        A = -torch.exp(self.A_log)
+        h = torch.exp(dt.unsqueeze(-1) * A) * h + (dt * u).unsqueeze(-1) * Bm.unsqueeze(1)
+        y = (h * Cm.unsqueeze(1)).sum(-1) + self.D * u
+        y = y * F.silu(z)
+        return self.out_proj(y), (window[..., 1:], h)

@@ -1,0 +1,142 @@
+"""The selective scan's fast path against the sequential reference, and the Mamba layer."""
+import pytest
+import torch
+
+from ssmkit.layers import Mamba
+from ssmkit.ops import selective_scan, selective_scan_ref
+
+f64 = torch.float64
+
+
+def _inputs(b=2, d=6, N=4, L=37, groups=None, seed=0, dtype=f64):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_()
+    shp = (b, N, L) if groups is None else (b, groups, N, L)
+    A = (-torch.rand(d, N, generator=g, dtype=dtype) - 0.1).requires_grad_()
+    return dict(u=r(b, d, L), delta=r(b, d, L), A=A, B=r(*shp), C=r(*shp), D=r(d), z=r(b, d, L), delta_bias=r(d),
+                initial_state=r(b, d, N))
+
+
+@pytest.mark.parametrize("L,chunk", [(1, 4), (37, 8), (40, 8), (23, 64)])
+@pytest.mark.parametrize("groups", [None, 2, 3])
+@pytest.mark.parametrize("use_z,softplus,use_h0", [(True, True, True), (False, True, False), (True, False, False)])
+def test_fast_equals_reference_values_and_gradients(L, chunk, groups, use_z, softplus, use_h0):
+    kw = _inputs(L=L, groups=groups)
+    if not softplus:  # keep Δ >= 0 without softplus so the system decays
+        kw["delta"] = kw["delta"].detach().abs().requires_grad_()
+    if not use_z:
+        kw.pop("z")
+    if not use_h0:
+        kw.pop("initial_state")
+    y1, h1 = selective_scan(**kw, delta_softplus=softplus, return_last_state=True, chunk=chunk)
+    y2, h2 = selective_scan_ref(**kw, delta_softplus=softplus, return_last_state=True)
+    assert float((y1 - y2).abs().max() / y2.abs().max()) < 1e-10
+    assert float((h1 - h2).abs().max() / h2.abs().max()) < 1e-10
+    g = torch.Generator().manual_seed(1)
+    wy, wh = torch.randn(y1.shape, generator=g, dtype=f64), torch.randn(h1.shape, generator=g, dtype=f64)
+    names = list(kw)
+    g1 = torch.autograd.grad((y1 * wy).sum() + (h1 * wh).sum(), [kw[n] for n in names])
+    g2 = torch.autograd.grad((y2 * wy).sum() + (h2 * wh).sum(), [kw[n] for n in names])
+    for n, a, b in zip(names, g1, g2):
+        assert float((a - b).abs().max() / b.abs().max().clamp(min=1e-300)) < 1e-10, n
+
+
+def test_forward_only_path_matches():
+    kw = _inputs(L=50)
+    with torch.no_grad():
+        y1, h1 = selective_scan(**kw, delta_softplus=True, return_last_state=True, chunk=16)
+    y2, h2 = selective_scan_ref(**kw, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(y1, y2.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h1, h2.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_one_million_steps_float32_finite():
+    L = 1_000_000
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 2, L, generator=g)
+    delta = torch.randn(1, 2, L, generator=g)
+    A = -torch.exp(torch.randn(2, 4, generator=g))
+    B = torch.randn(1, 4, L, generator=g)
+    C = torch.randn(1, 4, L, generator=g)
+    with torch.no_grad():
+        y, h = selective_scan(u, delta, A, B, C, delta_softplus=True, return_last_state=True, chunk=4096)
+    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+
+
+def test_long_sequence_finite_float32():
+    L = 20_000  # a quick version of the 1,000,000-step check (marked slow)
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(1, 2, L, generator=g)
+    A = -torch.exp(torch.randn(2, 4, generator=g))
+    B, C = torch.randn(1, 4, L, generator=g), torch.randn(1, 4, L, generator=g)
+    with torch.no_grad():
+        y = selective_scan(u, torch.randn(1, 2, L, generator=g) + 3, A, B, C, delta_softplus=True, chunk=1024)
+    assert torch.isfinite(y).all()
+
+
+def test_bad_input():
+    kw = {k: v.detach() for k, v in _inputs().items()}
+    with pytest.raises(ValueError, match="delta"):
+        selective_scan(kw["u"], kw["delta"][:, :, :5], kw["A"], kw["B"], kw["C"])
+    with pytest.raises(ValueError, match="A"):
+        selective_scan(kw["u"], kw["delta"], kw["A"].abs(), kw["B"], kw["C"])
+    with pytest.raises(ValueError, match="B"):
+        selective_scan(kw["u"], kw["delta"], kw["A"], kw["B"][:, :3], kw["C"])
+    with pytest.raises(ValueError, match="groups"):
+        selective_scan(kw["u"], kw["delta"], kw["A"], torch.zeros(2, 4, 4, 37, dtype=f64), kw["C"])
+    u = kw["u"].clone()
+    u[0, 0, 3] = float("nan")
+    with pytest.raises(ValueError, match="u"):
+        selective_scan(u, kw["delta"], kw["A"], kw["B"], kw["C"])
+
+
+def _steps(layer, x):
+    state = layer.initial_state(x.shape[0], dtype=x.dtype)
+    ys = []
+    for k in range(x.shape[1]):
+        y, state = layer.step(x[:, k], state)
+        ys.append(y)
+    return torch.stack(ys, 1), state
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_mamba_forward_equals_step(dtype, tol):
+    torch.manual_seed(0)
+    layer = Mamba(8, d_state=4, d_conv=3).to(dtype)
+    x = torch.randn(2, 21, 8, dtype=dtype)
+    y, (cs, hs) = layer(x, return_state=True)
+    ys, (cs2, hs2) = _steps(layer, x)
+    assert float((y - ys).detach().abs().max() / ys.detach().abs().max()) < tol
+    assert float((hs - hs2).detach().abs().max() / hs2.detach().abs().max()) < tol
+    torch.testing.assert_close(cs, cs2)
+
+
+def test_mamba_padding_and_continuation():
+    torch.manual_seed(0)
+    layer = Mamba(8, d_state=4).double()
+    x = torch.randn(3, 15, 8, dtype=f64)
+    lengths = [15, 9, 2]
+    mask = torch.arange(15)[None] < torch.tensor(lengths)[:, None]
+    y, (cs, hs) = layer(torch.where(mask[..., None], x, torch.full_like(x, 9.0)), mask=mask, return_state=True)
+    for i, l in enumerate(lengths):
+        yi, (ci, hi) = layer(x[i:i + 1, :l], return_state=True)
+        torch.testing.assert_close(y[i:i + 1, :l], yi, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(cs[i:i + 1], ci, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(hs[i:i + 1], hi, rtol=1e-10, atol=1e-12)
+    y1, s1 = layer(x[:, :6], return_state=True)
+    y2 = layer(x[:, 6:], initial_state=s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), layer(x), rtol=1e-10, atol=1e-12)
+
+
+def test_mamba_gradcheck_and_bad_input():
+    torch.manual_seed(0)
+    layer = Mamba(4, d_state=2, d_conv=2).double()
+    x = torch.randn(1, 5, 4, dtype=f64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: layer(inp), (x,), eps=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="x"):
+        layer(torch.randn(1, 5, 3, dtype=f64))
+    with pytest.raises(ValueError, match="state"):
+        layer.step(torch.randn(2, 4, dtype=f64), layer.initial_state(3))
+    with pytest.raises(ValueError, match="d_state"):
+        Mamba(4, d_state=0)
