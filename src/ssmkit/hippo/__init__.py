@@ -4,3 +4,4 @@ from .discretize import METHODS, discretize
 from .legs import legs_matvec, legs_scan, legs_solve, legs_solve_ref, legs_step, legs_step_dense
 from .measures import MEASURES, transition
 from .memory import HiPPO
+from .nplr import NPLR, low_rank_correction, nplr

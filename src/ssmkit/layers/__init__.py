@@ -10,4 +10,5 @@ from .base import (
 from .lti_base import LTILayer
 from .mamba import Mamba
 from .rtf import RTF
+from .s4 import S4
 from .s4d import S4D
