@@ -16,6 +16,9 @@ CONFIGS = [
     ("rtf", dict(d_state=5, l_max=19, init="montel")),
     ("rtf", dict(d_state=4, l_max=19, init="zeros")),
     ("rtf", dict(d_state=3, l_max=7, init="montel", constraint="l1")),
+    ("s4", dict(d_state=8, measure="legs", l_max=19)),
+    ("s4", dict(d_state=6, measure="legt", l_max=19)),
+    ("s4", dict(d_state=4, measure="legs", l_max=7)),  # inputs longer than l_max
 ]
 
 
@@ -66,7 +69,7 @@ def test_rtf_kernel_beyond_l_max_matches_recurrence():
     torch.testing.assert_close(layer(x), ys, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name,kw", CONFIGS[:1] + CONFIGS[4:5])
+@pytest.mark.parametrize("name,kw", CONFIGS[:1] + CONFIGS[4:5] + CONFIGS[7:8])
 def test_initial_state_continues_a_sequence(name, kw):
     layer = make(name, kw)
     x = torch.randn(2, 19, 3, dtype=f64)
@@ -76,7 +79,7 @@ def test_initial_state_continues_a_sequence(name, kw):
     torch.testing.assert_close(torch.cat([y1, y2], 1), y_full, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name,kw", CONFIGS[:1] + CONFIGS[4:5])
+@pytest.mark.parametrize("name,kw", CONFIGS[:1] + CONFIGS[4:5] + CONFIGS[8:9])
 def test_padded_batch_equals_one_by_one(name, kw):
     layer = make(name, kw)
     lengths = [19, 11, 4]
@@ -91,7 +94,7 @@ def test_padded_batch_equals_one_by_one(name, kw):
         torch.testing.assert_close(s[i:i + 1], si, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name,kw", [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[6]])
+@pytest.mark.parametrize("name,kw", [CONFIGS[0], CONFIGS[1], CONFIGS[4], CONFIGS[6], CONFIGS[7], CONFIGS[8]])
 def test_gradcheck(name, kw):
     layer = make(name, kw, H=2)
     x = torch.randn(1, 6, 2, dtype=f64, requires_grad=True)
@@ -154,3 +157,25 @@ def test_bad_input():
         layer.step(torch.randn(2, 3), layer.initial_state(3))
     with pytest.raises(ValueError, match="layer"):
         get_layer("s9")
+
+
+@pytest.mark.parametrize("measure", ["legs", "legt"])
+def test_rtf_from_s4_same_kernel_and_outputs(measure):
+    src = make("s4", dict(d_state=4, measure=measure, l_max=30, dt_min=0.1, dt_max=1.0))
+    rtf = RTF.from_layer(src, 30)
+    Ks = src.kernel(30)
+    assert float((Ks - rtf.kernel(30)).abs().max() / Ks.abs().max()) < 1e-10
+    x = torch.randn(2, 30, 3, dtype=f64)
+    torch.testing.assert_close(rtf(x), src(x), rtol=1e-9, atol=1e-10)
+    y_src, _ = run_steps(src, x)
+    y_rtf, _ = run_steps(rtf, x)
+    assert float((y_rtf - y_src).abs().max() / y_src.abs().max()) < 1e-8
+
+
+def test_s4_bad_input():
+    from ssmkit.layers import S4
+
+    with pytest.raises(ValueError, match="measure"):
+        S4(2, 4, measure="fout")
+    with pytest.raises(ValueError, match="d_state"):
+        S4(2, 5)
