@@ -60,9 +60,10 @@ class LTILayer(SequenceLayer):
         return L
 
     def _check_state(self, state, batch: int):
-        ref = self.initial_state(batch)
-        if not isinstance(state, torch.Tensor) or state.shape != ref.shape:
-            raise ValueError(f"state must be a tensor of shape {tuple(ref.shape)}, got "
+        want = tuple(self.initial_state(1, device="meta").shape)
+        want = (batch,) + want[1:]
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != want:
+            raise ValueError(f"state must be a tensor of shape {want}, got "
                              f"{tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__}")
         return state
 

@@ -128,9 +128,20 @@ class S4D(LTILayer):
         cdtype = torch.complex128 if (dtype or self.D.dtype) == torch.float64 else torch.complex64
         return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=cdtype, device=device or self.D.device)
 
-    def _advance(self, state, u_t):
+    def _step_params(self):
+        """``(Ā, B̄)`` for the recurrence, cached while parameters are unchanged and no grad is needed."""
+        key = tuple((p._version, p.data_ptr()) for p in (self.log_dt, self.A_real_log, self.A_imag, self.B)) + (self.B.dtype,)
+        if getattr(self, "_cache", None) is not None and self._cache[0] == key and not torch.is_grad_enabled():
+            return self._cache[1]
         log_dA, dB, _ = self._discrete()
-        return torch.exp(log_dA) * state + dB * u_t.unsqueeze(-1)
+        out = (torch.exp(log_dA), dB)
+        if not torch.is_grad_enabled():
+            self._cache = (key, out)
+        return out
+
+    def _advance(self, state, u_t):
+        dA, dB = self._step_params()
+        return dA * state + dB * u_t.unsqueeze(-1)
 
     def _readout(self, state):
         C = torch.view_as_complex(self.C)
