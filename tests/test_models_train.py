@@ -11,10 +11,15 @@ from ssmkit.tasks import build_task
 from ssmkit.train import CheckpointError, TrainConfig, fit, load_checkpoint, load_model
 
 
+def small(layer):
+    """Small layer options valid for every family."""
+    return dict(d_state=8, headdim=8) if layer == "mamba2" else dict(d_state=8)
+
+
 @pytest.mark.parametrize("layer", available_layers())
 def test_tiny_model_overfits_tiny_batch(layer):
     torch.manual_seed(0)
-    model = SequenceClassifier(Backbone(16, 2, layer, dict(d_state=8), d_input=1), 4)
+    model = SequenceClassifier(Backbone(16, 2, layer, small(layer), d_input=1), 4)
     x = torch.randn(8, 12, 1)
     y = torch.arange(8) % 4
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -29,7 +34,7 @@ def test_tiny_model_overfits_tiny_batch(layer):
 @pytest.mark.parametrize("layer", available_layers())
 def test_generate_equals_greedy_full_forward(layer):
     torch.manual_seed(1)
-    lm = LanguageModel(Backbone(16, 2, layer, dict(d_state=8), vocab_size=11), 11).double().eval()
+    lm = LanguageModel(Backbone(16, 2, layer, small(layer), vocab_size=11), 11).double().eval()
     prompt = torch.randint(0, 11, (3, 6))
     out = lm.generate(prompt, 10, temperature=0)
     seq = prompt

@@ -9,6 +9,7 @@ from .base import (
 )
 from .lti_base import LTILayer
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .rtf import RTF
 from .s4 import S4
 from .s4d import S4D
