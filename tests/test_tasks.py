@@ -139,3 +139,29 @@ def test_registry_errors():
         build_task("selective_copying", n_tokens=30, length=10)
     with pytest.raises(ValueError, match="size"):
         build_task("smnist", size=5)
+
+
+def test_ucr_tsv_and_arff(tmp_path):
+    tr = tmp_path / "X_TRAIN.tsv"
+    te = tmp_path / "X_TEST.tsv"
+    tr.write_text("2\t1.0\t2.0\t3.0\t4.0\n1\t4.0\t3.0\tNaN\tNaN\n2\t0.0\t1.0\t0.0\t1.0\n")
+    te.write_text("1\t1.0\t1.5\t2.0\tNaN\n")
+    t = build_task("ucr", train_path=str(tr), test_path=str(te))
+    assert t.num_classes == 2 and len(t.train) == 3 and len(t.test) == 1
+    x0, y0 = t.train[0]
+    x1, y1 = t.train[1]
+    assert x0.shape == (4, 1) and x1.shape == (2, 1)  # trailing NaN dropped: variable length
+    assert int(y0) == 1 and int(y1) == 0  # labels "1" < "2"
+    assert float(x0.mean()) == pytest.approx(0.0, abs=1e-6)  # z-normalised
+    arff = tmp_path / "Y_TRAIN.arff"
+    arff.write_text("@relation y\n@attribute t1 numeric\n@attribute t2 numeric\n@attribute target {a,b}\n@data\n1,2,a\n3,4,b\n")
+    t2 = build_task("ucr", train_path=str(arff), test_path=str(arff), normalize=False)
+    assert torch.equal(t2.train[1][0][:, 0], torch.tensor([3.0, 4.0])) and int(t2.train[1][1]) == 1
+    with pytest.raises(FileNotFoundError):
+        build_task("ucr", train_path=str(tmp_path / "no.tsv"), test_path=str(te))
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("1\t1.0\tabc\n")
+    with pytest.raises(ValueError, match="non-numeric"):
+        build_task("ucr", train_path=str(bad), test_path=str(te))
+    with pytest.raises(ValueError, match="train_path"):
+        build_task("ucr")

