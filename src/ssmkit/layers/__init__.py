@@ -13,3 +13,4 @@ from .mamba2 import Mamba2
 from .rtf import RTF
 from .s4 import S4
 from .s4d import S4D
+from .s5 import S5
