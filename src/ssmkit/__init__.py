@@ -4,8 +4,8 @@ Public API (everything else is importable but private):
 
 - HiPPO: ``transition``, ``discretize``, ``basis``, ``HiPPO``, ``nplr``
 - kernels and operators: ``naive_kernel``, ``vandermonde_kernel``, ``dplr_kernel``,
-  ``rational_kernel``, ``fftconv``, ``selective_scan``
-- layers: ``S4``, ``S4D``, ``RTF``, ``Mamba``, ``get_layer``, ``available_layers``
+  ``rational_kernel``, ``fftconv``, ``selective_scan``, ``ssd``, ``linear_scan``
+- layers: ``S4``, ``S4D``, ``RTF``, ``Mamba``, ``Mamba2``, ``S5``, ``get_layer``, ``available_layers``
 - models: ``Backbone``, ``SequenceClassifier``, ``LanguageModel``
 - tasks and training: ``build_task``, ``available_tasks``, ``TrainConfig``, ``fit``, ``load_model``
 """
@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 from . import hippo, kernels, layers, lti, models, ops, tasks, train
 from .hippo import HiPPO, basis, discretize, nplr, transition
 from .kernels import dplr_kernel, naive_kernel, rational_kernel, vandermonde_kernel
-from .layers import RTF, S4, S4D, Mamba, SequenceLayer, available_layers, get_layer
+from .layers import RTF, S4, S4D, S5, Mamba, Mamba2, SequenceLayer, available_layers, get_layer
 from .models import Backbone, LanguageModel, SequenceClassifier
-from .ops import fftconv, selective_scan
+from .ops import fftconv, linear_scan, selective_scan, ssd
 from .tasks import available_tasks, build_task
 from .train import TrainConfig, fit, load_model
