@@ -155,6 +155,10 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
     from tqdm.auto import tqdm
 
     config.validate()
+    rank, world, own_group = _init_distributed()
+    if world > 1 and config.batch_size % world:
+        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the number of processes ({world})")
+    main_proc = rank == 0
     out = Path(out_dir)
     has_ckpt = (out / "LATEST").is_file()
     if has_ckpt and not resume:
@@ -170,7 +174,10 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
             if getattr(saved, k) != getattr(config, k):
                 raise ValueError(f"--resume with a different {k} ({getattr(config, k)!r}) than the run ({getattr(saved, k)!r})")
         resumed = (weights, trainer_state)
-    out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        torch.distributed.barrier()  # every process has checked the folder before any writes to it
+    if main_proc:
+        out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
     task = task or build_task(config.task, seed=config.seed, **config.task_options)
@@ -188,23 +195,29 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         sched.load_state_dict(st["scheduler"])
         torch.set_rng_state(st["rng"])
         step = st["step"]
-    _write_json_atomic(out / "config.json", config.to_dict())
+    train_model = model
+    if world > 1:  # data parallel: each process takes its share of every global batch
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    if main_proc:
+        _write_json_atomic(out / "config.json", config.to_dict())
     eval_every = config.eval_every or spe
     ckpt_every = config.checkpoint_every or eval_every
     n_params = sum(p.numel() for p in model.parameters())
-    metrics_f = open(out / "metrics.jsonl", "a")
+    metrics_f = open(out / "metrics.jsonl", "a") if main_proc else None
 
     def log(row):
-        metrics_f.write(json.dumps(row) + "\n")
-        metrics_f.flush()
+        if metrics_f is not None:
+            metrics_f.write(json.dumps(row) + "\n")
+            metrics_f.flush()
 
     def checkpoint():
-        save_checkpoint(out, step, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                           "rng": torch.get_rng_state(), "step": step}, config.to_dict())
+        if main_proc:
+            save_checkpoint(out, step, model, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                               "rng": torch.get_rng_state(), "step": step}, config.to_dict())
 
     log({"event": "start" if resumed is None else "resume", "step": step, "params": n_params, "layer": config.layer, "task": task.name})
-    bar = tqdm(total=total, initial=step, desc=f"{config.layer} on {task.name}", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=f"{config.layer} on {task.name}", unit="step",
+               disable=not (progress and main_proc), dynamic_ncols=True)
     t_start = time.perf_counter()
     win_loss, win_metric, win_n, win_seqs, t_win = 0.0, 0.0, 0, 0, time.perf_counter()
     last_eval: Dict[str, float] = {}
@@ -215,8 +228,10 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
         for b in range(offset, spe):
             idx = perm[b * config.batch_size:(b + 1) * config.batch_size].tolist()
+            if world > 1:
+                idx = idx[rank::world]
             x, y, mask = pad_collate([task.train[i] for i in idx])
-            loss, metric, cnt = _loss_and_metric(model, task, x, y, mask)
+            loss, metric, cnt = _loss_and_metric(train_model, task, x, y, mask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if not torch.isfinite(loss):
@@ -238,8 +253,12 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
                 log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", **{key: f"{row[key]:.3f}"}, seq_s=f"{row['seq_per_s']:.0f}")
                 win_loss, win_metric, win_n, win_seqs, t_win = 0.0, 0.0, 0, 0, time.perf_counter()
-            over_budget = config.time_budget and time.perf_counter() - t_start > config.time_budget
-            if step % eval_every == 0 or step == total or over_budget:
+            over_budget = bool(config.time_budget and time.perf_counter() - t_start > config.time_budget)
+            if world > 1 and config.time_budget:  # every process stops at the same step
+                flag = torch.tensor([float(over_budget)])
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                over_budget = bool(flag.item())
+            if main_proc and (step % eval_every == 0 or step == total or over_budget):
                 last_eval = evaluate(model, task, "test", batch_size=max(config.batch_size, 64))
                 log({"split": "test", "step": step, "epoch": epoch, **last_eval})
             pausing = pause_at is not None and step >= pause_at
@@ -253,11 +272,31 @@ def fit(config: TrainConfig, out_dir, resume: bool = False, progress: bool = Tru
         if stopped_early:
             break
     bar.close()
-    if not last_eval:
-        last_eval = evaluate(model, task, "test", batch_size=max(config.batch_size, 64))
-    metrics_f.close()
-    plot_metrics(out)
     result = {"step": step, "total_steps": total, "stopped_early": bool(stopped_early), "params": n_params,
-              "train_seconds": time.perf_counter() - t_start, **{f"test_{k}": v for k, v in last_eval.items()}}
-    _write_json_atomic(out / "result.json", result)
+              "train_seconds": time.perf_counter() - t_start, "processes": world}
+    if main_proc:
+        if not last_eval:
+            last_eval = evaluate(model, task, "test", batch_size=max(config.batch_size, 64))
+        metrics_f.close()
+        plot_metrics(out)
+        result.update({f"test_{k}": v for k, v in last_eval.items()})
+        _write_json_atomic(out / "result.json", result)
+    if world > 1:
+        torch.distributed.barrier()
+        if own_group:
+            torch.distributed.destroy_process_group()
     return result
+
+
+def _init_distributed():
+    """``(rank, world_size, initialised_here)``; joins the process group when launched by torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not torch.distributed.is_available():
+        return 0, 1, False
+    own = False
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")  # CPU collectives
+        own = True
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), own
