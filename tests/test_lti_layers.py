@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from ssmkit.layers.base import run_steps
+
 from ssmkit.kernels import naive_kernel
 from ssmkit.layers import RTF, S4D, get_layer, get_optim_hints
 from ssmkit.ops import fftconv
@@ -27,13 +29,6 @@ def make(name, kw, H=3, dtype=f64, seed=0):
     return get_layer(name)(H, **kw).to(dtype)
 
 
-def run_steps(layer, x, state=None):
-    state = layer.initial_state(x.shape[0], dtype=x.dtype) if state is None else state
-    ys = []
-    for k in range(x.shape[1]):
-        y, state = layer.step(x[:, k], state)
-        ys.append(y)
-    return torch.stack(ys, 1), state
 
 
 @pytest.mark.parametrize("name,kw", CONFIGS)

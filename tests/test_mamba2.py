@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from ssmkit.layers.base import run_steps
+
 from ssmkit.layers import Mamba2
 from ssmkit.ops import ssd, ssd_ref
 
@@ -34,13 +36,6 @@ def test_ssd_chunked_equals_reference(L, chunk, G):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def _steps(layer, x):
-    state = layer.initial_state(x.shape[0], dtype=x.dtype)
-    ys = []
-    for k in range(x.shape[1]):
-        y, state = layer.step(x[:, k], state)
-        ys.append(y)
-    return torch.stack(ys, 1), state
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -49,7 +44,7 @@ def test_mamba2_forward_equals_step(dtype, tol):
     layer = Mamba2(16, d_state=8, headdim=8, ngroups=2, chunk_size=8).to(dtype)
     x = torch.randn(2, 21, 16, dtype=dtype)
     y, (cs, hs) = layer(x, return_state=True)
-    ys, (cs2, hs2) = _steps(layer, x)
+    ys, (cs2, hs2) = run_steps(layer, x)
     assert float((y - ys).detach().abs().max() / ys.detach().abs().max()) < tol
     assert float((hs - hs2).detach().abs().max() / hs2.detach().abs().max()) < tol
 

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from ssmkit.layers.base import run_steps
+
 from ssmkit.layers import S5
 from ssmkit.ops import linear_scan, linear_scan_ref
 
@@ -46,13 +48,6 @@ def test_linear_scan_bad_input():
         linear_scan(torch.ones(2, 5, 3), torch.full((2, 5, 3), float("nan")))
 
 
-def _steps(layer, x):
-    state = layer.initial_state(x.shape[0], dtype=x.dtype)
-    ys = []
-    for k in range(x.shape[1]):
-        y, state = layer.step(x[:, k], state)
-        ys.append(y)
-    return torch.stack(ys, 1), state
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -61,7 +56,7 @@ def test_s5_forward_equals_step(dtype, tol):
     layer = S5(6, 8).to(dtype)
     x = torch.randn(2, 19, 6, dtype=dtype)
     y, s = layer(x, return_state=True)
-    ys, ss = _steps(layer, x)
+    ys, ss = run_steps(layer, x)
     assert float((y - ys).detach().abs().max() / ys.detach().abs().max()) < tol
     assert float((s - ss).detach().abs().max() / ss.detach().abs().max()) < tol
 

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from ssmkit.layers.base import run_steps
+
 from ssmkit.layers import Mamba
 from ssmkit.ops import selective_scan, selective_scan_ref
 
@@ -91,13 +93,6 @@ def test_bad_input():
         selective_scan(u, kw["delta"], kw["A"], kw["B"], kw["C"])
 
 
-def _steps(layer, x):
-    state = layer.initial_state(x.shape[0], dtype=x.dtype)
-    ys = []
-    for k in range(x.shape[1]):
-        y, state = layer.step(x[:, k], state)
-        ys.append(y)
-    return torch.stack(ys, 1), state
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
@@ -106,7 +101,7 @@ def test_mamba_forward_equals_step(dtype, tol):
     layer = Mamba(8, d_state=4, d_conv=3).to(dtype)
     x = torch.randn(2, 21, 8, dtype=dtype)
     y, (cs, hs) = layer(x, return_state=True)
-    ys, (cs2, hs2) = _steps(layer, x)
+    ys, (cs2, hs2) = run_steps(layer, x)
     assert float((y - ys).detach().abs().max() / ys.detach().abs().max()) < tol
     assert float((hs - hs2).detach().abs().max() / hs2.detach().abs().max()) < tol
     torch.testing.assert_close(cs, cs2)

@@ -5,6 +5,7 @@ from .base import (
     get_layer,
     get_optim_hints,
     register_layer,
+    run_steps,
     set_optim_hints,
 )
 from .lti_base import LTILayer

@@ -22,6 +22,10 @@ __all__ = [
     "get_optim_hints",
     "check_sequence_input",
     "check_mask",
+    "right_padding_lengths",
+    "causal_conv_window",
+    "check_step_input",
+    "run_steps",
 ]
 
 _REGISTRY: Dict[str, Type["SequenceLayer"]] = {}
@@ -100,6 +104,50 @@ def check_mask(mask, x: torch.Tensor, name: str = "mask") -> Optional[torch.Tens
             raise TypeError(f"{name} must be bool (True at real tokens), got {mask.dtype}")
         mask = mask != 0
     return mask
+
+
+def right_padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:
+    """Per-sequence lengths of a right-padding mask (True, ..., True, False, ...); None for no mask.
+
+    Raises ValueError for any other pattern: the layers' final states assume real tokens first.
+    """
+    if mask is None:
+        return None
+    lengths = mask.sum(1)
+    if not bool((torch.arange(L, device=mask.device)[None, :] < lengths[:, None]).eq(mask).all()):
+        raise ValueError("mask must be right padding (True for real tokens, then False)")
+    return lengths
+
+
+def causal_conv_window(xpad: torch.Tensor, lengths: Optional[torch.Tensor], width: int) -> torch.Tensor:
+    """The last ``width - 1`` conv inputs of each sequence, the conv part of a recurrent state.
+
+    ``xpad`` (B, C, width-1+L) is the input with the previous window prepended; with ``lengths``
+    the window ends at each sequence's last real token.
+    """
+    K1 = width - 1
+    if lengths is None:
+        return xpad[:, :, xpad.shape[-1] - K1:]
+    idx = lengths[:, None] + torch.arange(K1, device=xpad.device)[None, :]  # (B, K-1)
+    return torch.gather(xpad, 2, idx[:, None, :].expand(xpad.shape[0], xpad.shape[1], K1))
+
+
+def check_step_input(x_t, d_model: int) -> torch.Tensor:
+    """Validate one token ``x_t`` of shape (batch, d_model) for ``step``."""
+    if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != d_model:
+        raise ValueError(f"x_t must have shape (batch, {d_model}), got "
+                         f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+    return x_t
+
+
+def run_steps(layer: "SequenceLayer", x: torch.Tensor, state: Any = None) -> Tuple[torch.Tensor, Any]:
+    """Run ``layer.step`` over a whole sequence ``x`` (B, L, H): the recurrent view of ``forward``."""
+    state = layer.initial_state(x.shape[0], dtype=x.dtype) if state is None else state
+    ys = []
+    for k in range(x.shape[1]):
+        y, state = layer.step(x[:, k], state)
+        ys.append(y)
+    return torch.stack(ys, 1), state
 
 
 class SequenceLayer(nn.Module):

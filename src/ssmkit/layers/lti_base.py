@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..ops.fftconv import fftconv
-from .base import SequenceLayer, check_mask, check_sequence_input
+from .base import SequenceLayer, check_mask, check_sequence_input, check_step_input, right_padding_lengths
 
 __all__ = ["LTILayer"]
 
@@ -69,9 +69,7 @@ class LTILayer(SequenceLayer):
 
     def step(self, x_t: torch.Tensor, state) -> Tuple[torch.Tensor, Any]:
         """One token: ``x_t`` (B, H) -> ``(y_t, state)``."""
-        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
-            raise ValueError(f"x_t must have shape (batch, {self.d_model}), got "
-                             f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+        check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         state = self._advance(state, x_t)
         return self._readout(state) + self.D * x_t, state
@@ -99,12 +97,8 @@ class LTILayer(SequenceLayer):
         check_sequence_input(x, self.d_model)
         B, L, H = x.shape
         mask = check_mask(mask, x)
-        lengths = None
+        lengths = right_padding_lengths(mask, L)
         if mask is not None:
-            lengths = mask.sum(1)
-            right_padded = torch.arange(L, device=x.device)[None, :] < lengths[:, None]
-            if not bool((right_padded == mask).all()):
-                raise ValueError("mask must be right padding (True for real tokens, then False) for LTI layers")
             x = x * mask[..., None]
         y = fftconv(x, self.kernel(L), self.D)
         if initial_state is not None:

@@ -22,7 +22,8 @@ from torch import nn
 
 from .._checks import check_positive, check_positive_int
 from ..ops.selective_scan import selective_scan
-from .base import SequenceLayer, check_mask, check_sequence_input, register_layer, set_optim_hints
+from .base import (SequenceLayer, causal_conv_window, check_mask, check_sequence_input, check_step_input,
+                   register_layer, right_padding_lengths, set_optim_hints)
 
 __all__ = ["Mamba"]
 
@@ -85,11 +86,7 @@ class Mamba(SequenceLayer):
         check_sequence_input(x, self.d_model)
         Bsz, L, _ = x.shape
         mask = check_mask(mask, x)
-        lengths = None
-        if mask is not None:
-            lengths = mask.sum(1)
-            if not bool((torch.arange(L, device=x.device)[None, :] < lengths[:, None]).eq(mask).all()):
-                raise ValueError("mask must be right padding (True for real tokens, then False)")
+        lengths = right_padding_lengths(mask, L)
         if initial_state is not None:
             self._check_state(initial_state, Bsz)
             conv0, h0 = initial_state
@@ -115,18 +112,11 @@ class Mamba(SequenceLayer):
             out = out * mask[..., None]
         if not return_state:
             return out
-        if lengths is None:
-            conv_state = xpad[:, :, L:]
-        else:  # the K-1 inputs before each sequence's end: xpad[lengths .. lengths+K-2]
-            idx = lengths[:, None] + torch.arange(K - 1, device=x.device)[None, :]  # (B, K-1)
-            conv_state = torch.gather(xpad, 2, idx[:, None, :].expand(Bsz, self.d_inner, K - 1))
-        return out, (conv_state, h)
+        return out, (causal_conv_window(xpad, lengths, K), h)
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
-        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
-            raise ValueError(f"x_t must have shape (batch, {self.d_model}), got "
-                             f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+        check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
         xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)

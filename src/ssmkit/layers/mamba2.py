@@ -22,7 +22,8 @@ from torch import nn
 
 from .._checks import check_positive, check_positive_int
 from ..ops.ssd import ssd
-from .base import SequenceLayer, check_mask, check_sequence_input, register_layer, set_optim_hints
+from .base import (SequenceLayer, causal_conv_window, check_mask, check_sequence_input, check_step_input,
+                   register_layer, right_padding_lengths, set_optim_hints)
 
 __all__ = ["Mamba2"]
 
@@ -100,11 +101,7 @@ class Mamba2(SequenceLayer):
         check_sequence_input(x, self.d_model)
         b, L, _ = x.shape
         mask = check_mask(mask, x)
-        lengths = None
-        if mask is not None:
-            lengths = mask.sum(1)
-            if not bool((torch.arange(L, device=x.device)[None, :] < lengths[:, None]).eq(mask).all()):
-                raise ValueError("mask must be right padding (True for real tokens, then False)")
+        lengths = right_padding_lengths(mask, L)
         conv0, h0 = (None, None)
         if initial_state is not None:
             self._check_state(initial_state, b)
@@ -128,18 +125,11 @@ class Mamba2(SequenceLayer):
             out = out * mask[..., None]
         if not return_state:
             return out
-        if lengths is None:
-            conv_state = xpad[:, :, L:]
-        else:
-            idx = lengths[:, None] + torch.arange(K - 1, device=x.device)[None, :]
-            conv_state = torch.gather(xpad, 2, idx[:, None, :].expand(b, self.conv_dim, K - 1))
-        return out, (conv_state, h)
+        return out, (causal_conv_window(xpad, lengths, K), h)
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1)."""
-        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
-            raise ValueError(f"x_t must have shape (batch, {self.d_model}), got "
-                             f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+        check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
         z, xBC, dt = self._split(self.in_proj(x_t))

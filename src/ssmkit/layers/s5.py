@@ -21,7 +21,7 @@ from torch import nn
 from .._checks import check_positive
 from ..hippo.nplr import nplr
 from ..ops.scan import linear_scan
-from .base import SequenceLayer, check_mask, check_sequence_input, register_layer, set_optim_hints
+from .base import SequenceLayer, check_mask, check_sequence_input, check_step_input, register_layer, set_optim_hints
 
 __all__ = ["S5"]
 
@@ -87,8 +87,7 @@ class S5(SequenceLayer):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor):
         """One token in O(P·H): ``x = Λ̄ x + B̄ u``, ``y = GELU(2 Re(C̃ x) + D u)``."""
-        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
-            raise ValueError(f"x_t must have shape (batch, {self.d_model})")
+        check_step_input(x_t, self.d_model)
         if not isinstance(state, torch.Tensor) or state.shape != (x_t.shape[0], self.d_state // 2):
             raise ValueError(f"state must have shape ({x_t.shape[0]}, {self.d_state // 2})")
         dA, dB, C = self._discrete()
