@@ -87,7 +87,7 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None, chunk: int
     y = torch.einsum("bctsh,bcshp->bcthp", CB * Lmat, dx)
     # chunk states and the recurrence across chunks
     decay_to_end = torch.exp(S[:, :, -1:, :] - S)  # (b, nc, Q, H)
-    states = torch.einsum("bcsh,bcshp,bcshn->bchpn", decay_to_end, dx, Bc)  # (b, nc, H, P, N)
+    states = torch.einsum("bcshp,bcshn->bchpn", decay_to_end.unsqueeze(-1) * dx, Bc)  # (b, nc, H, P, N)
     chunk_decay = torch.exp(S[:, :, -1, :])  # (b, nc, H)
     h = x.new_zeros(b, H, P, N) if initial_state is None else initial_state
     prev = []
@@ -95,6 +95,6 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None, chunk: int
         prev.append(h)
         h = chunk_decay[:, c, :, None, None] * h + states[:, c]
     H_prev = torch.stack(prev, dim=1)  # (b, nc, H, P, N)
-    y = y + torch.einsum("bcth,bchpn,bcthn->bcthp", torch.exp(S), H_prev, Cc)
+    y = y + torch.exp(S).unsqueeze(-1) * torch.einsum("bcthn,bchpn->bcthp", Cc, H_prev)
     y = y.reshape(b, T, H, P)[:, :L]
     return y, h
