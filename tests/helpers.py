@@ -1,7 +1,38 @@
-"""Assertions shared by several test modules."""
+"""Assertions shared by several test modules.
+
+- :func:`rel_err` / :func:`assert_close_to_reference`: "this fast path equals that reference",
+  measured as the max-norm error relative to the reference's max-norm;
+- :func:`raises_naming`: "this call raises an error that names argument X" (word-bounded, so
+  ``match="x"`` cannot be satisfied by any message that merely contains the letter x);
+- :func:`assert_pieces_equal_one_pass`: a layer run in pieces from carried states equals one pass.
+"""
+import re
+
+import pytest
 import torch
 
 from ssmkit.layers.base import run_steps
+
+
+def rel_err(actual, expected) -> float:
+    """max |actual - expected| / max |expected| (absolute error when the reference is all zero)."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    err = float((actual - expected).abs().max()) if actual.numel() else 0.0
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    return err / scale if scale > 0 else err
+
+
+def assert_close_to_reference(actual, expected, tol: float, what: str = "output") -> None:
+    """``rel_err(actual, expected) <= tol``, with shapes equal; the message gives the error."""
+    assert tuple(actual.shape) == tuple(expected.shape), f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(torch.as_tensor(actual)).all(), f"{what}: non-finite values"
+    e = rel_err(actual, expected)
+    assert e <= tol, f"{what}: relative error {e:.3g} > {tol:.3g}"
+
+
+def raises_naming(exc, argument: str):
+    """``pytest.raises(exc)`` whose message names ``argument`` as a whole word."""
+    return pytest.raises(exc, match=rf"(?<![\w.]){re.escape(argument)}(?!\w)")
 
 
 def assert_pieces_equal_one_pass(layer, x, cut1, cut2, rtol=1e-10, atol=1e-12):

@@ -1,4 +1,5 @@
-"""The SequenceLayer protocol, the layer registry and optimizer hints.
+"""The SequenceLayer protocol, the layer registry and optimizer hints (input checks live in
+``ssmkit._checks``, helpers of the Mamba family in ``layers/mamba_family.py``).
 
 Every layer maps ``x`` of shape (batch, length, d_model) to ``y`` of the same shape and can be
 run two ways that agree to float tolerance: ``forward`` over a whole sequence, and ``step``
@@ -11,7 +12,6 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_tensor
 
 __all__ = [
     "SequenceLayer",
@@ -20,13 +20,6 @@ __all__ = [
     "available_layers",
     "set_optim_hints",
     "get_optim_hints",
-    "check_sequence_input",
-    "check_mask",
-    "right_padding_lengths",
-    "causal_conv_window",
-    "check_step_input",
-    "check_conv_ssm_state",
-    "negative_A",
     "run_steps",
 ]
 
@@ -83,81 +76,6 @@ def set_optim_hints(param: nn.Parameter, *, lr: Optional[float] = None, weight_d
 def get_optim_hints(param: nn.Parameter) -> Dict[str, float]:
     """The hints set by :func:`set_optim_hints` (an empty dict for untagged parameters)."""
     return dict(getattr(param, _HINT_ATTR, {}))
-
-
-# --- input checks ----------------------------------------------------------------------------
-def check_sequence_input(x, d_model: int, name: str = "x") -> torch.Tensor:
-    """Validate a (batch, length, d_model) real floating tensor with length >= 1."""
-    check_tensor(name, x, ndim=3, floating=True)
-    if x.shape[-1] != d_model:
-        raise ValueError(f"{name} must have shape (batch, length, {d_model}), got {tuple(x.shape)}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} must have length >= 1, got shape {tuple(x.shape)}")
-    return x
-
-
-def check_mask(mask, x: torch.Tensor, name: str = "mask") -> Optional[torch.Tensor]:
-    """Validate a (batch, length) padding mask, True at real tokens. Returns it as bool."""
-    if mask is None:
-        return None
-    check_tensor(name, mask, shape=(x.shape[0], x.shape[1]), finite=False)
-    if mask.dtype != torch.bool:
-        if mask.is_floating_point():
-            raise TypeError(f"{name} must be bool (True at real tokens), got {mask.dtype}")
-        mask = mask != 0
-    return mask
-
-
-def right_padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:
-    """Per-sequence lengths of a right-padding mask (True, ..., True, False, ...); None for no mask.
-
-    Raises ValueError for any other pattern: the layers' final states assume real tokens first.
-    """
-    if mask is None:
-        return None
-    lengths = mask.sum(1)
-    if not bool((torch.arange(L, device=mask.device)[None, :] < lengths[:, None]).eq(mask).all()):
-        raise ValueError("mask must be right padding (True for real tokens, then False)")
-    return lengths
-
-
-def causal_conv_window(xpad: torch.Tensor, lengths: Optional[torch.Tensor], width: int) -> torch.Tensor:
-    """The last ``width - 1`` conv inputs of each sequence, the conv part of a recurrent state.
-
-    ``xpad`` (B, C, width-1+L) is the input with the previous window prepended; with ``lengths``
-    the window ends at each sequence's last real token.
-    """
-    K1 = width - 1
-    if lengths is None:
-        return xpad[:, :, xpad.shape[-1] - K1:]
-    idx = lengths[:, None] + torch.arange(K1, device=xpad.device)[None, :]  # (B, K-1)
-    return torch.gather(xpad, 2, idx[:, None, :].expand(xpad.shape[0], xpad.shape[1], K1))
-
-
-def check_step_input(x_t, d_model: int) -> torch.Tensor:
-    """Validate one token ``x_t`` of shape (batch, d_model) for ``step``: real floating, finite."""
-    if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[-1] != d_model:
-        raise ValueError(f"x_t must have shape (batch, {d_model}), got "
-                         f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
-    return check_tensor("x_t", x_t, floating=True)
-
-
-def check_conv_ssm_state(state, ref: Tuple[torch.Tensor, torch.Tensor], name: str = "state") -> None:
-    """Validate a ``(conv_state, ssm_state)`` pair (Mamba, Mamba-2) against the shapes of ``ref``
-    (the layer's ``initial_state`` on the meta device): a pair of finite tensors of those shapes."""
-    if (not isinstance(state, (tuple, list)) or len(state) != 2
-            or any(not isinstance(s, torch.Tensor) or s.shape != r.shape for s, r in zip(state, ref))):
-        raise ValueError(f"{name} must be a (conv_state, ssm_state) pair of shapes {tuple(ref[0].shape)}, {tuple(ref[1].shape)}")
-    for s in state:
-        check_finite(name, s)
-
-
-def negative_A(A_log: torch.Tensor) -> torch.Tensor:
-    """``A = -exp(A_log)``, checked finite and < 0 (a NaN or ±inf ``A_log`` is an error)."""
-    A = -torch.exp(A_log)
-    if not bool((torch.isfinite(A) & (A < 0)).all()):
-        raise ValueError("A_log must be finite and give A = -exp(A_log) < 0 (finite, nonzero)")
-    return A
 
 
 def run_steps(layer: "SequenceLayer", x: torch.Tensor, state: Any = None) -> Tuple[torch.Tensor, Any]:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from ..ops.fftconv import fftconv
-from .base import SequenceLayer, check_mask, check_sequence_input, check_step_input, right_padding_lengths
+from .._checks import check_mask, check_sequence_input, check_step_input, right_padding_lengths
+from .base import SequenceLayer
 
 __all__ = ["LTILayer"]
 

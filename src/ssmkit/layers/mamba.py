@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_positive, check_positive_int
+from .._checks import check_dt_range, check_positive_int
 from ..ops.selective_scan import selective_scan
-from .base import (SequenceLayer, causal_conv_window, check_conv_ssm_state, check_mask, check_sequence_input, check_step_input,
-                   negative_A, register_layer, right_padding_lengths, set_optim_hints)
+from .._checks import check_mask, check_sequence_input, check_step_input, right_padding_lengths
+from .base import SequenceLayer, register_layer, set_optim_hints
+from .init import log_uniform_dt
+from .mamba_family import causal_conv_window, check_conv_ssm_state, negative_A
 
 __all__ = ["Mamba"]
 
@@ -41,10 +43,7 @@ class Mamba(SequenceLayer):
         super().__init__()
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand).items():
             check_positive_int(k, v)
-        check_positive("dt_min", dt_min)
-        check_positive("dt_max", dt_max)
-        if dt_min > dt_max:
-            raise ValueError(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
+        check_dt_range(dt_min, dt_max)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = E = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
@@ -56,7 +55,7 @@ class Mamba(SequenceLayer):
         # Δ init (Mamba §3.6): dt_proj's bias is softplus⁻¹ of dt ~ log-uniform[dt_min, dt_max].
         std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
-        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt = torch.exp(log_uniform_dt(E, dt_min, dt_max)).clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1))

@@ -14,17 +14,18 @@ get Δ = 0 and zero conv input, so they leave the state unchanged.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_positive, check_positive_int
+from .._checks import check_dt_range, check_positive_int
 from ..ops.ssd import ssd
-from .base import (SequenceLayer, causal_conv_window, check_conv_ssm_state, check_mask, check_sequence_input, check_step_input,
-                   negative_A, register_layer, right_padding_lengths, set_optim_hints)
+from .._checks import check_mask, check_sequence_input, check_step_input, right_padding_lengths
+from .base import SequenceLayer, register_layer, set_optim_hints
+from .init import log_uniform_dt
+from .mamba_family import causal_conv_window, check_conv_ssm_state, negative_A
 
 __all__ = ["Mamba2"]
 
@@ -53,8 +54,7 @@ class Mamba2(SequenceLayer):
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
                          ngroups=ngroups, chunk_size=chunk_size).items():
             check_positive_int(k, v)
-        check_positive("dt_min", dt_min)
-        check_positive("dt_max", dt_max)
+        check_dt_range(dt_min, dt_max)
         E = expand * d_model
         if E % headdim:
             raise ValueError(f"headdim must divide expand*d_model={E}, got {headdim}")
@@ -66,7 +66,7 @@ class Mamba2(SequenceLayer):
         self.conv_dim = E + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, 2 * E + 2 * ngroups * d_state + H, bias=False)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=True)
-        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt = torch.exp(log_uniform_dt(H, dt_min, dt_max)).clamp(min=dt_init_floor)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
         self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)))
         self.D = nn.Parameter(torch.ones(H))

@@ -12,15 +12,15 @@ Only one mode of each conjugate pair is stored (M = N/2); outputs are real.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_positive, check_positive_int
+from .._checks import check_choice, check_dt_range, check_positive_int
 from ..hippo.nplr import nplr
 from ..kernels.cauchy import dplr_kernel
 from .base import register_layer, set_optim_hints
+from .init import log_uniform_dt
 from .lti_base import LTILayer
 
 __all__ = ["S4"]
@@ -42,16 +42,14 @@ class S4(LTILayer):
         super().__init__(d_model)
         check_choice("measure", measure, ("legs", "legt"))
         check_positive_int("l_max", l_max)
-        check_positive("dt_min", dt_min)
-        check_positive("dt_max", dt_max)
+        check_dt_range(dt_min, dt_max)
         if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even int >= 2, got {d_state!r}")
         self.d_state, self.measure, self.l_max = d_state, measure, l_max
         H = d_model
         F = nplr(measure, d_state)
         lam = F.Lambda
-        self.log_dt = nn.Parameter((torch.rand(H, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min))
-                                    + math.log(dt_min)).float())
+        self.log_dt = nn.Parameter(log_uniform_dt(H, dt_min, dt_max, torch.float64).float())
         self.A_real_log = nn.Parameter(torch.log(torch.clamp(-lam.real, min=1e-4)).float().expand(H, -1).clone())
         self.A_imag = nn.Parameter(lam.imag.float().expand(H, -1).clone())
         self.P = nn.Parameter(torch.view_as_real(F.P.to(torch.complex64).unsqueeze(1).expand(-1, H, -1).clone()))

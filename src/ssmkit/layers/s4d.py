@@ -19,10 +19,11 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_positive
+from .._checks import check_choice, check_dt_range
 from ..hippo.measures import transition
 from ..kernels.vandermonde import vandermonde_kernel
 from .base import register_layer, set_optim_hints
+from .init import log_uniform_dt
 from .lti_base import LTILayer
 
 __all__ = ["S4D", "s4d_init"]
@@ -75,14 +76,11 @@ class S4D(LTILayer):
             raise ValueError(f"d_state must be an even int >= 2, got {d_state!r}")
         check_choice("init", init, INITS)
         check_choice("discretization", discretization, DISCRETIZATIONS)
-        check_positive("dt_min", dt_min)
-        check_positive("dt_max", dt_max)
-        if dt_min > dt_max:
-            raise ValueError(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
+        check_dt_range(dt_min, dt_max)
         self.d_state, self.init, self.discretization = d_state, init, discretization
         H, M = d_model, d_state // 2
         lam = s4d_init(init, d_state)
-        log_dt = torch.rand(H, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform_dt(H, dt_min, dt_max, torch.float64)
         self.log_dt = nn.Parameter(log_dt.float())
         self.A_real_log = nn.Parameter(torch.log(-lam.real).float().expand(H, M).clone())
         self.A_imag = nn.Parameter(lam.imag.float().expand(H, M).clone())

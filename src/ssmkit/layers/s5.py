@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_finite, check_positive
+from .._checks import check_dt_range, check_finite
 from ..hippo.nplr import nplr
 from ..ops.scan import linear_scan
-from .base import SequenceLayer, check_mask, check_sequence_input, check_step_input, register_layer, set_optim_hints
+from .._checks import check_mask, check_sequence_input, check_step_input
+from .base import SequenceLayer, register_layer, set_optim_hints
+from .init import log_uniform_dt
 
 __all__ = ["S5"]
 
@@ -38,8 +40,7 @@ class S5(SequenceLayer):
             raise ValueError(f"d_model must be an int >= 1, got {d_model!r}")
         if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even int >= 2, got {d_state!r}")
-        check_positive("dt_min", dt_min)
-        check_positive("dt_max", dt_max)
+        check_dt_range(dt_min, dt_max)
         self.d_model, self.d_state = d_model, d_state
         H, M = d_model, d_state // 2
         F_ = nplr("legs", d_state)
@@ -48,7 +49,7 @@ class S5(SequenceLayer):
         C = torch.randn(H, d_state, dtype=torch.float64) / math.sqrt(M)
         self.A_real_log = nn.Parameter(torch.log(-F_.Lambda.real).float())
         self.A_imag = nn.Parameter(F_.Lambda.imag.float())
-        self.log_dt = nn.Parameter((torch.rand(M) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).float())
+        self.log_dt = nn.Parameter(log_uniform_dt(M, dt_min, dt_max))
         self.B = nn.Parameter(torch.view_as_real((V.conj().T @ B.to(torch.complex128)).to(torch.complex64)))  # (M, H)
         self.C = nn.Parameter(torch.view_as_real((C.to(torch.complex128) @ V).to(torch.complex64)))  # (H, M)
         self.D = nn.Parameter(torch.randn(H))

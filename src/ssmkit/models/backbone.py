@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..layers import get_layer
-from ..layers.base import check_mask
+from .._checks import check_mask
 
 __all__ = ["Backbone", "Block"]
 
