@@ -584,6 +584,10 @@ def test_tasks_command_prints_the_registry(capsys):
     ("smnist", dict(n_train=-5), ValueError, "n_train"),
     ("smnist", dict(val_fraction=float("inf")), ValueError, "val_fraction"),
     ("ucr", dict(train_path="a.tsv", test_path="b.tsv", normalize="zscore"), ValueError, "normalize"),
+    ("ucr", dict(train_path=5, test_path="b.tsv"), TypeError, "train_path"),
+    ("ucr", dict(archive="A", dataset=7), TypeError, "dataset"),
+    ("ucr", dict(train_path="a.tsv", test_path="b.tsv", val_fraction=float("nan")), ValueError, "val_fraction"),
+    ("sktime", dict(dataset=3), TypeError, "dataset"),
 ])
 def test_bad_task_options_are_named_errors(name, options, exc, argument):
     with raises_naming(exc, argument):

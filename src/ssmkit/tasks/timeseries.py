@@ -302,6 +302,11 @@ def ucr(seed: int = 0, archive: str = "", dataset: str = "", train_path: str = "
     """A classification task from a UCR/UEA archive (``archive`` folder and ``dataset`` name) or
     from a train file and a test file (``.ts``, ``.tsv``, ``.arff``); a stratified
     ``val_fraction`` of the training file is held out for validation."""
+    for name, value in (("archive", archive), ("dataset", dataset), ("train_path", train_path), ("test_path", test_path)):
+        if not isinstance(value, (str, Path)):
+            raise TypeError(f"{name} must be a string (a path or a dataset name), got {value!r} ({type(value).__name__})")
+    _norm_mode(normalize)
+    check_fraction("val_fraction", val_fraction, allow_zero=False)
     by_name, by_path = bool(archive or dataset), bool(train_path or test_path)
     if by_name and by_path:
         raise ValueError("ucr takes either archive and dataset, or train_path and test_path, not both")
@@ -312,13 +317,11 @@ def ucr(seed: int = 0, archive: str = "", dataset: str = "", train_path: str = "
             raise ValueError("ucr needs archive and dataset (a folder of the UCR/UEA archives), or train_path and "
                              "test_path (UCR/UEA .ts, .tsv or .arff files)")
         train_file, test_file = Path(train_path), Path(test_path)
-    _norm_mode(normalize)
-    check_fraction("val_fraction", val_fraction, allow_zero=False)
     ltr, xtr = read_ucr(train_file)
     lte, xte = read_ucr(test_file)
     what = f"UCR/UEA dataset {dataset}" if by_name else f"UCR/UEA files {train_file.name}, {test_file.name}"
     task = _make_task("ucr", what, ltr, xtr, lte, xte, normalize, val_fraction, seed)
-    task.options.update(archive=str(archive), dataset=dataset)
+    task.options.update(archive=str(archive), dataset=dataset, train_path=str(train_path), test_path=str(test_path))
     task.files = {"train": str(train_file), "test": str(test_file)}
     return task
 
@@ -365,8 +368,10 @@ def sktime_dataset(seed: int = 0, dataset: str = "JapaneseVowels", normalize: Un
     ``BasicMotions`` (6 dimensions), ``GunPoint``, ``ItalyPowerDemand``, ``ArrowHead``, ``PLAID``
     (unequal lengths); ``Tecator`` and ``Covid3Month`` are regression problems.
     """
-    if not isinstance(dataset, str) or not dataset:
-        raise ValueError(f"dataset must be the name of a dataset sktime ships, got {dataset!r}")
+    if not isinstance(dataset, str):
+        raise TypeError(f"dataset must be the name of a dataset sktime ships, got {dataset!r} ({type(dataset).__name__})")
+    if not dataset:
+        raise ValueError("dataset must be the name of a dataset sktime ships, got ''")
     _norm_mode(normalize)
     check_fraction("val_fraction", val_fraction, allow_zero=False)
     available = sktime_datasets()
