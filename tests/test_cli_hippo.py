@@ -6,6 +6,7 @@ import torch
 
 from ssmkit.reconstruction import hippo_figure
 from ssmkit.signals import make_signal
+from helpers import raises_naming
 
 
 def test_hippo_figure_writes_outputs(tmp_path):
@@ -96,5 +97,9 @@ def test_library_modules_match_the_figure(tmp_path):
     assert f"{res['legt']:.3e}" in format_mse_table(res)
     path = _csv(tmp_path / "c.csv", [1.0, 2.5, -3.0], header="x")
     assert read_csv_column(path).tolist() == [1.0, 2.5, -3.0]
-    with pytest.raises(TypeError, match="length"):
+    with raises_naming(TypeError, "length"):
         make_signal("sine", 10.5)
+    with raises_naming(ValueError, "bandlimit"):
+        make_signal("whitenoise", 100, bandlimit=float("nan"))
+    with raises_naming(TypeError, "seed"):
+        make_signal("steps", 100, seed="a")

@@ -132,6 +132,8 @@ def test_pad_collate_masks_and_targets():
     tok = build_task("copying", **SMALL["copying"])
     _, y2, _ = pad_collate([tok.train[i] for i in range(3)])
     assert y2.shape == (3, tok.max_len)
+    with raises_naming(ValueError, "batch"):
+        pad_collate([])
 
 
 def test_digits_and_contract():

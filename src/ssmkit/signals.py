@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_int
+from ._checks import check_float, check_int
 
 __all__ = ["SIGNALS", "make_signal", "read_csv_column"]
 
@@ -24,8 +24,13 @@ SIGNALS = ("whitenoise", "sine", "steps")
 def make_signal(name: str, length: int, seed: int = 0, bandlimit: float = 8.0) -> torch.Tensor:
     """A built-in test signal of ``length`` samples (float64), or one read from a CSV file
     (``name`` a path ending in ``.csv``; ``length`` is then ignored)."""
+    if not isinstance(name, (str, Path)):
+        raise TypeError(f"signal must be one of {', '.join(SIGNALS)} or a path to a .csv file, got {name!r}")
+    name = str(name)
     if name in SIGNALS:
         check_int("length", length, minimum=2)
+        check_int("seed", seed)
+        check_float("bandlimit", bandlimit, low=0.0, low_open=True)
     g = torch.Generator().manual_seed(seed)
     t = (torch.arange(length, dtype=torch.float64) + 0.5) / length
     if name == "whitenoise":

@@ -5,3 +5,4 @@ from .registry import (TaskSpec, available_tasks, build_task, get_task_spec, reg
                        task_sizes)
 from . import synthetic, listops, images, timeseries  # noqa: E402,F401  (each module registers its tasks)
 from .listops import evaluate_listops
+from .baselines import one_nn_accuracy

@@ -105,6 +105,8 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
     Returns ``(x, y, mask)``: ``mask`` (batch, L) bool is True at real positions; per-position
     targets are padded with ``IGNORE_INDEX``.
     """
+    if len(batch) == 0:
+        raise ValueError("batch must hold at least one (x, y) item, got an empty batch")
     xs: List[torch.Tensor] = [b[0] for b in batch]
     ys: List[torch.Tensor] = [b[1] for b in batch]
     lengths = torch.tensor([x.shape[0] for x in xs])
