@@ -271,6 +271,12 @@ def _pick_channels(ins: LayerInspection, n: int) -> List[int]:
     return sorted({int(order[round(q * (H - 1))]) for q in np.linspace(0, 1, n)})
 
 
+def _fit(fig) -> None:
+    """Fixed margins (tight_layout would render every figure twice, which dominates the cost)."""
+    two = len(fig.axes) > 1
+    fig.subplots_adjust(left=0.08 if two else 0.14, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
+
+
 def _layer_figures(ins: LayerInspection, folder: Path, n_channels: int, task_len: int, plt) -> List[tuple]:
     """Write this layer's PNGs into folder; return [(file, caption)]."""
     figs = []
@@ -278,8 +284,8 @@ def _layer_figures(ins: LayerInspection, folder: Path, n_channels: int, task_len
 
     def save(fig, stem, caption):
         path = folder / f"{tag}_{stem}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        _fit(fig)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         figs.append((path.name, caption))
 
@@ -429,8 +435,8 @@ def _overview_figure(inspections: List[LayerInspection], out: Path, task_len: in
                 title="memory length per layer (CDF)")
     if with_mem:
         axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "overview.png", dpi=110)
+    _fit(fig)
+    fig.savefig(out / "overview.png", dpi=100)
     plt.close(fig)
     return ("overview.png", "Left: median normalised Hankel singular values of each layer (a faster drop = more "
             "compressible by balanced truncation). Right: cumulative distribution of the channels' effective "
