@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -287,12 +287,17 @@ class LayerReduction:
     error: np.ndarray
     target: str = "s4d"
     d_state: int = 0
-    notes: List[str] = field(default_factory=list)
+    norm: Optional[np.ndarray] = None  # per channel max_ω |G(e^{iω})| of the source (same grid)
 
     def summary(self) -> dict:
-        return {"target": self.target, "d_state": self.d_state, "orders": self.orders.tolist(),
-                "max_bound": float(self.bound.max()), "max_error": float(self.error.max()),
-                "bound": self.bound.tolist(), "error": self.error.tolist()}
+        out = {"target": self.target, "d_state": self.d_state, "orders": self.orders.tolist(),
+               "max_bound": float(self.bound.max()), "max_error": float(self.error.max()),
+               "bound": self.bound.tolist(), "error": self.error.tolist()}
+        if self.norm is not None:
+            out["hinf_norm"] = self.norm.tolist()
+            out["max_relative_error"] = float((self.error / np.maximum(self.norm, 1e-300)).max())
+            out["max_relative_bound"] = float((self.bound / np.maximum(self.norm, 1e-300)).max())
+        return out
 
 
 def _layer_systems(layer) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -441,8 +446,10 @@ def reduce(layer, order: Optional[int] = None, *, tolerance: Optional[float] = N
                          f"coefficients of a polynomial with poles clustered near z = 1 need more digits: use "
                          f"to='s4d' (poles stored one by one) or a float64 model") from None
     error = np.array([hinf_error(systems[h], stored[h], n_grid) for h in range(H)])
+    empty = (np.zeros((0, 0)), np.zeros(0), np.zeros(0))
+    norm = np.array([hinf_error(systems[h], empty, n_grid) for h in range(H)])
     bound = np.array([t.bound for t in truncs])
-    return LayerReduction(new, np.array([t.order for t in truncs]), hsv, bound, error, to, d_state)
+    return LayerReduction(new, np.array([t.order for t in truncs]), hsv, bound, error, to, d_state, norm)
 
 
 def reduce_model(model: torch.nn.Module, order: Optional[int] = None, *, tolerance: Optional[float] = None,
