@@ -2,6 +2,7 @@
 frequency responses, Δ, memory lengths, Hankel singular values — with an index.html."""
 from __future__ import annotations
 
+from .._checks import check_positive_int
 from ..inspection import inspect_run, write_report
 
 
@@ -15,6 +16,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.length is not None:
+        check_positive_int("--length", args.length)
+    check_positive_int("--channels", args.channels)
+    check_positive_int("--batch-size", args.batch_size)
     inspections, config, task = inspect_run(args.run, L=args.length, batch_size=args.batch_size)
     index = write_report(inspections, args.out, title=f"{config.layer} on {task.name}: {args.run}",
                          n_channels=args.channels, task_len=task.max_len)
