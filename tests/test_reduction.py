@@ -109,6 +109,12 @@ def test_frequency_response_equals_the_kernel_sum():
     w = np.linspace(0, np.pi, 17)
     ref = 0.3 + (K[None, :] * np.exp(-1j * w[:, None] * np.arange(400))).sum(1)
     np.testing.assert_allclose(frequency_response(A, B, C, w, 0.3), ref, rtol=1e-10, atol=1e-12)
+    # a defective Ā (a Jordan block: no eigenvector basis) takes the linear-solve path
+    J = np.array([[0.9, 1.0, 0.0], [0.0, 0.9, 1.0], [0.0, 0.0, 0.9]])
+    B, C = np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0])
+    K = powers_kernel(J, B, C, 2000).real
+    ref = (K[None, :] * np.exp(-1j * w[:, None] * np.arange(2000))).sum(1)
+    np.testing.assert_allclose(frequency_response(J, B, C, w), ref, rtol=1e-10)
 
 
 def test_modal_form_gives_the_s4d_kernel():

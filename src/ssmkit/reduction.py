@@ -217,14 +217,25 @@ def _pole_residue(A, B, C) -> Tuple[np.ndarray, np.ndarray]:
 
 def frequency_response(Ad, Bd, C, omega, D: float = 0.0) -> np.ndarray:
     """``H(e^{iω}) = D + Σ_k K_k e^{-iωk} = D + C (I - e^{-iω} Ā)^{-1} B̄`` at the frequencies
-    ``omega`` (radians per sample), in pole-residue form (complex128)."""
+    ``omega`` (radians per sample), complex128: in pole-residue form when ``Ā``'s eigenvectors are
+    well conditioned, else by one linear solve per frequency."""
     A, B, Cr = real_realization(Ad, Bd, C)
     w = np.asarray(omega, dtype=np.float64)
     if A.shape[0] == 0:
         return np.full(w.shape, D, dtype=np.complex128)
-    lam, res = _pole_residue(A, B, Cr)
-    z = np.exp(-1j * w)[..., None]
-    return D + (res / (1 - z * lam)).sum(-1)
+    lam, V = np.linalg.eig(A)
+    if np.linalg.cond(V) < 1e8:  # well-conditioned eigenvectors: pole-residue form, O(N) per frequency
+        res = (Cr @ V) * np.linalg.solve(V, B.astype(np.complex128))
+        z = np.exp(-1j * w)[..., None]
+        return D + (res / (1 - z * lam)).sum(-1)
+    # nearly defective (e.g. clustered real poles of a non-normal Ā): solve (I - e^{-iω} Ā) x = B̄
+    flat, out = w.ravel(), []
+    I = np.eye(A.shape[0])
+    for start in range(0, flat.size, 256):
+        z = np.exp(-1j * flat[start:start + 256])[:, None, None]
+        rhs = np.broadcast_to(B.astype(np.complex128), (z.shape[0], B.size))[..., None]
+        out.append(np.linalg.solve(I - z * A, rhs)[..., 0] @ Cr)
+    return D + np.concatenate(out).reshape(w.shape)
 
 
 def _grid(n: int, *pole_sets) -> np.ndarray:
