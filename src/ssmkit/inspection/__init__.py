@@ -371,7 +371,9 @@ def _layer_figures(ins: LayerInspection, folder: Path, n_channels: int, task_len
         for h in range(s.shape[0]):
             ax.semilogy(i, np.clip(s[h], 1e-17, None), color="0.75", lw=0.5)
         ax.semilogy(i, np.clip(np.median(s, 0), 1e-17, None), "k", lw=1.5, label="median channel")
-        ax.set(xlabel="index i", ylabel="σ_i / σ_1", title="Hankel singular values", ylim=(1e-17, 2))
+        pos = s[s > 0]
+        low = max(1e-17, 0.5 * pos.min()) if pos.size else 1e-17
+        ax.set(xlabel="index i", ylabel="σ_i / σ_1", title="Hankel singular values", ylim=(low, 2))
         ax.legend(fontsize=8)
         r1 = [_order_at(h, 0.01) for h in ins.hsv]
         save(fig, "hsv", "Hankel singular values of each channel relative to its largest (grey) and the median "
