@@ -7,12 +7,11 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers import assert_close_to_reference, raises_naming
 from ssmkit.cli import main
 from ssmkit.inspection import inspect_layer, inspect_model, memory_length
-from ssmkit.layers import RTF, S4D, S5, Mamba, Mamba2
+from ssmkit.layers import RTF, S4D, S5, Mamba
 from ssmkit.lti import hankel_singular_values
 from ssmkit.models import Backbone, LanguageModel
 from ssmkit.tasks import build_task
