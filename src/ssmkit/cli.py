@@ -12,7 +12,7 @@ from typing import List, Optional
 
 # Order is the order shown in --help; `ssmkit` alone runs DEFAULT_COMMAND.
 DEFAULT_COMMAND = "demo"
-COMMANDS = ("demo", "hippo", "train", "evaluate", "generate", "tasks")
+COMMANDS = ("demo", "hippo", "train", "evaluate", "generate", "tasks", "inspect", "reduce")
 
 
 def build_parser() -> argparse.ArgumentParser:
