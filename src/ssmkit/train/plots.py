@@ -63,8 +63,11 @@ def plot_metrics(run_dir) -> Optional[Path]:
         if rs:
             a1.plot([r["step"] for r in rs], [r["loss"] for r in rs], style, label=split)
             a2.plot([r["step"] for r in rs], [r.get(key, float("nan")) for r in rs], style, label=split)
-    a1.set_xlabel("step"); a1.set_ylabel("loss"); a1.set_yscale("log"); a1.legend()
-    a2.set_xlabel("step"); a2.set_ylabel(key); a2.legend()
+    a1.set_xlabel("step"); a1.set_ylabel("loss"); a1.set_yscale("log")
+    a2.set_xlabel("step"); a2.set_ylabel(key)
+    for a in (a1, a2):
+        if a.lines:
+            a.legend()
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     return _save(fig, run_dir / "learning_curves.png")
