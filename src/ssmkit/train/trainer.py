@@ -363,12 +363,11 @@ class _Run:
                     if not measured and self.step - measure_from[0] >= MEASURE_STEPS:
                         measured = True
                         self._timing((time.perf_counter() - measure_from[1]) / MEASURE_STEPS)
-                    row = None
+                    dt = time.perf_counter() - t_win
+                    row = {"split": "train", "step": self.step, "epoch": epoch, "loss": win_loss / max(1, win_n),
+                           self.key: win_metric / max(1, win_n), "lr": lr, "seq_per_s": win_seqs / max(dt, 1e-9),
+                           "elapsed": round(self.elapsed(), 3)}  # the window since the last logged row
                     if self.step % c.log_every == 0 or self.step == self.total:
-                        dt = time.perf_counter() - t_win
-                        row = {"split": "train", "step": self.step, "epoch": epoch, "loss": win_loss / max(1, win_n),
-                               self.key: win_metric / max(1, win_n), "lr": lr, "seq_per_s": win_seqs / max(dt, 1e-9),
-                               "elapsed": round(self.elapsed(), 3)}
                         self.log.write(row)
                         win_loss, win_metric, win_n, win_seqs, t_win = 0.0, 0.0, 0, 0, time.perf_counter()
                     self.reporter.update(self.step, row)
@@ -398,8 +397,8 @@ class _Run:
     def _timing(self, seconds_per_step: float) -> None:
         self.schedule.step_time = seconds_per_step
         epoch_s = seconds_per_step * self.spe
-        self.reporter.info(f"measured {seconds_per_step:.3g} s/step: ~{epoch_s:.0f} s per epoch, "
-                           f"~{seconds_per_step * self.total:.0f} s for {self.total} steps")
+        self.reporter.info(f"measured {seconds_per_step:.3g} s/step: ~{epoch_s:.3g} s per epoch, "
+                           f"~{seconds_per_step * self.total:.3g} s for {self.total} steps")
         if self.config.time_budget:
             self.reporter.info(self.schedule.describe())
         self.log.write({"event": "timing", "step": self.step, "seconds_per_step": seconds_per_step,
