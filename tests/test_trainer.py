@@ -225,7 +225,10 @@ def test_a_budget_stopped_run_ends_with_a_decayed_learning_rate(tmp_path):
 
 # --- output ----------------------------------------------------------------------------------
 def test_plain_progress_lines_and_start_summary(tmp_path, capsys):
-    fit(_cfg(log_every=100), tmp_path / "run", progress="lines", report_every=0.0)  # lines do not wait for log rows
+    cfg = _cfg(log_every=100)
+    task = build_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+    task.val = None  # 10% of the 40 training sequences held out
+    fit(cfg, tmp_path / "run", progress="lines", report_every=0.0, task=task)  # lines do not wait for log rows
     out = capsys.readouterr().out
     assert "\r" not in out
     assert "36 train / 4 val / 8 test sequences" in out and "parameters" in out and "lr schedule" in out
