@@ -203,24 +203,34 @@ def test_warmup_is_capped_at_its_fraction_of_the_run():
     assert s.factor(1000) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_time_budget_schedule_decays_by_elapsed_time():
+def test_time_budget_schedule_warms_up_and_decays_by_elapsed_time():
     s = LRSchedule(warmup_steps=50, total_steps=100_000, warmup_fraction=0.1, time_budget=60.0)
-    s.step_time = 0.1  # 600 steps fit in the budget: warm-up capped at 60 of them
-    assert s.expected_steps == 600 and s.warmup == 50
-    assert s.factor(100, elapsed=30.0) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * (0.5 - 50 / 600) / (1 - 50 / 600))).item()))
-    assert s.factor(590, elapsed=60.0) == pytest.approx(0.0, abs=1e-12)  # the budget spent: fully decayed
-    s.step_time = 1.0  # 60 steps fit: warm-up 6
-    assert s.warmup == 6 and "~60 steps" in s.describe()
+    assert s.factor(0, elapsed=0.0) == pytest.approx(1 / 50)
+    assert s.factor(9, elapsed=3.0) == pytest.approx(0.5)  # 5% of the budget: half-way through a 10% warm-up
+    assert s.factor(10, elapsed=6.0) == pytest.approx(1.0) and s.warmup_end == pytest.approx(0.1)
+    assert s.factor(20, elapsed=33.0) == pytest.approx(0.5)  # half-way from the end of warm-up to the budget
+    assert s.factor(30, elapsed=60.0) == pytest.approx(0.0, abs=1e-12)  # the budget spent: fully decayed
+    assert "10% of the time budget of 60 s" in s.describe()
+    few = LRSchedule(warmup_steps=5, total_steps=100_000, warmup_fraction=0.1, time_budget=60.0)
+    assert [few.factor(k, elapsed=0.1 * k) for k in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    smooth = LRSchedule(50, 100_000, 0.1, 60.0)
+    ramp = [smooth.factor(k, elapsed=0.5 * k) for k in range(200)]
+    assert max(abs(a - b) for a, b in zip(ramp, ramp[1:])) < 0.1  # continuous: no jump when warm-up ends
+    s.step_time = 0.1
+    assert s.expected_steps == 600 and "~600 steps fit" in s.describe()
 
 
 def test_a_budget_stopped_run_ends_with_a_decayed_learning_rate(tmp_path):
-    res = fit(_cfg(max_steps=100_000, eval_every=10_000, time_budget=2.0, lr=1e-2), tmp_path / "run", progress=False)
+    res = fit(_cfg(max_steps=100_000, eval_every=10_000, time_budget=2.0, lr=1e-2, warmup_steps=10_000),
+              tmp_path / "run", progress=False)
     assert res["stopped"] == "time_budget"
     train = [r for r in _rows(tmp_path / "run") if r.get("split") == "train"]
-    assert train[-1]["lr"] < 0.05 * 1e-2 < max(r["lr"] for r in train)
-    start = next(r for r in _rows(tmp_path / "run") if r.get("event") == "start")
+    lrs = [r["lr"] for r in train]
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert lrs[peak] > 0.9e-2 and lrs[-1] < 0.05e-2  # warmed up fully, ended decayed
+    assert peak <= 0.1 * len(lrs) + 2  # warm-up took about 10% of the budget, not 10,000 steps
     timing = next(r for r in _rows(tmp_path / "run") if r.get("event") == "timing")
-    assert timing["warmup_steps"] <= max(1, 0.1 * timing["expected_steps"]) and start["params"] > 0
+    assert timing["expected_steps"] > 0 and res["params"] > 0
 
 
 # --- output ----------------------------------------------------------------------------------
