@@ -12,6 +12,16 @@ outputs are the masked matrix product ``y = ((C Bᵀ) ⊙ exp(S_t - S_s)[s ≤ t
 chunk's final state ``Σ_s exp(S_Q - S_s) Δ_s x_s B_sᵀ`` is carried across chunks by a short
 recurrence ``h_c = exp(S_Q) h_{c-1} + state_c``, whose contribution to the outputs is
 ``exp(S_t) h_{c-1} C_t``. ``ssd_ref`` is the step-by-step loop.
+
+The chunk length ``chunk_size`` is a computation parameter only: every value gives the same
+result up to rounding. The work is about ``L·Q·(P + N/R)`` per head inside chunks plus
+``2·L·P·N`` per head for the chunk states, so short chunks (64 on a CPU) are fastest.
+
+Inputs: real floating tensors (complex is refused by name); float16/bfloat16 are computed in
+float32, ``y`` is returned in ``x``'s dtype and the state in float32. ``A <= 0`` and
+``dt >= 0`` are checked (skipped, with the finite-value checks, inside
+:func:`ssmkit._checks.trusted_inputs`). A batch of 0 gives empty outputs; the length must be
+>= 1.
 """
 from __future__ import annotations
 
@@ -19,7 +29,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_int, check_tensor, value_checks_enabled
 
 __all__ = ["ssd", "ssd_ref"]
 
@@ -37,10 +47,11 @@ def _check(x, dt, A, B, C, h0):
         raise ValueError(f"B must have shape ({b}, {L}, groups, N) with groups dividing {H}, got {tuple(B.shape)}")
     if C.shape != B.shape:
         raise ValueError(f"C must have the shape of B {tuple(B.shape)}, got {tuple(C.shape)}")
-    if bool((A > 0).any()):
-        raise ValueError(f"A must be <= 0 (a decay per head), got max {A.max().item():g}")
-    if bool((dt < 0).any()):
-        raise ValueError(f"dt must be >= 0 (a step after softplus), got min {dt.min().item():g}")
+    if value_checks_enabled():
+        if A.numel() and bool((A > 0).any()):
+            raise ValueError(f"A must be <= 0 (a decay per head), got max {float(A.detach().max()):g}")
+        if dt.numel() and bool((dt < 0).any()):
+            raise ValueError(f"dt must be >= 0 (a step after softplus), got min {float(dt.detach().min()):g}")
     if h0 is not None:
         check_tensor("initial_state", h0, shape=(b, H, P, B.shape[3]), floating=True)
 
@@ -56,32 +67,59 @@ def ssd_ref(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None) -> Tup
     ``B, C`` (b, L, G, N) -> ``y`` (b, L, H, P), final state (b, H, P, N)."""
     _check(x, dt, A, B, C, initial_state)
     b, L, H, P = x.shape
+    out_dtype = x.dtype
+    ct = _compute_dtype(x, dt, A, B, C, initial_state)
+    x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
     Bh, Ch = _heads(B, H), _heads(C, H)
-    h = x.new_zeros(b, H, P, B.shape[3]) if initial_state is None else initial_state
+    h = x.new_zeros(b, H, P, B.shape[3]) if initial_state is None else initial_state.to(ct)
     ys = []
     for t in range(L):
         decay = torch.exp(dt[:, t] * A)[..., None, None]  # (b, H, 1, 1)
         h = decay * h + (dt[:, t, :, None] * x[:, t]).unsqueeze(-1) * Bh[:, t].unsqueeze(2)
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
-    return torch.stack(ys, 1), h
+    return torch.stack(ys, 1).to(out_dtype), h
 
 
-def chunk_layout(L: int, chunk: int) -> Tuple[int, int]:
-    """``(nc, Q)``: the fewest chunks of at most ``chunk`` steps, all of the same length ``Q``
-    (``nc·Q - L < nc`` padded steps instead of up to ``chunk - 1``)."""
-    nc = -(-L // chunk)
+def chunk_layout(L: int, chunk_size: int) -> Tuple[int, int]:
+    """``(nc, Q)``: the fewest chunks of at most ``chunk_size`` steps, all of the same length ``Q``
+    (``nc·Q - L < nc`` padded steps instead of up to ``chunk_size - 1``)."""
+    nc = -(-L // chunk_size)
     return nc, -(-L // nc)
 
 
-def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None, chunk: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
+def _compute_dtype(*tensors) -> torch.dtype:
+    ct = torch.float32
+    for t in tensors:
+        if t is not None:
+            ct = torch.promote_types(ct, t.dtype)
+    return ct
+
+
+def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None,
+        chunk_size: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD (see the module docstring); same arguments and results as :func:`ssd_ref`.
 
-    ``chunk`` bounds the chunk length; the length used is the smallest that covers ``L`` with
-    the same number of chunks (:func:`chunk_layout`). Work is laid out head-major,
+    ``chunk_size`` bounds the chunk length; the length used is the smallest that covers ``L``
+    with the same number of chunks (:func:`chunk_layout`). Work is laid out head-major,
     (batch, groups, heads per group, chunk, step, ·), so every contraction is a batched matmul
-    on contiguous blocks, and ``C Bᵀ`` is formed once per group, not once per head.
+    on contiguous blocks; ``C Bᵀ`` is formed and causally masked once per group, not per head.
     """
     _check(x, dt, A, B, C, initial_state)
+    check_int("chunk_size", chunk_size, minimum=1)
+    ct = _compute_dtype(x, dt, A, B, C, initial_state)
+    out_dtype = x.dtype
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
+        if initial_state is not None:
+            initial_state = initial_state.to(ct)
+        if x.shape[0] == 0:  # an empty batch: empty outputs
+            h = x.new_zeros(0, x.shape[2], x.shape[3], B.shape[3]) if initial_state is None else initial_state * 1
+            return x * 0, h
+        y, h = _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size)
+    return y.to(out_dtype), h
+
+
+def _ssd_chunked(x, dt, A, B, C, initial_state, chunk):
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     R = H // G
@@ -100,10 +138,15 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None, chunk: int
     S = torch.cumsum(dtc * A.reshape(G, R, 1, 1), dim=-1)  # (b, G, R, nc, Q) log decay, <= 0, decreasing
     dx = (dtc.unsqueeze(-1) * xc).contiguous()  # (b, G, R, nc, Q, P)
     # intra-chunk: y_t = Σ_{s≤t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((S.unsqueeze(-1) - S.unsqueeze(-2)).masked_fill(~causal, float("-inf")))  # (..., Q(t), Q(s))
-    CB = Cc @ Bc.transpose(-1, -2)  # (b, G, 1, nc, Q, Q): once per group
-    y = (CB * decay) @ dx  # (b, G, R, nc, Q, P)
+    # the causal mask is applied once per group, to C Bᵀ; above the diagonal S_t - S_s >= 0 is
+    # clamped to 0 (so exp cannot overflow there) and multiplied by the zeros of the mask
+    CB = (Cc @ Bc.transpose(-1, -2)).tril_()  # (b, G, 1, nc, Q, Q): once per group
+    diff = S.unsqueeze(-1) - S.unsqueeze(-2)  # (..., Q(t), Q(s))
+    if torch.is_grad_enabled() and diff.requires_grad:
+        M = torch.exp(diff.clamp_max(0.0)) * CB
+    else:  # inference: the same arithmetic in place, one (.., Q, Q) buffer
+        M = diff.clamp_max_(0.0).exp_().mul_(CB)
+    y = M @ dx  # (b, G, R, nc, Q, P)
     # chunk states Σ_s exp(S_Q - S_s) Δ_s x_s B_sᵀ, and the recurrence across chunks
     w = torch.exp(S[..., -1:] - S).unsqueeze(-1) * dx  # (b, G, R, nc, Q, P)
     states = w.transpose(-1, -2) @ Bc  # (b, G, R, nc, P, N)
