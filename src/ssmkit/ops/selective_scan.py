@@ -66,33 +66,33 @@ def _check(u, delta, A, B, C, D, z, delta_bias, initial_state):
                     ("initial_state", initial_state)):
         if isinstance(t, torch.Tensor) and t.device != u.device:
             raise ValueError(f"{name} must be on u's device ({u.device}), got {t.device}")
-    b, d, L = u.shape
+    bsz, d, L = u.shape
     if L < 1:
         raise ValueError(f"u must have length >= 1, got shape {tuple(u.shape)}")
-    check_tensor("delta", delta, shape=(b, d, L), floating=True)
+    check_tensor("delta", delta, shape=(bsz, d, L), floating=True)
     check_tensor("A", A, ndim=2, floating=True)
     if A.shape[0] != d:
         raise ValueError(f"A must have shape ({d}, N), got {tuple(A.shape)}")
     N = A.shape[1]
     for name, M in (("B", B), ("C", C)):
         check_tensor(name, M, ndim=(3, 4), floating=True)
-        if M.dim() == 3 and M.shape != (b, N, L):
-            raise ValueError(f"{name} must have shape ({b}, {N}, {L}) or ({b}, groups, {N}, {L}), got {tuple(M.shape)}")
-        if M.dim() == 4 and (M.shape[0] != b or M.shape[2:] != (N, L) or d % M.shape[1]):
-            raise ValueError(f"{name} must have shape ({b}, groups, {N}, {L}) with groups dividing {d}, got {tuple(M.shape)}")
+        if M.dim() == 3 and M.shape != (bsz, N, L):
+            raise ValueError(f"{name} must have shape ({bsz}, {N}, {L}) or ({bsz}, groups, {N}, {L}), got {tuple(M.shape)}")
+        if M.dim() == 4 and (M.shape[0] != bsz or M.shape[2:] != (N, L) or d % M.shape[1]):
+            raise ValueError(f"{name} must have shape ({bsz}, groups, {N}, {L}) with groups dividing {d}, got {tuple(M.shape)}")
     if D is not None:
         check_tensor("D", D, shape=(d,), floating=True)
     if z is not None:
-        check_tensor("z", z, shape=(b, d, L), floating=True)
+        check_tensor("z", z, shape=(bsz, d, L), floating=True)
     if delta_bias is not None:
         check_tensor("delta_bias", delta_bias, shape=(d,), floating=True)
     if initial_state is not None:
-        check_tensor("initial_state", initial_state, shape=(b, d, N), floating=True)
-    return b, d, L, N
+        check_tensor("initial_state", initial_state, shape=(bsz, d, N), floating=True)
+    return bsz, d, L, N
 
 
 def _grouped(M: torch.Tensor, d: int) -> torch.Tensor:
-    """(b, N, L) or (b, G, N, L) -> (b, G, 1, L, N): broadcastable against (b, G, D/G, L, N)."""
+    """(bsz, N, L) or (bsz, G, N, L) -> (bsz, G, 1, L, N): broadcastable against (bsz, G, D/G, L, N)."""
     if M.dim() == 3:
         M = M.unsqueeze(1)
     return M.transpose(-1, -2).unsqueeze(2)
@@ -101,19 +101,19 @@ def _grouped(M: torch.Tensor, d: int) -> torch.Tensor:
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, initial_state=None):
     """Reference: the recurrence as written, one step at a time, through autograd."""
-    b, d, L, N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    bsz, d, L, N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     dt = delta + delta_bias[:, None] if delta_bias is not None else delta
     if delta_softplus:
         dt = F.softplus(dt)
     GB = 1 if B.dim() == 3 else B.shape[1]
     GC = 1 if C.dim() == 3 else C.shape[1]
-    Bg, Cg = _grouped(B, d), _grouped(C, d)  # (b, G, 1, L, N)
-    h = u.new_zeros(b, d, N) if initial_state is None else initial_state
+    Bg, Cg = _grouped(B, d), _grouped(C, d)  # (bsz, G, 1, L, N)
+    h = u.new_zeros(bsz, d, N) if initial_state is None else initial_state
     ys = []
     for t in range(L):
-        dA = torch.exp(dt[:, :, t, None] * A)  # (b, d, N)
-        Bt = Bg[:, :, :, t].expand(b, GB, d // GB, N).reshape(b, d, N)
-        Ct = Cg[:, :, :, t].expand(b, GC, d // GC, N).reshape(b, d, N)
+        dA = torch.exp(dt[:, :, t, None] * A)  # (bsz, d, N)
+        Bt = Bg[:, :, :, t].expand(bsz, GB, d // GB, N).reshape(bsz, d, N)
+        Ct = Cg[:, :, :, t].expand(bsz, GC, d // GC, N).reshape(bsz, d, N)
         h = dA * h + (dt[:, :, t] * u[:, :, t])[..., None] * Bt
         ys.append((h * Ct).sum(-1))
     y = torch.stack(ys, dim=-1)
@@ -125,11 +125,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def _torch_forward(u, dt, A, B, C, h0, every, save):
-    """The torch path's forward: y (b, D, L), the last state, and when ``save`` the states at
+    """The torch path's forward: y (bsz, D, L), the last state, and when ``save`` the states at
     steps 0, T, 2T, ... (the state before each block of T = ``every`` steps)."""
-    b, d, L = u.shape
-    h = u.new_zeros(b, d, A.shape[1]) if h0 is None else (h0.clone() if save else h0)
-    y = u.new_empty(b, d, L)
+    bsz, d, L = u.shape
+    h = u.new_zeros(bsz, d, A.shape[1]) if h0 is None else (h0.clone() if save else h0)
+    y = u.new_empty(bsz, d, L)
     starts = []
     for s in range(0, L, every):
         e = min(L, s + every)
@@ -145,7 +145,7 @@ def _torch_forward(u, dt, A, B, C, h0, every, save):
 class _ScanFn(torch.autograd.Function):
     """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t ; y_t = C_t · h_t, with an analytic reverse scan.
 
-    Inside a block of T steps the per-step tensors are laid out time-first, (T, b, d, N), so
+    Inside a block of T steps the per-step tensors are laid out time-first, (T, bsz, d, N), so
     that every step of the loop is one fused ``addcmul`` over a contiguous block.
     """
 
@@ -160,25 +160,25 @@ class _ScanFn(torch.autograd.Function):
     def backward(ctx, dy, dh_last):
         u, dt, A, B, C, *starts = ctx.saved_tensors
         every = ctx.every
-        b, d, L = u.shape
+        bsz, d, L = u.shape
         N = A.shape[1]
         GB, GC = B.shape[1], C.shape[1]
         kB, kC = d // GB, d // GC
         du, ddt = torch.empty_like(u), torch.empty_like(dt)
         dA = torch.zeros_like(A)
-        dB = torch.zeros_like(B)  # (b, GB, N, L)
-        dC = torch.zeros_like(C)  # (b, GC, N, L)
+        dB = torch.zeros_like(B)  # (bsz, GB, N, L)
+        dC = torch.zeros_like(C)  # (bsz, GC, N, L)
         # carry: ∂L/∂h at the end of the current block coming from later steps, already
         # multiplied by the next step's decay (so it adds to the block's last g).
-        carry = torch.zeros(b, d, N, dtype=u.dtype, device=u.device) if dh_last is None else dh_last.clone()
+        carry = torch.zeros(bsz, d, N, dtype=u.dtype, device=u.device) if dh_last is None else dh_last.clone()
         for ci in range(len(starts) - 1, -1, -1):
             s = ci * every
             e = min(L, s + every)
             T = e - s
             decay, inp, Cc = _block_terms(u, dt, A, B, C, s, e)
-            hs = _block_states(starts[ci], decay, inp)  # (T, b, d, N)
-            dy_c = dy[:, :, s:e].permute(2, 0, 1).contiguous().unsqueeze(-1)  # (T, b, d, 1)
-            gy = (dy_c.view(T, b, GC, kC, 1) * Cc).view(T, b, d, N)  # ∂L/∂h_t through y_t
+            hs = _block_states(starts[ci], decay, inp)  # (T, bsz, d, N)
+            dy_c = dy[:, :, s:e].permute(2, 0, 1).contiguous().unsqueeze(-1)  # (T, bsz, d, 1)
+            gy = (dy_c.view(T, bsz, GC, kC, 1) * Cc).view(T, bsz, d, N)  # ∂L/∂h_t through y_t
             gs = torch.empty_like(hs)
             g = torch.add(gy[T - 1], carry, out=gs[T - 1])
             for t in range(T - 2, -1, -1):
@@ -186,47 +186,47 @@ class _ScanFn(torch.autograd.Function):
             carry = decay[0] * g
             h_prev = torch.cat([starts[ci].unsqueeze(0), hs[:-1]], dim=0)
             g_decay = gs * h_prev * decay  # ∂L/∂(Δ_t A): g_t h_{t-1} exp(Δ_t A)
-            dtc = dt[:, :, s:e].permute(2, 0, 1).contiguous()  # (T, b, d)
+            dtc = dt[:, :, s:e].permute(2, 0, 1).contiguous()  # (T, bsz, d)
             uc = u[:, :, s:e].permute(2, 0, 1).contiguous()
             dA += torch.einsum("tbdn,tbd->dn", g_decay, dtc)
-            Bc = _group_view(B, s, e)  # (T, b, GB, 1, N)
-            g_dtu = torch.einsum("tbgkn,tbgzn->tbgk", gs.view(T, b, GB, kB, N), Bc).reshape(T, b, d)  # ∂L/∂(Δ_t u_t)
+            Bc = _group_view(B, s, e)  # (T, bsz, GB, 1, N)
+            g_dtu = torch.einsum("tbgkn,tbgzn->tbgk", gs.view(T, bsz, GB, kB, N), Bc).reshape(T, bsz, d)  # ∂L/∂(Δ_t u_t)
             dtu = dtc * uc
-            dB[..., s:e] = torch.einsum("tbgkn,tbgk->bgnt", gs.view(T, b, GB, kB, N), dtu.view(T, b, GB, kB))
-            dC[..., s:e] = torch.einsum("tbgkn,tbgk->bgnt", hs.view(T, b, GC, kC, N), dy_c[..., 0].view(T, b, GC, kC))
+            dB[..., s:e] = torch.einsum("tbgkn,tbgk->bgnt", gs.view(T, bsz, GB, kB, N), dtu.view(T, bsz, GB, kB))
+            dC[..., s:e] = torch.einsum("tbgkn,tbgk->bgnt", hs.view(T, bsz, GC, kC, N), dy_c[..., 0].view(T, bsz, GC, kC))
             ddt[:, :, s:e] = ((g_decay * A).sum(-1) + g_dtu * uc).permute(1, 2, 0)
             du[:, :, s:e] = (g_dtu * dtc).permute(1, 2, 0)
         return du, ddt, dA, dB, dC, (carry if ctx.has_h0 else None), None
 
 
 def _group_view(M: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """(b, G, N, L) -> steps s..e-1 as (T, b, G, 1, N), broadcastable against (T, b, G, d/G, N)."""
+    """(bsz, G, N, L) -> steps s..e-1 as (T, bsz, G, 1, N), broadcastable against (T, bsz, G, d/G, N)."""
     return M[..., s:e].permute(3, 0, 1, 2).contiguous().unsqueeze(3)
 
 
 def _block_terms(u, dt, A, B, C, s, e):
-    """Per-step decay exp(Δ_t A) and input Δ_t u_t B_t of steps s..e-1, time-first (T, b, d, N),
-    and C_t as (T, b, GC, 1, N)."""
-    b, d = u.shape[:2]
+    """Per-step decay exp(Δ_t A) and input Δ_t u_t B_t of steps s..e-1, time-first (T, bsz, d, N),
+    and C_t as (T, bsz, GC, 1, N)."""
+    bsz, d = u.shape[:2]
     GB, N = B.shape[1], B.shape[2]
     T = e - s
     # contiguous time-first copies: every step of the scan then reads one dense block
-    dtc = dt[:, :, s:e].permute(2, 0, 1).contiguous()  # (T, b, d)
-    decay = torch.exp(dtc.unsqueeze(-1) * A)  # (T, b, d, N)
+    dtc = dt[:, :, s:e].permute(2, 0, 1).contiguous()  # (T, bsz, d)
+    decay = torch.exp(dtc.unsqueeze(-1) * A)  # (T, bsz, d, N)
     dtu = dtc * u[:, :, s:e].permute(2, 0, 1)
-    inp = (dtu.view(T, b, GB, d // GB, 1) * _group_view(B, s, e)).view(T, b, d, N)
+    inp = (dtu.view(T, bsz, GB, d // GB, 1) * _group_view(B, s, e)).view(T, bsz, d, N)
     return decay, inp, _group_view(C, s, e)
 
 
 def _readout(hs: torch.Tensor, Cc: torch.Tensor) -> torch.Tensor:
-    """y_t = C_t · h_t for a block: hs (T, b, d, N), Cc (T, b, G, 1, N) -> (b, d, T)."""
-    T, b, d, N = hs.shape
+    """y_t = C_t · h_t for a block: hs (T, bsz, d, N), Cc (T, bsz, G, 1, N) -> (bsz, d, T)."""
+    T, bsz, d, N = hs.shape
     G = Cc.shape[2]
-    return torch.einsum("tbgkn,tbgzn->bgkt", hs.view(T, b, G, d // G, N), Cc).reshape(b, d, T)
+    return torch.einsum("tbgkn,tbgzn->bgkt", hs.view(T, bsz, G, d // G, N), Cc).reshape(bsz, d, T)
 
 
 def _block_states(h, decay, inp):
-    """States of one block, (T, b, d, N), from the state before it: h_t = decay_t h_{t-1} + inp_t."""
+    """States of one block, (T, bsz, d, N), from the state before it: h_t = decay_t h_{t-1} + inp_t."""
     hs = torch.empty_like(decay)
     for t in range(decay.shape[0]):
         h = torch.addcmul(inp[t], decay[t], h, out=hs[t])
@@ -244,7 +244,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     ``native``: None uses the native CPU kernel when it applies (CPU, library available; every
     layout of B and C), False forces the torch path, True requires the native kernel
     (RuntimeError if it cannot be used)."""
-    b, d, L, N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    bsz, d, L, N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_int("checkpoint_every", checkpoint_every, minimum=1)
     if native not in (None, True, False):
         raise TypeError(f"native must be None, True or False, got {native!r}")
@@ -268,7 +268,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         elif value_checks_enabled() and dt.numel() and bool((dt < 0).any()):
             raise ValueError("delta (plus delta_bias) must be >= 0 when delta_softplus is False: a negative step "
                              f"makes the state grow without bound; got min {float(dt.detach().min()):g}")
-        if b == 0:  # an empty batch: empty outputs (connected to the inputs for autograd)
+        if bsz == 0:  # an empty batch: empty outputs (connected to the inputs for autograd)
             y = u.to(ct) * 0
             last = u.new_zeros(0, d, N, dtype=ct) if initial_state is None else initial_state.to(ct) * 1
         else:
@@ -314,24 +314,24 @@ def _ptr(t: Optional[torch.Tensor]):
 
 
 def _native_forward(u, dt, A, B, C, h0, every, save):
-    """Native forward: returns y (b, D, L), last state (b, D, N), and when ``save`` the saved
-    states (b, D, K, N) plus the contiguous operands, with B, C time-major (b, G, L, N), that the
+    """Native forward: returns y (bsz, D, L), last state (bsz, D, N), and when ``save`` the saved
+    states (bsz, D, K, N) plus the contiguous operands, with B, C time-major (bsz, G, L, N), that the
     backward pass reads. Any strides and any grouping of B and C are accepted: the operands are
     copied into the kernel's layout here (no copy when they already have it)."""
     lib = _native.library()
-    b, d, L = u.shape
+    bsz, d, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     u, dt, A = u.detach().contiguous(), dt.detach().contiguous(), A.detach().contiguous()
-    Bt = B.detach().transpose(-1, -2).contiguous()  # (b, GB, L, N): one step = N contiguous values
-    Ct = C.detach().transpose(-1, -2).contiguous()  # (b, GC, L, N)
+    Bt = B.detach().transpose(-1, -2).contiguous()  # (bsz, GB, L, N): one step = N contiguous values
+    Ct = C.detach().transpose(-1, -2).contiguous()  # (bsz, GC, L, N)
     h0 = None if h0 is None else h0.detach().contiguous()
     K = -(-L // every)
-    y = u.new_empty(b, d, L)
-    last = u.new_empty(b, d, N)
-    states = u.new_empty(b, d, K, N) if save else None
+    y = u.new_empty(bsz, d, L)
+    last = u.new_empty(bsz, d, N)
+    states = u.new_empty(bsz, d, K, N) if save else None
     fn = lib.ssm_fwd_f32 if u.dtype == torch.float32 else lib.ssm_fwd_f64
     fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), _ptr(h0), y.data_ptr(),
-       last.data_ptr(), _ptr(states), b, d, L, N, GB, GC, every, torch.get_num_threads())
+       last.data_ptr(), _ptr(states), bsz, d, L, N, GB, GC, every, torch.get_num_threads())
     return y, last, states, (u, dt, A, Bt, Ct)
 
 
@@ -351,29 +351,29 @@ class _NativeScanFn(torch.autograd.Function):
     def backward(ctx, dy, dh_last):
         u, dt, A, Bt, Ct, states = ctx.saved_tensors
         lib = _native.library()
-        b, d, L = u.shape
+        bsz, d, L = u.shape
         N, GB, GC = A.shape[1], Bt.shape[1], Ct.shape[1]
         T = ctx.every
         threads = torch.get_num_threads()
-        dy = u.new_zeros(b, d, L) if dy is None else dy.contiguous()
+        dy = u.new_zeros(bsz, d, L) if dy is None else dy.contiguous()
         dh_last = None if dh_last is None else dh_last.contiguous()
         du, ddt = torch.empty_like(u), torch.empty_like(dt)
         dA = torch.empty_like(A)
-        dB, dC = torch.empty_like(Bt), torch.empty_like(Ct)  # (b, G, L, N)
-        dh0 = u.new_empty(b, d, N) if ctx.has_h0 else None
+        dB, dC = torch.empty_like(Bt), torch.empty_like(Ct)  # (bsz, G, L, N)
+        dh0 = u.new_empty(bsz, d, N) if ctx.has_h0 else None
         # The work is cut into tasks fixed by the shapes (not by the thread count); each task
         # writes its dB, dC terms for a segment of S steps into its own slot, and the slots are
         # summed in order: a fixed summation order, so gradients do not depend on the threads.
-        ntask = lib.ssm_bwd_tasks(b, d, GB, GC)
+        ntask = lib.ssm_bwd_tasks(bsz, d, GB, GC)
         S = T * max(1, min(-(-L // T), _PARTIAL_BUDGET // max(1, ntask * T * N)))
-        carry = u.new_empty(2, b, d, N)
+        carry = u.new_empty(2, bsz, d, N)
         part = u.new_empty(2, ntask, S, N)
         work = u.new_empty(threads, 2 * T * N)
         fn = lib.ssm_bwd_f32 if u.dtype == torch.float32 else lib.ssm_bwd_f64
         fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), states.data_ptr(),
            dy.data_ptr(), _ptr(dh_last), du.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
            dC.data_ptr(), _ptr(dh0), carry.data_ptr(), part.data_ptr(), work.data_ptr(),
-           b, d, L, N, GB, GC, T, S, threads)
+           bsz, d, L, N, GB, GC, T, S, threads)
         return du, ddt, dA, dB.transpose(-1, -2), dC.transpose(-1, -2), dh0, None
 
 
