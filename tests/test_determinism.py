@@ -54,7 +54,7 @@ def test_scan_gradients_bit_identical_for_any_thread_count(threads):
     old_budget = mod._PARTIAL_BUDGET
     res = []
     try:
-        mod._PARTIAL_BUDGET = 2 * 6 * 16 * 5  # the backward sweeps several segments of 16 steps
+        mod._PARTIAL_BUDGET = 2 * 6 * 16 * 5  # the backward sweeps segments of 16 steps (8 tasks)
         for n in (2, 2, 1, 3):
             threads(n)
             y, h = selective_scan(**kw, delta_softplus=True, return_last_state=True, checkpoint_every=16, native=True)

@@ -56,7 +56,7 @@ __all__ = ["selective_scan", "selective_scan_fn", "selective_scan_ref"]
 
 CHECKPOINT_EVERY = 64  # steps between saved states (T)
 # elements of each of the native backward's per-task dB / dC partial buffers (sets the segment length)
-_PARTIAL_BUDGET = 1 << 21
+_PARTIAL_BUDGET = 1 << 19
 
 
 def _check(u, delta, A, B, C, D, z, delta_bias, initial_state):

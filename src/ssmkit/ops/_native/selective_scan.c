@@ -24,8 +24,8 @@
  *
  * Parallel work and determinism: the forward runs over (b, d) rows, each independent. The
  * backward's work is cut into tasks that depend on the shapes only, never on the thread count:
- * a task is a block of at most SSM_BLOCK channels of one batch element inside one "fine group"
- * (the groups of lcm(GB, GC), so a block reads one B group and one C group). The time axis is
+ * a task is a block of channels of one batch element inside one "fine group" (the groups of
+ * lcm(GB, GC), so a block reads one B group and one C group); see ssm_blocking_. The time axis is
  * swept backwards in segments of S steps (a multiple of T); in a segment every task writes its
  * dB, dC contributions into its own slot of a partial buffer (channels in index order), then
  * the slots are summed in slot order into dB, dC. dA is summed over the batch in index order
@@ -71,10 +71,27 @@ static inline float ssm_expf(float x) {
 static long ssm_gcd_(long a, long b) { while (b) { long r = a % b; a = b; b = r; } return a; }
 static long ssm_lcm_(long a, long b) { return a / ssm_gcd_(a, b) * b; }
 
+/* The backward's blocking, a function of the shapes only: F = lcm(GB, GC) fine groups of
+ * per = D / F channels; each (batch element, fine group) is cut into nblk tasks of cb channels,
+ * about SSM_TASKS tasks in all (enough for any thread count here, few enough that the
+ * per-task partial buffers stay small), and at least SSM_BLOCK channels per task. */
+#define SSM_TASKS 64
+static void ssm_blocking_(long nb, long D, long GB, long GC, long *F, long *per, long *cb, long *nblk) {
+    *F = ssm_lcm_(GB, GC);
+    *per = D / *F;
+    long want = (SSM_TASKS + nb * *F - 1) / (nb * *F);     /* tasks per (b, f) */
+    const long most = (*per + SSM_BLOCK - 1) / SSM_BLOCK;  /* at least SSM_BLOCK channels each */
+    if (want > most) want = most;
+    if (want < 1) want = 1;
+    *cb = (*per + want - 1) / want;
+    *nblk = (*per + *cb - 1) / *cb;
+}
+
 /* Number of backward tasks (the partial buffer holds 2 * tasks * S * N scalars). */
 long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
-    const long F = ssm_lcm_(GB, GC), per = D / F, cb = SSM_BLOCK < per ? SSM_BLOCK : per;
-    return nb * F * ((per + cb - 1) / cb);
+    long F, per, cb, nblk;
+    ssm_blocking_(nb, D, GB, GC, &F, &per, &cb, &nblk);
+    return nb * F * nblk;
 }
 
 #define SSM_SCALAR float
@@ -165,10 +182,8 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
                                long nb, long D, long L, long N, long GB, long GC, long T, long Sseg,
                                int nthreads) {
     const long K = (L + T - 1) / T;
-    const long F = ssm_lcm_(GB, GC);
-    const long per = D / F;                             /* channels per fine group */
-    const long cb = SSM_BLOCK < per ? SSM_BLOCK : per;  /* channels per task */
-    const long nblk = (per + cb - 1) / cb;
+    long F, per, cb, nblk; /* fine groups, channels per fine group, channels per task, tasks per group */
+    ssm_blocking_(nb, D, GB, GC, &F, &per, &cb, &nblk);
     const long ntask = nb * F * nblk;
     const long perB = D / GB, perC = D / GC;
     const long slotsB = (F / GB) * nblk, slotsC = (F / GC) * nblk; /* slots summed into one group */
