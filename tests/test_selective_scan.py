@@ -388,3 +388,20 @@ def test_complex_and_half_inputs():
     y32 = selective_scan_ref(**{k: v.float() for k, v in h16.items()}, delta_softplus=True)
     assert y.dtype == torch.float16
     assert_close_to_reference(y.float(), y32, 2e-3)
+
+
+@needs_native
+def test_long_mixed_grouping_reads_only_its_operands():
+    """B grouped and C not, at a length where reading C with B's group stride would run past
+    C's end: equal to the same scan with C given in grouped form (another layout of the same
+    values), and finite."""
+    L = 100_000
+    g = torch.Generator().manual_seed(0)
+    u, delta = torch.randn(1, 4, L, generator=g), torch.randn(1, 4, L, generator=g)
+    A = -torch.rand(4, 16, generator=g) - 0.1
+    B, C = torch.randn(1, 2, 16, L, generator=g), torch.randn(1, 16, L, generator=g)
+    with torch.no_grad():
+        y1, h1 = selective_scan(u, delta, A, B, C, delta_softplus=True, return_last_state=True, native=True)
+        y2, h2 = selective_scan(u, delta, A, B, C.unsqueeze(1).expand(1, 2, 16, L), delta_softplus=True,
+                                return_last_state=True, native=True)
+    assert torch.isfinite(y1).all() and torch.equal(y1, y2) and torch.equal(h1, h2)
