@@ -210,10 +210,10 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
                 const long bi = bf / F, f = bf % F;
                 const long d0 = f * per + blk * cb, d1 = (d0 + cb < (f + 1) * per) ? d0 + cb : (f + 1) * per;
                 const S *Bg = B + (bi * GB + d0 / perB) * L * N, *Cg = C + (bi * GC + d0 / perC) * L * N;
-                S *pB = partB + task * Sseg * N - s0 * N; /* indexed by absolute t */
-                S *pC = partC + task * Sseg * N - s0 * N;
-                memset(pB + s0 * N, 0, (s1 - s0) * N * sizeof(S));
-                memset(pC + s0 * N, 0, (s1 - s0) * N * sizeof(S));
+                S *pB = partB + task * Sseg * N; /* step t of the segment at (t - s0) * N */
+                S *pC = partC + task * Sseg * N;
+                memset(pB, 0, (s1 - s0) * N * sizeof(S));
+                memset(pC, 0, (s1 - s0) * N * sizeof(S));
                 for (long d = d0; d < d1; d++) {
                     const long row = bi * D + d;
                     const S *ur = u + row * L, *dtr = dt + row * L, *dyr = dy + row * L, *Ar = A + d * N;
@@ -243,7 +243,7 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
                             const S *Bt = Bg + t * N, *Ct = Cg + t * N;
                             const S *Ei = E + i * N, *Hi = H + i * N;
                             const S *Hp = i > 0 ? H + (i - 1) * N : cs + k * N;
-                            S *dBt = pB + t * N, *dCt = pC + t * N;
+                            S *dBt = pB + (t - s0) * N, *dCt = pC + (t - s0) * N;
                             S sB = 0, sA = 0;
 #pragma omp simd reduction(+ : sB, sA)
                             for (long n = 0; n < N; n++) {
