@@ -167,10 +167,11 @@ def _locate() -> Path:
     if cc is None:
         state = "no cached build" if not out.exists() else "the cached build failed its checksum"
         raise RuntimeError(f"no C compiler found (set CC or install gcc) and {state} in {out.parent}")
-    _build(cc, out, sidecar)
-    if not _verified(out, sidecar):
-        raise RuntimeError(f"the native library {out} changed while it was being built; try again")
-    return out
+    for _ in range(3):  # another process may replace the pair between our two writes: check again
+        _build(cc, out, sidecar)
+        if _verified(out, sidecar):
+            return out
+    raise RuntimeError(f"the native library {out} keeps changing while it is built (concurrent builds?)")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
