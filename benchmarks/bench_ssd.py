@@ -4,6 +4,10 @@ CUDA kernels), on the same inputs, in one process, alternating the two.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_ssd.py [--threads 1] [--repeats 5]
 
+A second table compares whole layers with the same weights: ssmkit's `Mamba2` (chunk 64)
+against transformers' `Mamba2Mixer` (its torch fallback, chunk 256), forward, at d_model 768
+(24 heads of 64, N = 128) and d_model 64, so the share of the projections shows.
+
 ssmkit is called as its layers call it (inside `trusted_inputs`, so the full-tensor value
 checks of the public entry are skipped) with its default chunk of 64 steps, and also with
 transformers' chunk of 256 steps (the result does not depend on the chunk length, only the
@@ -89,6 +93,45 @@ def main() -> None:
             ratio = med["transformers torch SSD (chunk 256)"] / med["ssmkit ssd (chunk 64)"]
             cells = " | ".join(f"{med[k]:.4f} s" for k in impls)
             print(f"| {', '.join(map(str, shape[:5]))} | {mode} | {cells} | **{ratio:.1f}x** |", flush=True)
+    layers(args.repeats)
+
+
+def layers(repeats: int) -> None:
+    import warnings
+
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+    from transformers.utils import logging as hf_logging
+
+    from ssmkit.layers import Mamba2
+
+    hf_logging.set_verbosity_error()
+    print("\n| layer (d_model, N, head dim), batch x L | ssmkit Mamba2 | transformers Mamba2Mixer | speed-up |")
+    print("|---|---|---|---|")
+    for d, N, P, b, L in ((768, 128, 64, 1, 1024), (64, 64, 32, 8, 512)):
+        torch.manual_seed(0)
+        ours = Mamba2(d, d_state=N, headdim=P, ngroups=1, chunk_size=64)
+        cfg = Mamba2Config(hidden_size=d, state_size=N, head_dim=P, num_heads=2 * d // P, n_groups=1, expand=2,
+                           chunk_size=256, conv_kernel=4, use_bias=False, use_conv_bias=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = Mamba2Mixer(cfg, 0)
+        theirs.load_state_dict(ours.state_dict())  # same parameter names and shapes
+        x = torch.randn(b, L, d)
+        fns = {"ours": lambda: ours(x), "theirs": lambda: theirs(x)}
+        with torch.no_grad():
+            y1, y2 = ours(x), theirs(x)
+            err = float((y1 - y2).abs().max() / y2.abs().max())
+            assert err < 1e-4, f"layers differ: {err:.2g}"
+            times = {k: [] for k in fns}
+            for _ in range(repeats + 1):
+                for k, f in fns.items():
+                    t0 = time.perf_counter()
+                    f()
+                    times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v[1:]) for k, v in times.items()}
+        print(f"| {d}, {N}, {P}, {b} x {L} | {med['ours']:.4f} s | {med['theirs']:.4f} s | "
+              f"**{med['theirs'] / med['ours']:.1f}x** |", flush=True)
 
 
 if __name__ == "__main__":
