@@ -56,7 +56,7 @@ def test_dplr_kernel_equals_dense_bilinear_system(rank, M, L):
     B = torch.randn(H, M, dtype=c128, generator=g)
     Ct = torch.randn(H, M, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
-    K = dplr_kernel(lam, P, B, Ct, dt, L, chunk=3)
+    K = dplr_kernel(lam, P, B, Ct, dt, L, freq_block=3)
     cat = lambda z: torch.cat([z, z.conj()], -1)
     A = torch.diag_embed(cat(lam)) - torch.einsum("rhn,rhm->hnm", cat(P), cat(P).conj())
     I = torch.eye(2 * M, dtype=c128)
@@ -94,7 +94,7 @@ def test_dplr_kernel_general_modes_odd_N(rank, N, L):
     B = torch.randn(H, N, dtype=c128, generator=g)
     Ct = torch.randn(H, N, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
-    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, chunk=3, conj_pairs=False)
+    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, freq_block=3, conj_pairs=False)
     Kn = naive_kernel(*_dense_bilinear(lam, P, Q, B, Ct, dt, L), L)
     assert K.is_complex() and K.shape == (H, L)
     assert float((K - Kn).abs().max() / Kn.abs().max()) < 1e-10
@@ -110,7 +110,7 @@ def test_dplr_kernel_gradcheck_across_chunks():
     Ct = torch.randn(H, M, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
     ins = tuple(t.clone().requires_grad_(True) for t in (lam, P, B, Ct, dt))
-    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, chunk=2), ins, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, freq_block=2), ins, eps=1e-6, atol=1e-7)
 
 
 def test_nplr_dtypes_and_bad_input():

@@ -20,7 +20,7 @@ import torch
 
 from .._checks import check_choice, check_dt_range, check_even_int
 from ..hippo.measures import transition
-from ..kernels.vandermonde import vandermonde_kernel
+from ..kernels.vandermonde import vandermonde_kernel, vandermonde_reduce
 from .base import register_layer, set_optim_hints
 from .init import log_uniform_dt
 from .lti_base import LTILayer
@@ -140,23 +140,17 @@ class S4D(LTILayer):
         return 2 * (C * state).sum(-1).real
 
     def _final_state(self, u, state0, lengths):
-        # x_b = Ā^{l_b} x0 + Σ_{k<l_b} Ā^{l_b-1-k} B̄ u_k, powers in log space, chunked over k.
+        # x_b = Ā^{l_b} x0 + B̄ Σ_{k<l_b} Ā^{l_b-1-k} u_k: each row's real tokens rotated to the end of
+        # the window (zeros in front add nothing), reversed, then one transposed Vandermonde product.
         B, L, H = u.shape
         log_dA, dB, _ = self._discrete()
-        lens = torch.full((B,), L, device=u.device) if lengths is None else lengths
-        M = log_dA.shape[-1]
-        if state0 is None:
-            state = torch.zeros(B, H, M, dtype=log_dA.dtype, device=u.device)
-        else:
-            state = torch.exp(lens.to(log_dA.real.dtype)[:, None, None] * log_dA) * state0
-        lag_block = max(1, (1 << 22) // max(1, B * H * M))  # lags per block: bounds the (B, block, H, M) powers
-        for start in range(0, L, lag_block):
-            k = torch.arange(start, min(L, start + lag_block), device=u.device)
-            e = (lens[:, None] - 1 - k[None, :])  # (B, chunk)
-            valid = e >= 0
-            W = torch.exp(e.clamp(min=0).to(log_dA.real.dtype)[..., None, None] * log_dA)  # (B, c, H, M)
-            W = W * valid[..., None, None]
-            state = state + torch.einsum("bkh,bkhm->bhm", u[:, start:start + k.numel()].to(W.dtype), W) * dB
+        if lengths is not None:
+            idx = (torch.arange(L, device=u.device)[None, :] + lengths[:, None]) % L
+            u = torch.gather(u, 1, idx[..., None].expand(-1, -1, H))
+        state = vandermonde_reduce(log_dA, u.flip(1).transpose(1, 2)) * dB
+        if state0 is not None:
+            lens = torch.full((B,), L, device=u.device) if lengths is None else lengths
+            state = state + torch.exp(lens.to(log_dA.real.dtype)[:, None, None] * log_dA) * state0
         return state
 
     def _initial_response(self, state0, L):
