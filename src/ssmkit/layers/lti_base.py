@@ -150,7 +150,7 @@ class LTILayer(SequenceLayer):
         self._check_state("state", state, x_t.shape[0])
         with trusted_inputs():
             state = self._advance(state, x_t)
-            return self._readout(state) + self.D * x_t, state
+            return (self._readout(state) + self.D * x_t).to(x_t.dtype), state
 
     def _final_state(self, u: torch.Tensor, state0: Optional[torch.Tensor], lengths: Optional[torch.Tensor]):
         Ad, Bd = self._dense_AB()
@@ -188,6 +188,7 @@ class LTILayer(SequenceLayer):
                 y = y + self._initial_response(initial_state, L).to(y.dtype)
             if mask is not None:
                 y = y * mask[..., None]
+            y = y.to(x.dtype)  # half-precision inputs: computed in the parameters' precision, returned as given
             if not return_state:
                 return y
             return y, self._final_state(x, initial_state, lengths)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_positive, check_choice, check_positive_int
 from ..kernels.rational import rational_kernel
 from ..lti import companion, ss_to_tf, tf_to_ss
 from .base import register_layer, set_optim_hints
@@ -48,6 +48,7 @@ class RTF(LTILayer):
                  constraint: str = "none", ssm_lr: float = 1e-3, bidirectional: bool = False, device=None, dtype=None):
         super().__init__(d_model, bidirectional, device, dtype)
         check_positive_int("d_state", d_state)
+        check_positive("ssm_lr", ssm_lr)
         check_positive_int("l_max", l_max)
         check_choice("init", init, INITS)
         check_choice("constraint", constraint, CONSTRAINTS)

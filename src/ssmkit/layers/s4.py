@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice, check_dt_range, check_even_int, check_positive_int
+from .._checks import check_positive, check_choice, check_dt_range, check_even_int, check_positive_int
 from ..hippo.nplr import nplr
 from ..kernels.cauchy import dplr_kernel
 from .base import register_layer, set_optim_hints
@@ -44,6 +44,7 @@ class S4(LTILayer):
         check_positive_int("l_max", l_max)
         check_dt_range(dt_min, dt_max)
         check_even_int("d_state", d_state)
+        check_positive("ssm_lr", ssm_lr)
         self.d_state, self.measure, self.l_max = d_state, measure, l_max
         H = self.n_kernels
         form = nplr(measure, d_state)

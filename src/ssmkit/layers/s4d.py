@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .._checks import check_choice, check_dt_range, check_even_int
+from .._checks import check_positive, check_choice, check_dt_range, check_even_int
 from ..hippo.measures import transition
 from ..kernels.vandermonde import vandermonde_kernel, vandermonde_reduce
 from .base import register_layer, set_optim_hints
@@ -73,6 +73,7 @@ class S4D(LTILayer):
                  device=None, dtype=None):
         super().__init__(d_model, bidirectional, device, dtype)
         check_even_int("d_state", d_state)
+        check_positive("ssm_lr", ssm_lr)
         check_choice("init", init, INITS)
         check_choice("discretization", discretization, DISCRETIZATIONS)
         check_dt_range(dt_min, dt_max)

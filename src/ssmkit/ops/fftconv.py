@@ -55,7 +55,7 @@ class _CausalConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gu = torch.fft.irfft(Gf * Kf.conj(), n=n)[..., :L]
         if ctx.needs_input_grad[1]:
-            gK = torch.fft.irfft((Gf * Uf.conj()).sum(0), n=n)[..., :L]
+            gK = torch.fft.irfft(torch.linalg.vecdot(Uf, Gf, dim=0), n=n)[..., :L]  # Σ_b conj(Û) Ĝ
         return gu, gK
 
 
