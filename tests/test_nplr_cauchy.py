@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ssmkit.hippo import nplr, transition
-from ssmkit.kernels import cauchy_conj, dplr_kernel, naive_kernel
+from ssmkit.kernels import cauchy_conj, dplr_kernel, dplr_kernel_ref, naive_kernel
 
 f64, c128 = torch.float64, torch.complex128
 
@@ -96,6 +96,7 @@ def test_dplr_kernel_general_modes_odd_N(rank, N, L):
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
     K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, freq_block=3, conj_pairs=False)
     Kn = naive_kernel(*_dense_bilinear(lam, P, Q, B, Ct, dt, L), L)
+    assert float((dplr_kernel_ref(lam, P, B, Ct, dt, L, Q=Q, conj_pairs=False) - Kn).abs().max() / Kn.abs().max()) < 1e-12
     assert K.is_complex() and K.shape == (H, L)
     assert float((K - Kn).abs().max() / Kn.abs().max()) < 1e-10
 
@@ -122,3 +123,35 @@ def test_nplr_dtypes_and_bad_input():
         dplr_kernel(F.Lambda[None], F.P[:, None], F.B[None], F.B[None], -torch.ones(1, dtype=f64), 8)
     with pytest.raises(ValueError, match="P"):
         dplr_kernel(F.Lambda[None], F.P, F.B[None], F.B[None], torch.ones(1, dtype=f64), 8)
+
+
+@pytest.mark.parametrize("method", ["vandermonde", "cauchy"])
+@pytest.mark.parametrize("conj_pairs", [True, False])
+@pytest.mark.parametrize("rank,M,L", [(1, 1, 1), (1, 4, 33), (2, 3, 16), (3, 2, 7)])
+def test_dplr_kernel_methods_equal_reference(method, conj_pairs, rank, M, L):
+    # both routes to the Cauchy sums against the dense system powered step by step (dplr_kernel_ref),
+    # including small steps where the Vandermonde route's 1/(1 - r^L) is largest (Δ|Re λ| L ~ 0.05)
+    g = torch.Generator().manual_seed(rank * 100 + M * 10 + L)
+    H = 3
+    lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) - 0.1, 3 * torch.randn(H, M, generator=g, dtype=f64))
+    P = 0.5 * torch.randn(rank, H, M, dtype=c128, generator=g)
+    Q = P if conj_pairs else 0.5 * torch.randn(rank, H, M, dtype=c128, generator=g)
+    B = torch.randn(H, M, dtype=c128, generator=g)
+    Ct = torch.randn(H, M, dtype=c128, generator=g)
+    dt = torch.tensor([0.05 / L, 0.1, 0.6], dtype=f64)
+    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, conj_pairs=conj_pairs, method=method, freq_block=5)
+    want = dplr_kernel_ref(lam, P, B, Ct, dt, L, Q=Q, conj_pairs=conj_pairs)
+    assert K.is_complex() != conj_pairs
+    assert float((K - want).abs().max() / want.abs().max()) < 1e-10
+
+
+def test_dplr_kernel_vandermonde_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    H, M, L = 1, 2, 9
+    lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) - 0.1, torch.randn(H, M, generator=g, dtype=f64))
+    P = 0.5 * torch.randn(1, H, M, dtype=c128, generator=g)
+    B = torch.randn(H, M, dtype=c128, generator=g)
+    Ct = torch.randn(H, M, dtype=c128, generator=g)
+    dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
+    ins = tuple(t.clone().requires_grad_(True) for t in (lam, P, B, Ct, dt))
+    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, method="vandermonde"), ins, eps=1e-6, atol=1e-7)

@@ -12,7 +12,7 @@ import torch
 
 from .._checks import FULL_PRECISION, check_positive_int, check_tensor, value_checks_enabled
 
-__all__ = ["rational_kernel", "fold"]
+__all__ = ["rational_kernel", "rational_kernel_ref", "fold"]
 
 
 def fold(p: torch.Tensor, L: int) -> torch.Tensor:
@@ -65,3 +65,26 @@ def rational_kernel(a: torch.Tensor, b: torch.Tensor, L: int, h0: Optional[torch
         K = K.clone()
         K[..., 0] = K[..., 0] + h0
     return K
+
+
+def rational_kernel_ref(a: torch.Tensor, b: torch.Tensor, L: int) -> torch.Tensor:
+    """Reference for :func:`rational_kernel` (without ``h0``): the companion realisation of
+    ``b(z)/a(z)`` (first row ``-a``, ones below the diagonal, ``B̄ = e_1``) with
+    ``C = b (I - Ā^L)^{-1}``, powered step by step: ``K_k = C Ā^k B̄``. O(L N²), float64 advised."""
+    check_tensor("a", a, dtypes=FULL_PRECISION)
+    check_tensor("b", b, shape=tuple(a.shape), dtypes=FULL_PRECISION)
+    check_positive_int("L", L)
+    N = a.shape[-1]
+    Ad = torch.zeros(*a.shape[:-1], N, N, dtype=a.dtype, device=a.device)
+    Ad[..., 0, :] = -a
+    idx = torch.arange(N - 1, device=a.device)
+    Ad[..., idx + 1, idx] = 1
+    I = torch.eye(N, dtype=a.dtype, device=a.device)
+    C = torch.linalg.solve((I - torch.linalg.matrix_power(Ad, L)).transpose(-1, -2), b.unsqueeze(-1))[..., 0]
+    x = torch.zeros_like(a)
+    x[..., 0] = 1
+    out = []
+    for _ in range(L):
+        out.append((C * x).sum(-1))
+        x = (Ad @ x.unsqueeze(-1))[..., 0]
+    return torch.stack(out, -1)

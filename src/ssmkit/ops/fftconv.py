@@ -31,7 +31,7 @@ __all__ = ["fftconv", "causal_conv_ref"]
 
 
 class _CausalConv(torch.autograd.Function):
-    """``y = (K * u)[..., :L]`` along the last dimension: u (B, H, L), K (H, L)."""
+    """``y = (K * u)[..., :L]`` along the last dimension: u (B, H, L), K (H, Lk) with Lk <= L."""
 
     @staticmethod
     def forward(ctx, u, K):
@@ -41,7 +41,7 @@ class _CausalConv(torch.autograd.Function):
         Kf = torch.fft.rfft(K, n=n)
         y = torch.fft.irfft(Uf * Kf, n=n)[..., :L]
         ctx.save_for_backward(Uf, Kf)
-        ctx.L = L
+        ctx.L, ctx.Lk = L, K.shape[-1]
         return y
 
     @staticmethod
@@ -55,7 +55,7 @@ class _CausalConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gu = torch.fft.irfft(Gf * Kf.conj(), n=n)[..., :L]
         if ctx.needs_input_grad[1]:
-            gK = torch.fft.irfft(torch.linalg.vecdot(Uf, Gf, dim=0), n=n)[..., :L]  # Σ_b conj(Û) Ĝ
+            gK = torch.fft.irfft(torch.linalg.vecdot(Uf, Gf, dim=0), n=n)[..., :ctx.Lk]  # Σ_b conj(Û) Ĝ
         return gu, gK
 
 
