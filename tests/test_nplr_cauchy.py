@@ -11,18 +11,18 @@ f64, c128 = torch.float64, torch.complex128
 @pytest.mark.parametrize("measure,rank", [("legs", 1), ("legt", 2)])
 @pytest.mark.parametrize("N", [2, 8, 16, 64])
 def test_nplr_reconstructs_A_and_B(measure, rank, N):
-    F = nplr(measure, N)
+    form = nplr(measure, N)
     A, B = transition(measure, N)
-    assert F.Lambda.shape == (N // 2,) and F.P.shape == (rank, N // 2) and F.V.shape == (N, N // 2)
-    dense = F.dense_A()
+    assert form.Lambda.shape == (N // 2,) and form.P.shape == (rank, N // 2) and form.V.shape == (N, N // 2)
+    dense = form.dense_A()
     assert float((dense.real - A).abs().max() / A.abs().max()) < 1e-12
     assert float(dense.imag.abs().max()) < 1e-10
-    lam, P, Bf, V = F.full()
+    lam, P, Bf, V = form.full()
     torch.testing.assert_close((V @ Bf).real, B, rtol=0, atol=1e-10)
     torch.testing.assert_close(V.conj().T @ V, torch.eye(N, dtype=c128), rtol=0, atol=1e-10)  # unitary
-    assert bool((F.Lambda.imag > 0).all())
+    assert bool((form.Lambda.imag > 0).all())
     if measure == "legs":
-        torch.testing.assert_close(F.Lambda.real, torch.full((N // 2,), -0.5, dtype=f64), rtol=0, atol=1e-10)
+        torch.testing.assert_close(form.Lambda.real, torch.full((N // 2,), -0.5, dtype=f64), rtol=0, atol=1e-10)
 
 
 def test_nplr_odd_N_is_refused():
@@ -115,14 +115,14 @@ def test_dplr_kernel_gradcheck_across_chunks():
 
 
 def test_nplr_dtypes_and_bad_input():
-    F = nplr("legt", 6)
-    assert F.Lambda.dtype == F.P.dtype == F.B.dtype == F.V.dtype == c128
+    form = nplr("legt", 6)
+    assert form.Lambda.dtype == form.P.dtype == form.B.dtype == form.V.dtype == c128
     with pytest.raises(ValueError, match="measure"):
         nplr("fout", 4)
     with pytest.raises(ValueError, match="dt"):
-        dplr_kernel(F.Lambda[None], F.P[:, None], F.B[None], F.B[None], -torch.ones(1, dtype=f64), 8)
+        dplr_kernel(form.Lambda[None], form.P[:, None], form.B[None], form.B[None], -torch.ones(1, dtype=f64), 8)
     with pytest.raises(ValueError, match="P"):
-        dplr_kernel(F.Lambda[None], F.P, F.B[None], F.B[None], torch.ones(1, dtype=f64), 8)
+        dplr_kernel(form.Lambda[None], form.P, form.B[None], form.B[None], torch.ones(1, dtype=f64), 8)
 
 
 @pytest.mark.parametrize("method", ["vandermonde", "cauchy"])

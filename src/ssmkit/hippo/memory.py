@@ -91,8 +91,7 @@ class HiPPO:
         L = U.shape[1]
         if times is not None:
             times = self._check_times(times, L)
-        if isinstance(k0, bool) or not isinstance(k0, int) or k0 < 0:
-            raise ValueError(f"k0 must be an int >= 0, got {k0!r}")
+        k0 = check_int("k0", k0, minimum=0)
         if times is not None and (c0 is not None or k0):
             raise ValueError("c0/k0 continue a uniformly sampled stream; they cannot be combined with times")
         if c0 is None:
@@ -181,7 +180,7 @@ class HiPPO:
         """Zero coefficients, (N,) or (batch_size, N)."""
         if batch_size is not None:
             check_int("batch_size", batch_size, minimum=0)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:  # a dtype, not a tensor: no _checks helper
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         shape = (self.N,) if batch_size is None else (batch_size, self.N)
         return torch.zeros(shape, dtype=dtype)
@@ -219,8 +218,7 @@ class HiPPO:
                 return legs_step(c, u_t, dlt / (2 * float(t_prev)), dlt / (2 * float(t)))
             if k is None:
                 raise ValueError("LegS needs the 0-based sample index k (or t and t_prev)")
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise ValueError(f"k must be an int >= 0, got {k!r}")
+            k = check_int("k", k, minimum=0)
             if k == 0:
                 return u_t[..., None] * torch.eye(self.N, dtype=c.dtype, device=c.device)[0]
             return legs_step(c, u_t, 1 / (2 * k), 1 / (2 * (k + 1)))
