@@ -101,8 +101,9 @@ def test_dplr_kernel_general_modes_odd_N(rank, N, L):
     assert float((K - Kn).abs().max() / Kn.abs().max()) < 1e-10
 
 
-def test_dplr_kernel_gradcheck_across_chunks():
-    # gradients through the chunked (checkpointed) evaluation, against finite differences
+@pytest.mark.parametrize("method", ["vandermonde", "cauchy"])
+def test_dplr_kernel_gradcheck(method):
+    # gradients through both routes (the Cauchy one in checkpointed frequency blocks), against finite differences
     g = torch.Generator().manual_seed(1)
     H, M, L = 1, 2, 9
     lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) - 0.1, torch.randn(H, M, generator=g, dtype=f64))
@@ -111,7 +112,7 @@ def test_dplr_kernel_gradcheck_across_chunks():
     Ct = torch.randn(H, M, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
     ins = tuple(t.clone().requires_grad_(True) for t in (lam, P, B, Ct, dt))
-    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, freq_block=2), ins, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, freq_block=2, method=method), ins, eps=1e-6, atol=1e-7)
 
 
 def test_nplr_dtypes_and_bad_input():
@@ -144,14 +145,3 @@ def test_dplr_kernel_methods_equal_reference(method, conj_pairs, rank, M, L):
     assert K.is_complex() != conj_pairs
     assert float((K - want).abs().max() / want.abs().max()) < 1e-10
 
-
-def test_dplr_kernel_vandermonde_gradcheck():
-    g = torch.Generator().manual_seed(3)
-    H, M, L = 1, 2, 9
-    lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) - 0.1, torch.randn(H, M, generator=g, dtype=f64))
-    P = 0.5 * torch.randn(1, H, M, dtype=c128, generator=g)
-    B = torch.randn(H, M, dtype=c128, generator=g)
-    Ct = torch.randn(H, M, dtype=c128, generator=g)
-    dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
-    ins = tuple(t.clone().requires_grad_(True) for t in (lam, P, B, Ct, dt))
-    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, method="vandermonde"), ins, eps=1e-6, atol=1e-7)

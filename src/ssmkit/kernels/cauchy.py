@@ -67,26 +67,6 @@ def cauchy_conj(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Te
     return cauchy(v, x, s, lam) + cauchy(v.conj(), x, s, lam.conj())
 
 
-def _khat_chunk(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
-    """``K̂`` (H, J) at frequencies ``j`` (J,) from the stacked Cauchy numerators ``V``."""
-    H = V.shape[0]
-    z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # (J,)
-    x = 1 - z
-    s = (dt.unsqueeze(-1) / 2) * (1 + z)  # (H, J)
-    k = (cauchy_conj if conj_pairs else cauchy)(V, x, s, lam)  # (H, 1 + 2r + r², J)
-    k_cb = k[:, 0]
-    k_cp = k[:, 1:1 + r]
-    k_qb = k[:, 1 + r:1 + 2 * r]
-    k_qp = k[:, 1 + 2 * r:].reshape(H, r, r, -1)  # [a, b] = k(Q̄_a, P_b)
-    if r == 1:
-        corr = k_cp[:, 0] * k_qb[:, 0] / (1 + s * k_qp[:, 0, 0])
-    else:
-        W = torch.eye(r, dtype=k.dtype, device=k.device)[..., None] + s[:, None, None, :] * k_qp  # (H, r, r, J)
-        sol = torch.linalg.solve(W.permute(0, 3, 1, 2), k_qb.permute(0, 2, 1).unsqueeze(-1))[..., 0]  # (H, J, r)
-        corr = (k_cp.permute(0, 2, 1) * sol).sum(-1)
-    return dt.unsqueeze(-1) * (k_cb - s * corr)
-
-
 def _woodbury(k, s, dt, r: int):
     """``K̂ = Δ [k_cb - s k_cp (I + s k_qp)^{-1} k_qb]`` from the stacked sums ``k`` (H, 1+2r+r², J)."""
     H = k.shape[0]
