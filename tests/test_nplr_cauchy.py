@@ -145,3 +145,21 @@ def test_dplr_kernel_methods_equal_reference(method, conj_pairs, rank, M, L):
     assert K.is_complex() != conj_pairs
     assert float((K - want).abs().max() / want.abs().max()) < 1e-10
 
+
+
+@pytest.mark.parametrize("method", ["vandermonde", "cauchy"])
+def test_dplr_kernel_float32_accuracy_at_training_length(method):
+    # an S4 layer's own parameters (HiPPO-LegS, N = 64, Δ up to 0.1) at l_max = 1024 in float32,
+    # against the float64 kernel of the same float32 parameters: the phases k·Im(log r) reach
+    # ~1e3 rad, so the exponentials are taken in double precision (measured ~2e-6)
+    from ssmkit.layers import S4
+
+    torch.manual_seed(0)
+    layer = S4(4, 64, l_max=1024)
+    with torch.no_grad():
+        p32 = layer._params()
+        p64 = [t.to(c128) if t.is_complex() else t.double() for t in p32]
+        ref = dplr_kernel(*p64, 1024, method="cauchy")
+        K = dplr_kernel(*p32, 1024, method=method)
+    assert K.dtype == torch.float32
+    assert float((K.double() - ref).abs().max() / ref.abs().max()) < 1e-5

@@ -34,6 +34,12 @@ def default_block(L: int) -> int:
     return max(1, math.isqrt(L - 1) + 1) if L > 1 else 1
 
 
+def _exp_outer(w: torch.Tensor, idx: torch.Tensor, scale: int) -> torch.Tensor:
+    """``exp(w_n · scale · idx_i)`` (..., M, len(idx)) computed in complex128."""
+    k = idx.to(torch.float64) * scale
+    return torch.exp(w.to(torch.complex128).unsqueeze(-1) * k)
+
+
 def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block: Optional[int] = None,
                        conj_pairs: bool = True) -> torch.Tensor:
     """``K_k = 2 Re Σ_n CB_n exp(k · log_dA_n)``, k = 0..L-1 (without ``2 Re`` if ``conj_pairs=False``).
@@ -52,7 +58,6 @@ def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block
     c = min(c, L)
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, CB.dtype), torch.complex64)
     w, CB = log_dA.to(cdtype), CB.to(cdtype)
-    rdtype = w.real.dtype
     if w.shape[-1] != CB.shape[-1]:
         raise ValueError(f"log_dA and CB must have the same number of modes M (last dimension), got "
                          f"{tuple(log_dA.shape)} and {tuple(CB.shape)}")
@@ -62,11 +67,11 @@ def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block
         raise ValueError(f"log_dA and CB must have broadcastable leading dimensions, got {tuple(log_dA.shape)} and "
                          f"{tuple(CB.shape)}") from None
     Q = -(-L // c)
-    j = torch.arange(c, dtype=rdtype, device=w.device)
-    q = torch.arange(Q, dtype=rdtype, device=w.device) * c
-    # exponentials on log_dA's own shape (not broadcast against CB): O(M (c + Q)) per row
-    T = torch.exp(w.unsqueeze(-1) * j)  # (..., M, c)
-    W = CB.unsqueeze(-1) * torch.exp(w.unsqueeze(-1) * q)  # (lead, M, Q)
+    # exponentials on log_dA's own shape (not broadcast against CB): O(M (c + Q)) per row, in
+    # double precision (the phase k·Im w reaches L·|Im w|; in float32 its rounding alone would
+    # cost ~1e-4 relative at L = 1024), then rounded to the working precision for the product
+    T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype)  # (..., M, c)
+    W = CB.unsqueeze(-1) * _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype)  # (lead, M, Q)
     if conj_pairs:
         # 2 Re(Σ_n W_n T_n) = Σ_n 2 Re W_n Re T_n - 2 Im W_n Im T_n: one real product over 2M
         Wr = 2 * torch.cat([W.real, -W.imag], dim=-2)  # (lead, 2M, Q)
@@ -104,10 +109,9 @@ def vandermonde_reduce(log_dA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return torch.zeros(Bsz, H, M, dtype=cdtype, device=v.device)
     c = default_block(L)
     Q = -(-L // c)
-    rdtype = w.real.dtype
     v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(Bsz, H, Q, c).to(cdtype)
-    T = torch.exp(w.unsqueeze(-2) * torch.arange(c, dtype=rdtype, device=w.device)[:, None])  # (H, c, M)
-    Wq = torch.exp(w.unsqueeze(-2) * (torch.arange(Q, dtype=rdtype, device=w.device) * c)[:, None])  # (H, Q, M)
+    T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype).transpose(-1, -2)  # (H, c, M)
+    Wq = _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype).transpose(-1, -2)  # (H, Q, M)
     inner = torch.einsum("bhqc,hcm->bhqm", v, T)
     return (inner * Wq).sum(2)
 
