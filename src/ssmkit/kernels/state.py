@@ -11,7 +11,8 @@ Both split the lags into blocks of T: with the state kernel ``S_j = Ā^j B̄`` (
 contribution of block q is ``s_q = Σ_{j<T} S_j u_{(q+1)T-1-j}`` (one batched product over the
 whole sequence, O(B L H N)), and ``x_L = Σ_q (Ā^T)^{Q-1-q} s_q`` is reduced pairwise in
 ⌈log₂ Q⌉ levels. Powers come from repeated squaring, so the Python-level work is O(log L)
-operations instead of L steps. With ``T ≥ N`` the block reduction costs O(B L H N) as well.
+operations instead of L steps. With ``T = max(4N, ⌈√L⌉)`` the block reduction, O(B (L/T) H N²),
+costs at most a quarter of the block sums' O(B L H N).
 
 Right padding: sequence b's state after its own ``lengths[b]`` tokens is obtained by rotating
 its real tokens to the end of the window (zeros in front contribute nothing) and
@@ -33,7 +34,7 @@ __all__ = ["ssm_final_state", "ssm_initial_response", "ssm_final_state_ref", "ss
 
 
 def _block_length(L: int, N: int) -> int:
-    return max(1, min(L, max(N, math.isqrt(max(L - 1, 0)) + 1)))
+    return max(1, min(L, max(4 * N, math.isqrt(max(L - 1, 0)) + 1)))
 
 
 def _powers_doubling(A: torch.Tensor, V: torch.Tensor, T: int) -> torch.Tensor:
