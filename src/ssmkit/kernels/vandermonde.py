@@ -109,10 +109,15 @@ def vandermonde_reduce(log_dA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return torch.zeros(Bsz, H, M, dtype=cdtype, device=v.device)
     c = default_block(L)
     Q = -(-L // c)
-    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(Bsz, H, Q, c).to(cdtype)
+    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(Bsz, H, Q, c)
     T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype).transpose(-1, -2)  # (H, c, M)
     Wq = _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype).transpose(-1, -2)  # (H, Q, M)
-    inner = torch.einsum("bhqc,hcm->bhqm", v, T)
+    if v.is_complex():
+        inner = torch.einsum("bhqc,hcm->bhqm", v.to(cdtype), T)
+    else:  # real input: one real product against [Re T, Im T] (half the work of a complex one)
+        Tr = torch.cat([T.real, T.imag], dim=-1)  # (H, c, 2M)
+        prod = v.to(Tr.dtype) @ Tr.unsqueeze(0)  # (B, H, Q, 2M)
+        inner = torch.complex(prod[..., :M], prod[..., M:])
     return (inner * Wq).sum(2)
 
 
