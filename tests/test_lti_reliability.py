@@ -233,3 +233,19 @@ def test_hippo_empty_batches_and_grad_inputs(measure):
             h.step(torch.full((1, 4), bad), 1.0, k=2)
         with raises_naming(ValueError, "u_t"):
             h.step(torch.zeros(1, 4), bad, k=2)
+
+
+def test_hippo_functions_empty_and_half_precision():
+    from ssmkit.hippo import discretize, transition
+    from ssmkit.hippo.legs import legs_scan, legs_solve, legs_step
+
+    lam = torch.full((5,), 0.1, dtype=f64)
+    assert legs_scan(torch.zeros(0, 5, dtype=f64), lam, lam, torch.zeros(0, 4, dtype=f64)).shape == (0, 5, 4)
+    assert legs_step(torch.zeros(0, 4), torch.zeros(0), 0.1, 0.1).shape == (0, 4)
+    assert legs_solve(0.5, torch.zeros(0, 4)).shape == (0, 4)
+    A, B = transition("legt", 4)
+    with raises_naming(TypeError, "A"):
+        discretize(A.half(), B.half(), 0.1)
+    with raises_naming(ValueError, "dt"):
+        discretize(A, B, float("nan"))
+    assert discretize(A, B, torch.zeros(0, dtype=f64) + 0.1)[0].shape == (0, 4, 4)
