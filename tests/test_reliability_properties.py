@@ -33,16 +33,17 @@ from hypothesis import strategies as st
 import ssmkit
 from ssmkit import lti
 from ssmkit.kernels import vandermonde_kernel_ref
+from ssmkit.layers import run_steps
 from ssmkit.ops import causal_conv_ref, linear_scan_ref, selective_scan_ref, ssd_ref
 
 try:  # running as the child process: tests/ is on sys.path
     from strategies import (BAD_BOOLS, BAD_CHOICES, BAD_FINITE_REALS, BAD_NONNEG_INTS, BAD_NONNEG_REALS,
-                            BAD_POSITIVE_INTS, BAD_POSITIVE_REALS, NOT_INTS, Case, T, evaluate, perturb_tensor,
-                            seeds, shape_is, specials)
+                            BAD_POSITIVE_INTS, BAD_POSITIVE_REALS, NOT_INTS, TOLERANCE, Case, T, evaluate,
+                            lowest_precision, perturb_tensor, seeds, shape_is, specials, upcast)
 except ImportError:  # pragma: no cover
     from .strategies import (BAD_BOOLS, BAD_CHOICES, BAD_FINITE_REALS, BAD_NONNEG_INTS, BAD_NONNEG_REALS,
-                             BAD_POSITIVE_INTS, BAD_POSITIVE_REALS, NOT_INTS, Case, T, evaluate, perturb_tensor,
-                             seeds, shape_is, specials)
+                             BAD_POSITIVE_INTS, BAD_POSITIVE_REALS, NOT_INTS, TOLERANCE, Case, T, evaluate,
+                             lowest_precision, perturb_tensor, seeds, shape_is, specials, upcast)
 
 HERE = Path(__file__).resolve().parent
 ENTRY_POINTS: "OrderedDict[str, callable]" = OrderedDict()
@@ -532,7 +533,8 @@ def _state_perturbation(draw, spec, b, state_name):
 
 def _layer_case(draw, name):
     layer, layer64 = _layer(name)
-    methods = ["ctor", "forward", "forward", "forward", "step", "step", "initial_state"] + (["kernel"] if name in LTI_LAYERS else [])
+    methods = ["ctor", "forward", "forward", "forward", "step", "step", "initial_state"] + \
+        (["kernel", "discrete_ssm"] if name in LTI_LAYERS else [])
     method = pick(draw, methods)
     what = f"{name}.{method}" if method != "ctor" else name
     if method == "ctor":
@@ -553,6 +555,8 @@ def _layer_case(draw, name):
         L = draw(st.integers(1, 20))
         return tensor_case(draw, what, layer.kernel, {}, dict(L=L), bad_scalars=dict(L=BAD_POSITIVE_INTS),
                            check=shape_is((D_MODEL, L)), modes=("valid", "scalar"))
+    if method == "discrete_ssm":
+        return Case(what, lambda a: layer.discrete_ssm(), {}, ref=lambda a: layer64.discrete_ssm(), compare=False)
     b = sizes(draw)
     seed = draw(seeds)
     if method == "step":
@@ -604,7 +608,58 @@ def _layer_case(draw, name):
         if mode == "return_state":
             scalars["return_state"] = pick(draw, BAD_BOOLS)
             maybe.append("return_state")
-    return Case(what, call, {**tensors, **scalars}, bad=bad, maybe=maybe, check=shape_is(*shapes), ref=ref)
+    check = shape_is(*shapes)
+    if method == "forward":
+        check = _recurrent_view_check(layer64, check)
+    return Case(what, call, {**tensors, **scalars}, bad=bad, maybe=maybe, check=check, ref=ref)
+
+
+def _state_rows(state, i):
+    if state is None:
+        return None
+    return tuple(p[i:i + 1] for p in state) if isinstance(state, tuple) else state[i:i + 1]
+
+
+def _recurrent_view_check(layer64, shape_check):
+    """``forward`` agrees with the recurrent view: stepping the float64 layer through each
+    sequence's real tokens (from the same initial state) gives the outputs at the real positions
+    and, with ``return_state``, the final state."""
+    def check(out, args):
+        problem = shape_check(out, args)
+        if problem:
+            return problem
+        x = args["x"]
+        b, L = x.shape[:2]
+        if not (b and L) or x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            return None
+        y, state = (out if args.get("return_state") is True else (out, None))
+        mask = args.get("mask")
+        lengths = mask.sum(1).tolist() if isinstance(mask, torch.Tensor) else [L] * b
+        init = upcast(args.get("initial_state"))
+        tol = 10 * TOLERANCE[lowest_precision(args) or torch.float64]
+        for i in range(b):
+            li = int(lengths[i])
+            with torch.no_grad():
+                ys, st_i = run_steps(layer64, x[i:i + 1, :li].double(), _state_rows(init, i))
+            e = _rel_err_max(y[i:i + 1, :li], ys)
+            if e > tol:
+                return f"sequence {i} (length {li}): outputs differ from stepping the layer by {e:.3g} > {tol:g}"
+            if state is not None:
+                got = _state_rows(state, i)
+                for g, w in zip(got if isinstance(got, tuple) else (got,), st_i if isinstance(st_i, tuple) else (st_i,)):
+                    e = _rel_err_max(g, w)
+                    if e > tol:
+                        return f"sequence {i} (length {li}): final state differs from stepping the layer by {e:.3g} > {tol:g}"
+        return None
+    return check
+
+
+def _rel_err_max(a, b):
+    a = a.detach().to(torch.complex128 if (a.is_complex() or b.is_complex()) else torch.float64)
+    b = b.detach().to(a.dtype)
+    if not a.numel():
+        return 0.0
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-3)
 
 
 for _name in LAYER_CTORS:
@@ -818,6 +873,9 @@ def _train_config(draw):
                  d_model=draw(st.integers(1, 64)), n_layers=draw(st.integers(1, 4)),
                  d_state=pick(draw, (None, 2, 4, 16)), lr=draw(st.floats(1e-5, 1e-1)), seed=draw(st.integers(0, 9)),
                  dropout=draw(st.floats(0, 0.5)), precision=pick(draw, ("fp32", "bf16")))
+    if draw(st.booleans()):
+        return tensor_case(draw, "TrainConfig.from_dict", lambda **kw: ssmkit.TrainConfig.from_dict(kw), {}, valid,
+                           bad_scalars=TRAIN_BAD, modes=("valid", "scalar", "scalar", "scalar", "scalar"))
     return tensor_case(draw, "TrainConfig", lambda **kw: ssmkit.TrainConfig(**kw).validate(), {}, valid,
                        bad_scalars=TRAIN_BAD, modes=("valid", "scalar", "scalar", "scalar", "scalar"))
 
@@ -954,8 +1012,9 @@ def run_entry(name: str, examples: int, out) -> None:
             emit(event="fail", ep=name, kind=problem[0], detail=problem[1], desc=case.describe())
 
     emit(event="start", ep=name)
+    t0 = time.perf_counter()
     loop()
-    emit(event="done", ep=name)
+    emit(event="done", ep=name, seconds=round(time.perf_counter() - t0, 2))
 
 
 def worker_main(argv) -> None:
@@ -965,6 +1024,8 @@ def worker_main(argv) -> None:
         for name in names:
             run_entry(name, max(1, int(ENTRY_POINTS[name].examples * scale)), out)
 
+
+TIMINGS = {}  # seconds per entry point's loop in its child (for balancing the suite)
 
 # entry points that run native code get a child of their own, so that memory corruption (which
 # may abort the process only later, even at exit) is blamed on the right entry point
@@ -1000,6 +1061,7 @@ def _collect(job, results):
         elif ev["event"] == "done":
             done.append(ev["ep"])
             current = None
+            TIMINGS[ev["ep"]] = ev.get("seconds")
     todo = [n for n in job["names"] if n not in done]
     rc = proc.returncode
     if rc == 0 and not todo:
@@ -1133,3 +1195,4 @@ elif __name__ == "__main__":
     res = run_isolated(chosen, scale, timeout=300)
     for n in chosen:
         print(format_violations(n, res[n], limit=4) if res[n] else f"{n}: ok")
+    print("seconds per entry point:", TIMINGS)
