@@ -1,4 +1,4 @@
-"""Conversions between state-space and transfer-function forms of LTI systems (MATH.md §6).
+"""Conversions between state-space and transfer-function forms of LTI systems (docs/math.md §8).
 
 Any discrete system ``(Ā, B̄, C)`` has a truncated generating function
 ``Σ_{k<L} K_k z^k = C (I - Ā^L z^L)(I - zĀ)^{-1} B̄`` which at the L-th roots of unity equals

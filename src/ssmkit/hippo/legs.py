@@ -1,6 +1,6 @@
 """O(N) arithmetic for HiPPO-LegS, whose ``A`` is lower triangular with rank-one structure.
 
-With ``r_n = √(2n+1)`` (Su, "Revisiting SSM" part 2; MATH.md §2):
+With ``r_n = √(2n+1)`` (Su, "Revisiting SSM" part 2; docs/math.md §2.5):
 
 - ``(A v)_n = n v_n - r_n Σ_{k≤n} r_k v_k``  (one cumulative sum)
 - ``z = (I - λA)^{-1} v`` through ``S_n = Σ_{k≤n} r_k z_k``, which obeys the scalar recurrence

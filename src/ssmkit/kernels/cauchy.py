@@ -1,6 +1,6 @@
 """The S4 kernel of a diagonal-plus-low-rank system through its generating function
 (Gu, Goel, Ré 2021, "Efficiently Modeling Long Sequences with Structured State Spaces", §3.3,
-Alg. 1; MATH.md §4).
+Alg. 1; docs/math.md §6).
 
 For the bilinear discretization of ``A = Λ - P Q*`` (``(PQ*)_{nm} = Σ_r P_{rn} conj(Q_{rm})``)
 the truncated generating function at the L-th roots of unity ``z_j = exp(-2πij/L)`` is

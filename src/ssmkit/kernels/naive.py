@@ -1,4 +1,4 @@
-"""The reference LTI kernel ``K_k = C Ā^k B̄`` by repeated products (MATH.md §3)."""
+"""The reference LTI kernel ``K_k = C Ā^k B̄`` by repeated products (docs/math.md §4.1)."""
 from __future__ import annotations
 
 import torch

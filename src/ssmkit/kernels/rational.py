@@ -1,4 +1,4 @@
-"""The RTF kernel from a rational transfer function (Parnichkun et al. 2024; MATH.md §6).
+"""The RTF kernel from a rational transfer function (Parnichkun et al. 2024; docs/math.md §8.2).
 
 ``K̂(z) = (b_1 + b_2 z + … + b_N z^{N-1}) / (1 + a_1 z + … + a_N z^N)`` evaluated at the L-th
 roots of unity gives ``FFT_L(K)``: ``K = irfft(rfft(b) / rfft([1, a]))``, O(L log L) time and

@@ -1,4 +1,4 @@
-"""Kernels of diagonal SSMs (S4D) as Vandermonde products (MATH.md §5).
+"""Kernels of diagonal SSMs (S4D) as Vandermonde products (docs/math.md §7).
 
 For ``Ā = diag(e^{w})`` the kernel ``K_k = Σ_n CB_n e^{k w_n}`` is a Vandermonde
 matrix-vector product. Modes usually come in conjugate pairs and only one of each is stored,

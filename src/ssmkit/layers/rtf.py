@@ -1,5 +1,5 @@
 """RTF: the rational-transfer-function layer (Parnichkun et al. 2024, "State-Free Inference of
-State-Space Models: The Transfer Function Approach"; MATH.md §6).
+State-Space Models: The Transfer Function Approach"; docs/math.md §8).
 
 Per channel, the kernel's truncated generating function is ``b(z)/a(z)`` with
 ``a(z) = 1 + a_1 z + … + a_N z^N`` and ``b(z) = b_1 + … + b_N z^{N-1}``, parameterised directly:

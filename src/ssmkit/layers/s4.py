@@ -1,4 +1,4 @@
-"""S4: the structured state-space layer (Gu, Goel, Ré 2021; MATH.md §4).
+"""S4: the structured state-space layer (Gu, Goel, Ré 2021; docs/math.md §6).
 
 Per channel, ``A = Λ - Σ_r P_r P_r*`` (normal plus low rank, initialised from the NPLR form of a
 HiPPO matrix, :func:`ssmkit.hippo.nplr`), bilinear discretization with step ``Δ``:

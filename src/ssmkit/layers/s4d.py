@@ -1,5 +1,5 @@
 """S4D: the diagonal state-space layer (Gu, Gupta, Goel, Ré 2022, "On the Parameterization and
-Initialization of Diagonal State Space Models"; MATH.md §5).
+Initialization of Diagonal State Space Models"; docs/math.md §7).
 
 Per channel h, ``A = diag(λ)`` with ``M = N/2`` complex modes (one of each conjugate pair, so the
 real system has N states and outputs are ``2 Re(·)``):

@@ -1,7 +1,7 @@
 """Causal (linear, not circular) convolution by FFT.
 
 ``y_k = Σ_{j≤k} K_j u_{k-j} + D u_k`` for k = 0..L-1, computed with both signals zero-padded
-to length 2L so that the circular convolution of the FFT equals the linear one (MATH.md §3).
+to length 2L so that the circular convolution of the FFT equals the linear one (docs/math.md §4.2).
 """
 from __future__ import annotations
 

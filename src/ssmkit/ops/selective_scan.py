@@ -1,4 +1,4 @@
-"""The selective scan of Mamba (Gu & Dao 2023, §3; MATH.md §7), on the CPU.
+"""The selective scan of Mamba (Gu & Dao 2023, §3; docs/math.md §10), on the CPU.
 
 ``selective_scan`` has the arguments and semantics of ``mamba_ssm``'s ``selective_scan_fn``
 (code written for it runs on ssmkit by changing the import), plus ``initial_state``:
