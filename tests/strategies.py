@@ -234,6 +234,7 @@ class Case:
     compare: bool = True  # compare with the float64 reference when useful
     tol: Optional[float] = None  # override of the tolerance
     finite_output: bool = True  # outputs must be finite
+    deterministic: bool = True  # a second call on the same inputs gives bit-identical outputs
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={describe(v)}" for k, v in self.args.items())
@@ -294,6 +295,13 @@ def evaluate(case: Case) -> Optional[tuple]:
             problem = f"checking the output raised {type(e).__name__}: {str(e)[:200]}"
         if problem:
             return ("wrong output", problem)
+    if case.deterministic and tensors:
+        try:
+            again = _flatten_out(case.call(build(case.args)))
+        except Exception as e:  # noqa: BLE001
+            return ("not deterministic", f"a second identical call raised {type(e).__name__}: {str(e)[:200]}")
+        if len(again) != len(tensors) or not all(torch.equal(a, b) for a, b in zip(tensors, again)):
+            return ("not deterministic", "a second identical call gave different outputs")
     if case.compare and (needs_reference(args) or (case.always_compare and case.ref is not None)):
         ref_call = case.ref or case.call
         try:
