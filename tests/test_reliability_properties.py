@@ -1004,6 +1004,23 @@ def _lti(draw):
 
 
 # --- the loop, in a child process ----------------------------------------------------------
+def _heap_check():
+    """Walk the C heap after each case (glibc's malloc_trim visits every chunk and aborts on a
+    corrupted one), so that memory corrupted by a case aborts the process at that case, not
+    cases or entry points later. A no-op where glibc is not the allocator."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+try:
+    import ctypes
+
+    _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+    _LIBC.malloc_trim  # noqa: B018 - glibc only
+except (OSError, AttributeError):  # pragma: no cover - another C library
+    _LIBC = None
+
+
 def run_entry(name: str, examples: int, out) -> None:
     """Run entry point ``name``'s hypothesis loop, writing one JSON line per case before the call
     (so a crash names its case) and one per contract violation after it."""
@@ -1024,6 +1041,7 @@ def run_entry(name: str, examples: int, out) -> None:
             return
         emit(event="case", ep=name, desc=case.describe())
         problem = evaluate(case)
+        _heap_check()
         if problem:
             emit(event="fail", ep=name, kind=problem[0], detail=problem[1], desc=case.describe())
 
@@ -1098,8 +1116,8 @@ def run_isolated(names, scale: float, timeout: float, parallel: int = 2):
     :data:`OWN_CHILD`). A child that dies (signal, exit code) or shows no progress for ``timeout``
     seconds is reported against the case it was running; the remaining entry points continue in
     a new child. Memory corruption may abort the process only later, so when other entry points
-    ran before in the same child, the crashing one is run again alone: if it then passes, the
-    crash is reported against the entry point that ran just before it."""
+    ran before in the same child, the crashing one is run again alone and, if it then passes,
+    the ones before it, latest first, until one crashes alone: the crash is reported against it."""
     results = {n: [] for n in names}
     queue = [([n], None) for n in names if n in OWN_CHILD]
     rest = [n for n in names if n not in OWN_CHILD]
@@ -1125,21 +1143,24 @@ def run_isolated(names, scale: float, timeout: float, parallel: int = 2):
             confirm = job["confirm"]
             fresh = {n: [] for n in job["names"]} if confirm else results
             todo, crash = _collect(job, fresh)
-            if confirm:  # the crashing entry point, run alone
-                victim, before, violation = confirm
+            if confirm:  # one suspect, run alone: (suspect, the victim, suspects left, the crash seen)
+                suspect, victim, left, seen = confirm
                 if crash:
-                    results[victim].append(crash[2])
+                    kind, detail, desc = crash[2]
+                    note = "" if suspect == victim else f" (memory corrupted here made {victim} die later)"
+                    results[suspect].append((kind + note, detail, desc))
+                elif left:  # the suspect ran cleanly alone: try the entry point that ran before it
+                    queue.insert(0, ([left[-1]], (left[-1], victim, left[:-1], seen)))
                 else:
-                    kind, detail, desc = violation
-                    results[before[-1]].append((kind + " (memory corrupted earlier: the process died later, in "
-                                                f"{victim}, which passes when run alone)", detail, desc))
+                    kind, detail, desc = seen
+                    results[victim].append((kind + " (not reproduced by any entry point run alone)", detail, desc))
                 continue
             if todo:
                 queue.insert(0, (todo, None))
             if crash:
                 victim, before, violation = crash
-                if before:
-                    queue.insert(0, ([victim], crash))
+                if before:  # memory corruption may kill the process later: find the culprit alone
+                    queue.insert(0, ([victim], (victim, victim, before, violation)))
                 else:
                     results[victim].append(violation)
     return results
