@@ -1185,11 +1185,18 @@ _RESULTS = {}
 def _results(scale, timeout):
     key = scale
     if key not in _RESULTS:
-        _RESULTS[key] = run_isolated(list(ENTRY_POINTS), scale, timeout)
+        _RESULTS[key] = run_isolated(CHECKED, scale, timeout)
     return _RESULTS[key]
 
 
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+# Entry points that still break the contract on this branch, with the cases that do: they stay
+# out of the two tests below (which must pass) until fixed, and are listed in the report of
+# `python tests/test_reliability_properties.py`, which runs every entry point.
+PENDING = {}
+CHECKED = [n for n in ENTRY_POINTS if n not in PENDING]
+
+
+@pytest.mark.parametrize("name", CHECKED)
 def test_entry_point_contract(name):
     """A few dozen derandomized cases per entry point (all entry points share one child process)."""
     violations = _results(1.0, timeout=120)[name]
@@ -1197,7 +1204,7 @@ def test_entry_point_contract(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+@pytest.mark.parametrize("name", CHECKED)
 def test_entry_point_contract_many_examples(name):
     violations = _results(20.0, timeout=600)[name]
     assert not violations, format_violations(name, violations)
@@ -1264,4 +1271,6 @@ elif __name__ == "__main__":
     res = run_isolated(chosen, scale, timeout=300)
     for n in chosen:
         print(format_violations(n, res[n], limit=4) if res[n] else f"{n}: ok")
+        if n in PENDING:
+            print(f"  (pending, not in the pytest run: {PENDING[n]})")
     print("seconds per entry point:", TIMINGS)
