@@ -640,7 +640,7 @@ def _recurrent_view_check(layer64, shape_check):
         b, L = x.shape[:2]
         if not (b and L) or x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             return None
-        y, state = (out if args.get("return_state") is True else (out, None))
+        y, state = (out if isinstance(out, tuple) else (out, None))
         mask = args.get("mask")
         lengths = mask.sum(1).tolist() if isinstance(mask, torch.Tensor) else [L] * b
         init = upcast(args.get("initial_state"))
