@@ -904,9 +904,19 @@ def _fit_config(**over):
     return ssmkit.TrainConfig(**kw)
 
 
+def _tmpdir() -> Path:
+    """A fresh folder, removed when the child process exits."""
+    import atexit
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="ssmkit-rel-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return tmp
+
+
 @entry("fit", examples=5)
 def _fit(draw):
-    tmp = Path(tempfile.mkdtemp(prefix="ssmkit-rel-"))
+    tmp = _tmpdir()
     (tmp / "a_file").write_text("not a folder")
     mode = pick(draw, ("valid", "config_dict", "config_type", "out_file", "resume", "bad_config"))
     args = dict(config=_fit_config(), out_dir=tmp / "run", progress=False)
@@ -934,7 +944,7 @@ def _fit(draw):
 
 @entry("load_model", examples=8)
 def _load_model(draw):
-    tmp = Path(tempfile.mkdtemp(prefix="ssmkit-rel-"))
+    tmp = _tmpdir()
     (tmp / "garbage").write_bytes(b"\x00not a checkpoint")
     (tmp / "empty").mkdir()
     path = pick(draw, (tmp / "missing", tmp / "garbage", tmp / "empty", 3, None, str(tmp / "empty")))
