@@ -108,8 +108,8 @@ def test_generate_needs_a_token_model(tmp_path, capsys):
 def test_tasks_lists_sizes(capsys):
     assert main(["tasks"]) == 0
     text = capsys.readouterr().out
-    assert "copying" in text and "2,000 train / 200 test sequences, length 71" in text
-    assert "4,500 train / 500 test sequences, length 784" in text  # smnist
+    assert "copying" in text and "2,000 train / 200 val / 200 test sequences, length 71" in text
+    assert "4,050 train / 450 val / 500 test sequences, length 784" in text  # smnist
     assert "sktime" in text
 
 
