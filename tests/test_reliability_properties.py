@@ -919,6 +919,7 @@ def _fit(draw):
     tmp = _tmpdir()
     (tmp / "a_file").write_text("not a folder")
     mode = pick(draw, ("valid", "config_dict", "config_type", "out_file", "resume", "bad_config"))
+    what = "fit"
     args = dict(config=_fit_config(), out_dir=tmp / "run", progress=False)
     bad, maybe = [], []
     if mode == "config_dict":
@@ -935,10 +936,12 @@ def _fit(draw):
         bad.append("resume")
     elif mode == "bad_config":
         k = pick(draw, ("lr", "batch_size", "seed"))
-        args["config"] = _fit_config(**{k: pick(draw, TRAIN_BAD[k][:4])})
+        v = pick(draw, TRAIN_BAD[k][:4])
+        args["config"] = _fit_config(**{k: v})
         bad.append(k)
+        what = f"fit[config.{k}={v!r}]"
     names = tuple(bad) + tuple(maybe) + ((str(tmp / "a_file"),) if mode == "out_file" else ())
-    return Case("fit", lambda a: ssmkit.fit(**a), args, bad=bad, maybe=maybe, names=names, compare=False,
+    return Case(what, lambda a: ssmkit.fit(**a), args, bad=bad, maybe=maybe, names=names, compare=False,
                 finite_output=False, deterministic=False)
 
 
