@@ -914,7 +914,7 @@ def _tmpdir() -> Path:
     return tmp
 
 
-@entry("fit", examples=5)
+@entry("fit", examples=4)
 def _fit(draw):
     tmp = _tmpdir()
     (tmp / "a_file").write_text("not a folder")
