@@ -116,7 +116,7 @@ class Mamba2(SequenceLayer):
         if mask is not None:
             dt = dt * mask[..., None]
         A = negative_A(self.A_log)
-        y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk=self.chunk_size)
+        y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk_size=self.chunk_size)
         y = y + self.D[:, None] * xs
         out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z))
         if mask is not None:
