@@ -299,12 +299,12 @@ def _vandermonde(draw):
     log_dA = T((H, M), dt, "cneg", seed=draw(seeds), scale=0.3)
     CB = T((H, M), dt, "cnormal", seed=draw(seeds))
 
-    def ref(log_dA, CB, L, chunk, conj_pairs):
+    def ref(log_dA, CB, L, lag_block, conj_pairs):
         return vandermonde_kernel_ref(torch.exp(log_dA), CB, L, conj_pairs=conj_pairs)
 
     return tensor_case(draw, "vandermonde_kernel", ssmkit.vandermonde_kernel, dict(log_dA=log_dA, CB=CB),
-                       dict(L=L, chunk=pick(draw, (None, 1, 3, 64)), conj_pairs=conj),
-                       bad_scalars=dict(L=BAD_POSITIVE_INTS, chunk=BAD_POSITIVE_INTS[:-4] + (0, -2), conj_pairs=BAD_BOOLS),
+                       dict(L=L, lag_block=pick(draw, (None, 1, 3, 64)), conj_pairs=conj),
+                       bad_scalars=dict(L=BAD_POSITIVE_INTS, lag_block=BAD_POSITIVE_INTS[:-4] + (0, -2), conj_pairs=BAD_BOOLS),
                        extra_bad=dict(CB=(T((H, M + 1), dt, "cnormal"), ("CB", "log_dA"))),
                        check=shape_is((H, L)), ref=lambda a: ref(**a))
 
@@ -318,8 +318,10 @@ def _dplr(draw):
               B=T((H, M), cd, "cnormal", seed=draw(seeds)), Ct=T((H, M), cd, "cnormal", seed=draw(seeds)),
               dt=T((H,), rd, "pos", seed=draw(seeds), scale=0.1))
     return tensor_case(draw, "dplr_kernel", ssmkit.dplr_kernel, ts,
-                       dict(L=L, chunk=pick(draw, (512, 1, 4)), conj_pairs=draw(st.booleans())),
-                       bad_scalars=dict(L=BAD_POSITIVE_INTS, chunk=BAD_POSITIVE_INTS, conj_pairs=BAD_BOOLS),
+                       dict(L=L, freq_block=pick(draw, (512, 1, 4)), conj_pairs=draw(st.booleans()),
+                            method=pick(draw, ("vandermonde", "cauchy"))),
+                       bad_scalars=dict(L=BAD_POSITIVE_INTS, freq_block=BAD_POSITIVE_INTS, conj_pairs=BAD_BOOLS,
+                                        method=BAD_CHOICES),
                        extra_bad=dict(dt=(T((H,), rd, "neg"), ("dt",)), B=(T((H, M + 1), cd, "cnormal"), ("B", "Lambda"))),
                        check=shape_is((H, L)))
 
@@ -372,12 +374,22 @@ def _fftconv(draw):
     b, L, H = sizes(draw), draw(st.integers(0, 20)), draw(st.integers(1, 3))
     Lk = draw(st.integers(1, 24))
     dt = pick(draw, (torch.float64, torch.float32))
-    ts = dict(u=T((b, L, H), dt, seed=draw(seeds)), K=T((H, Lk), dt, seed=draw(seeds), scale=0.5))
+    layout = pick(draw, ("blh", "bhl"))
+    shape = (b, L, H) if layout == "blh" else (b, H, L)
+    ts = dict(u=T(shape, dt, seed=draw(seeds)), K=T((H, Lk), dt, seed=draw(seeds), scale=0.5))
     if draw(st.booleans()):
         ts["D"] = T((H,), dt, seed=draw(seeds))
-    return tensor_case(draw, "fftconv", ssmkit.fftconv, ts, maybe=["u"] if L == 0 else [],
+
+    def ref(a):
+        a = dict(a)
+        if a.pop("layout") == "bhl":
+            return causal_conv_ref(**dict(a, u=a["u"].transpose(1, 2))).transpose(1, 2)
+        return causal_conv_ref(**a)
+
+    return tensor_case(draw, "fftconv", ssmkit.fftconv, ts, dict(layout=layout), maybe=["u"] if L == 0 else [],
+                       bad_scalars=dict(layout=BAD_CHOICES + ("lbh",)),
                        extra_bad=dict(K=(T((H + 1, Lk), dt), ("K", "u")), D=(T((H + 1,), dt), ("D",))),
-                       check=shape_is((b, L, H)), ref=lambda a: causal_conv_ref(**a))
+                       check=shape_is(shape), ref=ref)
 
 
 @entry("selective_scan", examples=45)
@@ -397,7 +409,7 @@ def _selective_scan(draw):
     for k, shp in (("D", (d,)), ("z", (b, d, L)), ("delta_bias", (d,)), ("initial_state", (b, d, n))):
         if draw(st.booleans()):
             ts[k] = T(shp, dt, seed=draw(seeds))
-    scalars = dict(delta_softplus=softplus, return_last_state=draw(st.booleans()), chunk=pick(draw, (64, 1, 3)))
+    scalars = dict(delta_softplus=softplus, return_last_state=draw(st.booleans()), checkpoint_every=pick(draw, (64, 1, 3)))
     extra = dict(A=(T((d, n), dt, "pos"), ("A",)), C=(T((b, 3, n, L), dt), ("C",)), B=(T((b, n + 1, L), dt), ("B",)))
     if not softplus and L and b:
         extra["delta"] = (T((b, d, L), dt, "neg"), ("delta",))
@@ -405,7 +417,7 @@ def _selective_scan(draw):
 
     def ref(a):
         a = dict(a)
-        a.pop("chunk", None)
+        a.pop("checkpoint_every", None)
         for k in ("B", "C"):  # one group per channel, so the reference sees B and C grouped alike
             M = a[k]
             M = M[:, None] if M.dim() == 3 else M
@@ -413,7 +425,8 @@ def _selective_scan(draw):
         return selective_scan_ref(**a)
 
     return tensor_case(draw, "selective_scan", ssmkit.selective_scan, ts, scalars, maybe=["u"] if L == 0 else [],
-                       bad_scalars=dict(delta_softplus=BAD_BOOLS, return_last_state=BAD_BOOLS, chunk=BAD_POSITIVE_INTS),
+                       bad_scalars=dict(delta_softplus=BAD_BOOLS, return_last_state=BAD_BOOLS,
+                                        checkpoint_every=BAD_POSITIVE_INTS),
                        extra_bad=extra, check=shape_is(*shapes), ref=ref)
 
 
@@ -433,11 +446,11 @@ def _ssd(draw):
 
     def ref(a):
         a = dict(a)
-        a.pop("chunk", None)
+        a.pop("chunk_size", None)
         return ssd_ref(**a)
 
-    return tensor_case(draw, "ssd", ssmkit.ssd, ts, dict(chunk=pick(draw, (64, 1, 4))), maybe=["x"] if L == 0 else [],
-                       bad_scalars=dict(chunk=BAD_POSITIVE_INTS), extra_bad=extra,
+    return tensor_case(draw, "ssd", ssmkit.ssd, ts, dict(chunk_size=pick(draw, (64, 1, 4))), maybe=["x"] if L == 0 else [],
+                       bad_scalars=dict(chunk_size=BAD_POSITIVE_INTS), extra_bad=extra,
                        check=shape_is((b, L, H, P), (b, H, P, N)), ref=ref)
 
 
@@ -447,9 +460,9 @@ def _linear_scan(draw):
     dt = pick(draw, (torch.float32, torch.float64, torch.complex64))
     ts = dict(a=T((b, L, D), dt, "unit", seed=draw(seeds), scale=0.95), b=T((b, L, D), dt, seed=draw(seeds)))
     if draw(st.booleans()):
-        ts["h0"] = T((b, D), dt, seed=draw(seeds))
+        ts["initial_state"] = T((b, D), dt, seed=draw(seeds))
     return tensor_case(draw, "linear_scan", ssmkit.linear_scan, ts, maybe=["a", "b"] if L == 0 else [],
-                       extra_bad=dict(h0=(T((b, D + 1), dt), ("h0",))), check=shape_is((b, L, D)),
+                       extra_bad=dict(initial_state=(T((b, D + 1), dt), ("initial_state",))), check=shape_is((b, L, D)),
                        ref=lambda a: linear_scan_ref(**a))
 
 
@@ -457,13 +470,13 @@ def _linear_scan(draw):
 D_MODEL = 4
 LAYER_CTORS = {
     "S4": (dict(d_state=4, measure="legs", l_max=16),
-           dict(d_state=BAD_POSITIVE_INTS + (3,), measure=BAD_CHOICES, l_max=BAD_POSITIVE_INTS,
+           dict(bidirectional=BAD_BOOLS, d_state=BAD_POSITIVE_INTS + (3,), measure=BAD_CHOICES, l_max=BAD_POSITIVE_INTS,
                 dt_min=BAD_POSITIVE_REALS, dt_max=BAD_POSITIVE_REALS, ssm_lr=BAD_NONNEG_REALS)),
     "S4D": (dict(d_state=4, init="legs", discretization="zoh"),
-            dict(d_state=BAD_POSITIVE_INTS + (3,), init=BAD_CHOICES, discretization=BAD_CHOICES,
+            dict(bidirectional=BAD_BOOLS, d_state=BAD_POSITIVE_INTS + (3,), init=BAD_CHOICES, discretization=BAD_CHOICES,
                  dt_min=BAD_POSITIVE_REALS, dt_max=BAD_POSITIVE_REALS, ssm_lr=BAD_NONNEG_REALS)),
     "RTF": (dict(d_state=4, l_max=16, init="zeros", constraint="none"),
-            dict(d_state=BAD_POSITIVE_INTS, l_max=BAD_POSITIVE_INTS, init=BAD_CHOICES, constraint=BAD_CHOICES,
+            dict(bidirectional=BAD_BOOLS, d_state=BAD_POSITIVE_INTS, l_max=BAD_POSITIVE_INTS, init=BAD_CHOICES, constraint=BAD_CHOICES,
                  ssm_lr=BAD_NONNEG_REALS)),
     "S5": (dict(d_state=4), dict(d_state=BAD_POSITIVE_INTS + (3,), dt_min=BAD_POSITIVE_REALS, dt_max=BAD_POSITIVE_REALS,
                                  ssm_lr=BAD_NONNEG_REALS)),
