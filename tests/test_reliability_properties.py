@@ -407,8 +407,8 @@ def _selective_scan(draw):
               delta=T((b, d, L), dt, "normal" if softplus else "pos", seed=draw(seeds)),
               A=T((d, n), dt, "neg", seed=draw(seeds)), B=bc(), C=bc())
     for k, shp in (("D", (d,)), ("z", (b, d, L)), ("delta_bias", (d,)), ("initial_state", (b, d, n))):
-        if draw(st.booleans()):
-            ts[k] = T(shp, dt, seed=draw(seeds))
+        if draw(st.booleans()):  # without softplus, delta + delta_bias is the step: >= 0
+            ts[k] = T(shp, dt, "pos" if k == "delta_bias" and not softplus else "normal", seed=draw(seeds))
     scalars = dict(delta_softplus=softplus, return_last_state=draw(st.booleans()), checkpoint_every=pick(draw, (64, 1, 3)))
     extra = dict(A=(T((d, n), dt, "pos"), ("A",)), C=(T((b, 3, n, L), dt), ("C",)), B=(T((b, n + 1, L), dt), ("B",)))
     if not softplus and L and b:
