@@ -58,23 +58,19 @@ def test_apply_env_defaults_fills_only_unset_variables():
         runtime.wait_policy_env("fast")
 
 
-def test_import_sets_the_default_only_in_a_clean_environment():
-    code = "import os, ssmkit; print(ssmkit.runtime.status()['threads'])"
-    # clean environment: the OpenMP runtime itself reports the spin count ssmkit chose
-    r = run_py(code, OMP_DISPLAY_ENV="VERBOSE")
-    want = runtime.WAIT_POLICIES[runtime.DEFAULT_WAIT_POLICY].get("GOMP_SPINCOUNT", "0")
-    assert gomp_spincount(r.stderr) == want != "300000"
-    # the user's choice is kept as it is
-    r = run_py(code, OMP_DISPLAY_ENV="VERBOSE", OMP_WAIT_POLICY="ACTIVE")
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in r.stderr
-    # opted out: the runtime's own default; SSMKIT_THREADS applied at import
-    r = run_py(code, OMP_DISPLAY_ENV="VERBOSE", SSMKIT_WAIT_POLICY="default", SSMKIT_THREADS="1")
-    assert gomp_spincount(r.stderr) == "300000"
+def test_import_does_not_touch_the_environment_once_torch_is_loaded(monkeypatch):
+    # torch is imported in this process: its OpenMP runtime has read its settings already
+    for k in runtime.WAIT_ENV_VARS:
+        monkeypatch.delenv(k, raising=False)
+    assert runtime.apply_env_defaults() == {}
+    assert not any(k in os.environ for k in runtime.WAIT_ENV_VARS)
+
+
+def test_import_keeps_the_users_choice_and_applies_ssmkit_threads():
+    r = run_py("import ssmkit; print(ssmkit.runtime.status()['threads'])",
+               OMP_DISPLAY_ENV="VERBOSE", OMP_WAIT_POLICY="ACTIVE", SSMKIT_THREADS="1")
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in r.stderr and "GOMP_SPINCOUNT = '10000'" not in r.stderr
     assert r.stdout.split()[-1] == "1"
-    # torch imported first: too late to matter, so os.environ is left alone
-    r = run_py("import os, torch, ssmkit; print(json.dumps([os.environ.get(k) for k in ssmkit.runtime.WAIT_ENV_VARS]))"
-               .replace("import os", "import json, os"))
-    assert json.loads(r.stdout.splitlines()[-1]) == [None, None, None]
 
 
 def test_configure_sets_torch_threads_and_the_native_kernel_follows(monkeypatch):
@@ -114,7 +110,7 @@ def test_configure_sets_torch_threads_and_the_native_kernel_follows(monkeypatch)
 
 
 THREADS_SCRIPT = r"""
-import json, os, torch, ssmkit
+import json, os, ssmkit, torch  # ssmkit first: its import sets the OpenMP defaults
 from ssmkit import runtime
 from ssmkit.ops import _native, selective_scan
 def tasks(): return len(os.listdir("/proc/self/task"))
@@ -135,10 +131,14 @@ print(json.dumps(out))
 """
 
 
-def test_native_kernel_uses_torchs_openmp_pool():
-    """One OpenMP runtime in the process, and a native scan (forward + backward) starts no thread
+def test_clean_import_sets_the_default_and_the_native_kernel_uses_torchs_openmp_pool():
+    """In a clean environment the OpenMP runtime itself reports the spin count ssmkit's default
+    chose. One OpenMP runtime is loaded, and a native scan (forward + backward) starts no thread
     beyond those torch's pool already has: not at 1 thread (no pool at all), not at 2."""
-    out = json.loads(run_py(THREADS_SCRIPT).stdout.splitlines()[-1])
+    r = run_py(THREADS_SCRIPT, OMP_DISPLAY_ENV="VERBOSE")
+    want = runtime.WAIT_POLICIES[runtime.DEFAULT_WAIT_POLICY].get("GOMP_SPINCOUNT", "0")
+    assert gomp_spincount(r.stderr) == want != "300000"
+    out = json.loads(r.stdout.splitlines()[-1])
     if not out["native"]:
         pytest.skip("native kernel not built on this machine")
     assert len(out["runtimes"]) == 1, out["runtimes"]
