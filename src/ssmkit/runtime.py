@@ -18,7 +18,7 @@ Two knobs decide how a CPU run behaves when other processes share the cores:
 Policies (``SSMKIT_WAIT_POLICY``; docs/performance.md has the measurements behind the default):
 
 - ``"passive"`` (default): an idle worker sleeps at once — ``OMP_WAIT_POLICY=PASSIVE``. Next
-  to other CPU-bound processes, 2-thread training ran 5-8x faster than with the runtime's
+  to other CPU-bound processes, 2-thread training ran 4-9x faster than with the runtime's
   default and faster than 1 thread;
 - ``"short"``: spin briefly, then sleep — ``GOMP_SPINCOUNT=10000`` (GNU OpenMP) and
   ``KMP_BLOCKTIME=1`` (milliseconds, Intel OpenMP); in between the two;
