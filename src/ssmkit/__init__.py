@@ -8,6 +8,7 @@ Public API (everything else is importable but private):
 - layers: ``S4``, ``S4D``, ``RTF``, ``Mamba``, ``Mamba2``, ``S5``, ``get_layer``, ``available_layers``
 - models: ``Backbone``, ``SequenceClassifier``, ``LanguageModel``
 - tasks and training: ``build_task``, ``available_tasks``, ``TrainConfig``, ``fit``, ``load_model``
+- CPU threads and OpenMP waiting: ``runtime.configure``, ``runtime.status`` (docs/performance.md)
 """
 __version__ = "0.1.0"
 
