@@ -76,8 +76,8 @@ class Mamba(SequenceLayer):
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Zeros: the conv window (B, E, d_conv - 1) in ``dtype`` (default: the weights' dtype)
         and the SSM state (B, E, N), float32 for half-precision weights."""
-        device = device or self.D.device
-        dtype = dtype or self.D.dtype
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
         return (torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
                 torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype(dtype)))
 

@@ -118,8 +118,8 @@ class Mamba2(SequenceLayer):
     def initial_state(self, batch_size: int, device=None, dtype=None):
         """Zeros: the conv window (B, conv_dim, d_conv - 1) in ``dtype`` (default: the weights')
         and the SSM state (B, heads, headdim, d_state), float32 for half-precision weights."""
-        device = device or self.D.device
-        dtype = dtype or self.D.dtype
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
         return (torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
                 torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
                             dtype=state_dtype(dtype)))

@@ -152,6 +152,7 @@ class Backbone(nn.Module):
             self.encoder = nn.Linear(d_input, d_model, **fk)
         self.d_input = d_input
         kw = dict(layer_kwargs or {})
+        self.layer_kwargs = dict(kw)
         self.blocks = nn.ModuleList([
             Block(_build_layer(cls, d_model, kw, device, dtype), d_model, dropout, norm, norm_eps, prenorm,
                   residual_in_fp32, **fk) for _ in range(n_layers)])
