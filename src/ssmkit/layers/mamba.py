@@ -72,6 +72,7 @@ class Mamba(SequenceLayer):
         set_optim_hints(self.A_log, weight_decay=0.0)
         set_optim_hints(self.D, weight_decay=0.0)
         self.out_proj = nn.Linear(E, d_model, bias=bias, **fk)
+        self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Zeros: the conv window (B, E, d_conv - 1) in ``dtype`` (default: the weights' dtype)
@@ -110,7 +111,7 @@ class Mamba(SequenceLayer):
         dt = dt.transpose(1, 2)  # (B, E, L)
         if mask is not None:
             dt = dt * mask[:, None, :]  # Δ = 0: the state passes through padded positions unchanged
-        A = negative_A(self.A_log)
+        A = negative_A(self.A_log, self._A_cache)
         y, h = selective_scan(u, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D, z=z.transpose(1, 2),
                               return_last_state=True, initial_state=h0)
         out = self.out_proj(y.transpose(1, 2))
@@ -129,7 +130,7 @@ class Mamba(SequenceLayer):
         u, window = self.conv1d.step(xi, conv_state)
         u = F.silu(u)
         dt, Bm, Cm = self._ssm_params(u)
-        A = negative_A(self.A_log)
+        A = negative_A(self.A_log, self._A_cache)
         sd = h.dtype
         dt, uf, Bm, Cm = dt.to(sd), u.to(sd), Bm.to(sd), Cm.to(sd)
         # h = exp(Δ A) ⊙ h + (Δ u) Bᵀ ; y = h C + D u

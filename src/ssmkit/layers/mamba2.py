@@ -57,7 +57,7 @@ class GroupGatedRMSNorm(nn.Module):
             y = y * g
         shape = y.shape
         yg = y.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
-        y = (yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + self.eps)).reshape(shape)
+        y = F.rms_norm(yg, (self.group_size,), None, self.eps).reshape(shape)
         if self.norm_before_gate:
             y = y * g
         return self.weight * y.to(dtype)
@@ -114,6 +114,7 @@ class Mamba2(SequenceLayer):
             set_optim_hints(p, weight_decay=0.0)
         self.norm = GroupGatedRMSNorm(E, E // ngroups, eps=norm_eps, norm_before_gate=norm_before_gate, **fk)
         self.out_proj = nn.Linear(E, d_model, bias=bias, **fk)
+        self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None):
         """Zeros: the conv window (B, conv_dim, d_conv - 1) in ``dtype`` (default: the weights')
@@ -167,7 +168,7 @@ class Mamba2(SequenceLayer):
         dt = self._dt(dt, sd)  # (b, L, H)
         if mask is not None:
             dt = dt * mask[..., None]
-        A = negative_A(self.A_log).to(sd)
+        A = negative_A(self.A_log, self._A_cache).to(sd)
         y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk=self.chunk_size)
         y = y + self.D.to(sd)[:, None] * xs
         out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z).to(x.dtype))
@@ -189,7 +190,7 @@ class Mamba2(SequenceLayer):
         b, G, N = Bm.shape
         R = self.nheads // G
         dt = self._dt(dt, sd)  # (b, H)
-        A = negative_A(self.A_log).to(sd)
+        A = negative_A(self.A_log, self._A_cache).to(sd)
         # h = exp(Δ A) h + (Δ x) Bᵀ per head; heads of one group share B and C
         hg = h.view(b, G, R * self.headdim, N)
         dx = (dt[..., None] * xs).view(b, G, R * self.headdim, 1)

@@ -78,12 +78,24 @@ def check_conv_ssm_state(state, shapes: Sequence[Tuple[int, ...]], name: str = "
         check_finite(name, s)
 
 
-def negative_A(A_log: torch.Tensor) -> torch.Tensor:
+def negative_A(A_log: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
     """``A = -exp(A_log)``, checked finite and < 0 (a NaN or ±inf ``A_log`` is an error; the
-    check is skipped inside ``trusted_inputs``). Computed in float32 at least."""
+    check is skipped inside ``trusted_inputs``). Computed in float32 at least.
+
+    With ``cache`` (a dict owned by the layer), outside autograd, the result is kept and reused
+    until ``A_log`` changes (its version counter, storage or dtype): one exp per layer per
+    decoding run instead of one per token."""
+    key = None
+    if cache is not None and not (torch.is_grad_enabled() and A_log.requires_grad):
+        key = (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
+        hit = cache.get("A")
+        if hit is not None and hit[0] == key:
+            return hit[1]
     A = -torch.exp(A_log.float() if A_log.dtype in (torch.float16, torch.bfloat16) else A_log)
     if value_checks_enabled() and not bool((torch.isfinite(A) & (A < 0)).all()):
         raise ValueError("A_log must be finite and give A = -exp(A_log) < 0 (finite, nonzero)")
+    if key is not None:
+        cache["A"] = (key, A)
     return A
 
 

@@ -22,6 +22,7 @@ import inspect
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._checks import (check_bool, check_choice, check_float, check_fraction, check_mask, check_positive_int,
@@ -45,7 +46,7 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         dtype = x.dtype
         xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+        return self.weight * F.rms_norm(xf, (xf.shape[-1],), None, self.eps).to(dtype)
 
 
 class _BatchNorm(nn.BatchNorm1d):
@@ -76,6 +77,7 @@ class Block(nn.Module):
                       if getattr(layer, "needs_channel_mixer", False) else nn.Identity())
         self.dropout = nn.Dropout(dropout)
         self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
+        self._plain = isinstance(self.mixer, nn.Identity) and dropout == 0.0  # residual = x + h
 
     def _branch_input(self, x):
         """The residual branch's input, in the weights' dtype (the residual may be float32)."""
@@ -83,7 +85,7 @@ class Block(nn.Module):
 
     def _residual(self, x, h):
         r = x.float() if self.residual_in_fp32 else x
-        y = r + self.dropout(self.mixer(h))
+        y = r + (h if self._plain else self.dropout(self.mixer(h)))
         return y if self.prenorm else self.norm(y)
 
     def forward(self, x, mask=None, state=None, return_state=False):
