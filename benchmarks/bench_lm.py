@@ -131,7 +131,7 @@ def _quiet():
     logging.disable(logging.NOTSET)
 
 
-def bench_model(name, spec, lengths, batches, n_new, repeats, rows, bw, rate):
+def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
     from ssmkit.pretrained import load_pretrained
 
     with _quiet():
@@ -148,13 +148,13 @@ def bench_model(name, spec, lengths, batches, n_new, repeats, rows, bw, rate):
     g = torch.Generator().manual_seed(0)
     lin = linear_params(ours)
     # prompt forward, float32
-    for L in lengths:
-        for b in batches:
+    for b, L in shapes:
+        if True:
             x = torch.randint(0, spec["vocab"], (b, L), generator=g)
             with torch.no_grad(), _quiet():
                 ours(x[:, :64]), hf(x[:, :64])  # warm-up
                 t = _alternate({"ssmkit": lambda: ours(x), "transformers": lambda: hf(x).logits},
-                               1 if L * b >= 4096 else repeats)
+                               1 if L * b >= 2048 else repeats)
             bound = 2 * lin * b * L / rate
             rows.append(dict(model=name, what=f"prompt forward b={b} L={L} float32", ssmkit_s=t["ssmkit"],
                              transformers_s=t["transformers"], bound_s=bound, bound="matmul"))
@@ -198,16 +198,22 @@ def main():
     ap.add_argument("--quick", action="store_true", help="only the small models, short lengths")
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--json", default=None, help="write the rows to this file")
+    ap.add_argument("--shapes", nargs="*", default=None, metavar="BxL",
+                    help="prompt-forward shapes, e.g. 1x512 4x512 1x2048 (default: batch 1 and 4 at 512 and 2048)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens timed per measurement (default 32)")
     args = ap.parse_args()
     bw, rate = bandwidth(), matmul_rate()
     print(f"one thread; memory bandwidth {bw / 1e9:.1f} GB/s, float32 matmul {rate / 1e9:.1f} GFLOP/s, "
           f"bfloat16 matmul {matmul_rate(torch.bfloat16) / 1e9:.1f} GFLOP/s", flush=True)
     names = args.models or (["mamba-small", "mamba2-small"] if args.quick else list(MODELS))
     rows = []
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+    else:
+        shapes = [(b, L) for L in ((512,) if args.quick else (512, 2048)) for b in (1, 4)]
+    n_new = args.new_tokens or (16 if args.quick else 32)
     for name in names:
-        small = "small" in name
-        bench_model(name, MODELS[name], (512,) if args.quick else (512, 2048), (1, 4), 16 if args.quick else 32,
-                    3, rows, bw, rate)
+        bench_model(name, MODELS[name], shapes, (1, 4), n_new, 3, rows, bw, rate)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(bandwidth=bw, matmul=rate, rows=rows), f, indent=1)
