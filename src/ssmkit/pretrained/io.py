@@ -20,13 +20,31 @@ from ..layers import Mamba, Mamba2
 from ..models import Backbone, LanguageModel
 from .formats import PretrainedError, Spec, from_ssmkit_key, spec_from_config, spec_to_config, to_ssmkit_key
 
-__all__ = ["load_pretrained", "save_pretrained", "build_model", "model_spec", "load_tokenizer", "INFERENCE_DTYPES"]
+__all__ = ["load_pretrained", "save_pretrained", "build_model", "model_spec", "load_tokenizer", "INFERENCE_DTYPES",
+           "HalfLinear"]
 
 INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                     "float64": torch.float64}
 # the SSM parameters stay float32 when the rest of the model runs in half precision
 _SSM_PARAMS = ("A_log", "D", "dt_bias")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class HalfLinear(torch.nn.Linear):
+    """A linear map with half-precision weights that multiplies many rows in float32.
+
+    On CPUs without native bfloat16 matrix units, a bfloat16 matrix product over many rows (a
+    prompt) runs many times slower than float32, while one row per token (decoding) gains from
+    reading half the bytes. So: up to ``rows`` rows, the product runs in the weights' dtype;
+    above, the weights are widened to float32 for the call (the result in the input's dtype)."""
+
+    rows = 16
+
+    def forward(self, x):
+        if x.dtype == self.weight.dtype and x.numel() > self.rows * x.shape[-1]:
+            b = None if self.bias is None else self.bias.float()
+            return torch.nn.functional.linear(x.float(), self.weight.float(), b).to(x.dtype)
+        return super().forward(x)
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -208,6 +226,10 @@ def load_pretrained(path: Union[str, os.PathLike], dtype="float32", device=None,
                 target.copy_(v)
     if spec.tie_embeddings:
         model.head.weight = model.backbone.encoder.weight
+    if half:  # long prompts multiply in float32 (see HalfLinear); state dict and names unchanged
+        for m in model.modules():
+            if type(m) is torch.nn.Linear:
+                m.__class__ = HalfLinear
     model.eval()
     return model, (load_tokenizer(folder) if tokenizer else None)
 
