@@ -133,8 +133,12 @@ class Mamba(SequenceLayer):
         A = negative_A(self.A_log, self._A_cache)
         sd = h.dtype
         dt, uf, Bm, Cm = dt.to(sd), u.to(sd), Bm.to(sd), Cm.to(sd)
-        # h = exp(Δ A) ⊙ h + (Δ u) Bᵀ ; y = h C + D u
-        h = torch.addcmul(torch.exp(dt.unsqueeze(-1) * A.to(sd)) * h, (dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
-        y = torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1) + self.D.to(sd) * uf
+        # h = exp(Δ A) ⊙ h + (Δ u) Bᵀ ; y = h C + D u  (in place on fresh tensors outside autograd)
+        dA = torch.exp(dt.unsqueeze(-1) * A)
+        if torch.is_grad_enabled():
+            h = torch.addcmul(dA * h, (dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
+        else:
+            h = dA.mul_(h).addcmul_((dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
+        y = torch.addcmul(torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1), self.D.to(sd), uf)
         y = (y * F.silu(z.to(sd))).to(x_t.dtype)
         return self.out_proj(y), (window, h)

@@ -194,8 +194,8 @@ class Mamba2(SequenceLayer):
         # h = exp(Δ A) h + (Δ x) Bᵀ per head; heads of one group share B and C
         hg = h.view(b, G, R * self.headdim, N)
         dx = (dt[..., None] * xs).view(b, G, R * self.headdim, 1)
-        hg = torch.addcmul(torch.exp(dt * A).view(b, G, R, 1, 1).expand(b, G, R, self.headdim, 1)
-                           .reshape(b, G, R * self.headdim, 1) * hg, dx, Bm.unsqueeze(2))
-        y = torch.matmul(hg, Cm.unsqueeze(-1)).view(b, self.nheads, self.headdim) + self.D.to(sd)[:, None] * xs
+        dA = torch.exp(dt * A).view(b, G, R, 1, 1).expand(b, G, R, self.headdim, 1).reshape(b, G, R * self.headdim, 1)
+        hg = torch.addcmul(dA * hg, dx, Bm.unsqueeze(2))
+        y = torch.addcmul(torch.matmul(hg, Cm.unsqueeze(-1)).view(b, self.nheads, self.headdim), self.D.to(sd)[:, None], xs)
         out = self.out_proj(self.norm(y.reshape(b, self.d_inner), z).to(x_t.dtype))
         return out, (window, hg.view(b, self.nheads, self.headdim, N))

@@ -59,8 +59,7 @@ class CausalConv(nn.Conv1d):
     def step(self, x_t: torch.Tensor, window: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One input ``x_t`` (B, C) with the window (B, C, K-1) -> ``y_t`` (B, C), new window."""
         full = torch.cat([window.to(x_t.dtype), x_t.unsqueeze(-1)], dim=-1)  # (B, C, K)
-        w = self.weight.view(self.channels, self.width)
-        y = torch.einsum("bck,ck->bc", full, w) if full.shape[0] else full.sum(-1)
+        y = (full * self.weight.view(self.channels, self.width)).sum(-1)
         if self.bias is not None:
             y = y + self.bias
         return y, full[..., 1:]
