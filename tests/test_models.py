@@ -143,6 +143,9 @@ def test_factory_arguments_and_named_errors():
         model.step(torch.tensor([1, 2]), states[:1])
     with raises_naming(ValueError, "x_t"):
         model.step(torch.tensor([1, 99]), states)
+    # the model checks its input once, at the entry (its layers then skip full-tensor checks)
+    with raises_naming(ValueError, "x"):
+        Backbone(8, 1, "mamba", {"d_state": 4}, d_input=2)(torch.full((1, 3, 2), float("nan")))
     # an empty batch: empty outputs, no error
     assert model(torch.zeros(0, 5, dtype=torch.long)).shape == (0, 5, 13)
     logits, st = model(torch.zeros(0, 5, dtype=torch.long), return_state=True)

@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_dt_range, check_mask, check_positive_int, check_sequence_input, check_step_input,
-                       right_padding_lengths)
+from .._checks import check_dt_range, check_mask, check_positive_int, check_sequence_input, check_step_input
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, check_conv_ssm_state, negative_A, state_dtype
+from .mamba_family import CausalConv, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -95,7 +94,7 @@ class Mamba(SequenceLayer):
         check_sequence_input(x, self.d_model)
         Bsz, L, _ = x.shape
         mask = check_mask(mask, x)
-        lengths = right_padding_lengths(mask, L)
+        lengths = padding_lengths(mask, L)
         if initial_state is not None:
             self._check_state(initial_state, Bsz, "initial_state")
             conv0, h0 = initial_state

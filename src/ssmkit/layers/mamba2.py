@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import (check_bool, check_dt_range, check_float, check_mask, check_positive_int, check_sequence_input,
-                       check_step_input, right_padding_lengths)
+                       check_step_input)
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, check_conv_ssm_state, negative_A, state_dtype
+from .mamba_family import CausalConv, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -152,7 +152,7 @@ class Mamba2(SequenceLayer):
         check_sequence_input(x, self.d_model)
         b, L, _ = x.shape
         mask = check_mask(mask, x)
-        lengths = right_padding_lengths(mask, L)
+        lengths = padding_lengths(mask, L)
         conv0, h0 = (None, None)
         if initial_state is not None:
             self._check_state(initial_state, b, "initial_state")

@@ -9,9 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_finite, value_checks_enabled
+from .._checks import check_finite, right_padding_lengths, value_checks_enabled
 
-__all__ = ["CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "state_dtype"]
+__all__ = ["CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+
+
+def padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:
+    """Per-sequence lengths of a right-padding mask (None for no mask). The pattern is checked
+    (a host-device synchronisation) only outside ``trusted_inputs``: a model checks it once."""
+    if mask is None:
+        return None
+    if value_checks_enabled():
+        return right_padding_lengths(mask, L)
+    return mask.sum(1)
 
 
 def causal_conv_window(xpad: torch.Tensor, lengths: Optional[torch.Tensor], width: int) -> torch.Tensor:
