@@ -249,32 +249,33 @@ def spec_to_config(spec: Spec, layout: str, padded_vocab: int) -> Dict[str, Any]
 
 
 # --- parameter names -----------------------------------------------------------------------
-_EMBED = {"transformers": "backbone.embeddings.", "mamba_ssm": "backbone.embedding."}
+def _name_pairs(layout: str):
+    """(checkpoint pattern, ssmkit pattern) pairs; ``{i}`` is a layer index, ``{rest}`` the remainder."""
+    embed = "backbone.embeddings" if layout == "transformers" else "backbone.embedding"
+    return ((embed + ".{rest}", "backbone.encoder.{rest}"),
+            ("backbone.layers.{i}.norm.{rest}", "backbone.blocks.{i}.norm.{rest}"),
+            ("backbone.layers.{i}.mixer.{rest}", "backbone.blocks.{i}.layer.{rest}"),
+            ("backbone.norm_f.{rest}", "backbone.norm.{rest}"),
+            ("lm_head.{rest}", "head.{rest}"))
+
+
+def _rename(key: str, pairs, src: int) -> Optional[str]:
+    for pair in pairs:
+        pattern = re.escape(pair[src]).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{rest\}", r"(?P<rest>.+)")
+        m = re.fullmatch(pattern, key)
+        if m:
+            return pair[1 - src].format(**m.groupdict())
+    return None
 
 
 def to_ssmkit_key(key: str, layout: str) -> Optional[str]:
     """A checkpoint parameter name -> ssmkit's name (None when it has no counterpart)."""
-    if key.startswith(_EMBED[layout]):
-        return "backbone.encoder." + key[len(_EMBED[layout]):]
-    m = re.match(r"backbone\.layers\.(\d+)\.(norm|mixer)\.(.+)$", key)
-    if m:
-        return f"backbone.blocks.{m.group(1)}.{'norm' if m.group(2) == 'norm' else 'layer'}.{m.group(3)}"
-    if key.startswith("backbone.norm_f."):
-        return "backbone.norm." + key[len("backbone.norm_f."):]
-    if key.startswith("lm_head."):
-        return "head." + key[len("lm_head."):]
-    return None
+    return _rename(key, _name_pairs(layout), 0)
 
 
 def from_ssmkit_key(key: str, layout: str) -> str:
     """ssmkit's parameter name -> the checkpoint's."""
-    if key.startswith("backbone.encoder."):
-        return _EMBED[layout] + key[len("backbone.encoder."):]
-    m = re.match(r"backbone\.blocks\.(\d+)\.(norm|layer)\.(.+)$", key)
-    if m:
-        return f"backbone.layers.{m.group(1)}.{'norm' if m.group(2) == 'norm' else 'mixer'}.{m.group(3)}"
-    if key.startswith("backbone.norm."):
-        return "backbone.norm_f." + key[len("backbone.norm."):]
-    if key.startswith("head."):
-        return "lm_head." + key[len("head."):]
-    raise PretrainedError(f"parameter {key!r} has no counterpart in the {layout} layout")
+    name = _rename(key, _name_pairs(layout), 1)
+    if name is None:
+        raise PretrainedError(f"parameter {key!r} has no counterpart in the {layout} layout")
+    return name
