@@ -199,7 +199,8 @@ def main():
     ap.add_argument("--models", nargs="*", default=None)
     ap.add_argument("--json", default=None, help="write the rows to this file")
     ap.add_argument("--shapes", nargs="*", default=None, metavar="BxL",
-                    help="prompt-forward shapes, e.g. 1x512 4x512 1x2048 (default: batch 1 and 4 at 512 and 2048)")
+                    help="prompt-forward shapes, e.g. 1x512 4x512 1x2048 (default: batch 1 and 4 at 512 and 2048; "
+                         "none given: decode only)")
     ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens timed per measurement (default 32)")
     args = ap.parse_args()
     bw, rate = bandwidth(), matmul_rate()
@@ -207,7 +208,7 @@ def main():
           f"bfloat16 matmul {matmul_rate(torch.bfloat16) / 1e9:.1f} GFLOP/s", flush=True)
     names = args.models or (["mamba-small", "mamba2-small"] if args.quick else list(MODELS))
     rows = []
-    if args.shapes:
+    if args.shapes is not None:
         shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
     else:
         shapes = [(b, L) for L in ((512,) if args.quick else (512, 2048)) for b in (1, 4)]
