@@ -29,7 +29,7 @@ from .._checks import check_dt_range, check_mask, check_positive_int, check_sequ
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -125,10 +125,11 @@ class Mamba(SequenceLayer):
         check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
-        xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
+        xi, z = rows_linear(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E)
         u, window = self.conv1d.step(xi, conv_state)
         u = F.silu(u)
-        dt, Bm, Cm = self._ssm_params(u)
+        dt_low, Bm, Cm = torch.split(rows_linear(self.x_proj, u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(rows_linear(self.dt_proj, dt_low))
         A = negative_A(self.A_log, self._A_cache)
         sd = h.dtype
         dt, uf, Bm, Cm = dt.to(sd), u.to(sd), Bm.to(sd), Cm.to(sd)
@@ -140,4 +141,4 @@ class Mamba(SequenceLayer):
             h = dA.mul_(h).addcmul_((dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
         y = torch.addcmul(torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1), self.D.to(sd), uf)
         y = (y * F.silu(z.to(sd))).to(x_t.dtype)
-        return self.out_proj(y), (window, h)
+        return rows_linear(self.out_proj, y), (window, h)

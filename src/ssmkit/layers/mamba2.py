@@ -32,7 +32,7 @@ from .._checks import (check_bool, check_dt_range, check_float, check_mask, chec
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -184,7 +184,7 @@ class Mamba2(SequenceLayer):
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
         sd = h.dtype
-        z, xBC, dt = self._split(self.in_proj(x_t))
+        z, xBC, dt = self._split(rows_linear(self.in_proj, x_t))
         xBC, window = self.conv1d.step(xBC, conv_state)
         xs, Bm, Cm = (t.to(sd) for t in self._heads(F.silu(xBC)))  # (b, H, P), (b, G, N)
         b, G, N = Bm.shape
@@ -192,10 +192,10 @@ class Mamba2(SequenceLayer):
         dt = self._dt(dt, sd)  # (b, H)
         A = negative_A(self.A_log, self._A_cache).to(sd)
         # h = exp(Δ A) h + (Δ x) Bᵀ per head; heads of one group share B and C
-        hg = h.view(b, G, R * self.headdim, N)
-        dx = (dt[..., None] * xs).view(b, G, R * self.headdim, 1)
+        hg = h.reshape(b, G, R * self.headdim, N)
+        dx = (dt[..., None] * xs).reshape(b, G, R * self.headdim, 1)
         dA = torch.exp(dt * A).view(b, G, R, 1, 1).expand(b, G, R, self.headdim, 1).reshape(b, G, R * self.headdim, 1)
         hg = torch.addcmul(dA * hg, dx, Bm.unsqueeze(2))
         y = torch.addcmul(torch.matmul(hg, Cm.unsqueeze(-1)).view(b, self.nheads, self.headdim), self.D.to(sd)[:, None], xs)
-        out = self.out_proj(self.norm(y.reshape(b, self.d_inner), z).to(x_t.dtype))
+        out = rows_linear(self.out_proj, self.norm(y.reshape(b, self.d_inner), z).to(x_t.dtype))
         return out, (window, hg.view(b, self.nheads, self.headdim, N))

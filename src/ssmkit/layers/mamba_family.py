@@ -11,7 +11,17 @@ from torch import nn
 
 from .._checks import check_finite, right_padding_lengths, value_checks_enabled
 
-__all__ = ["CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+__all__ = ["rows_linear", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+
+
+def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for one token per sequence (x: (rows, in)). For a few rows (2 to 32) it
+    is computed as ``(W xᵀ)ᵀ``: the same numbers, but CPU BLAS then streams the weight once
+    instead of repacking it for a small product (measured several times faster at 4 rows)."""
+    if x.dim() == 2 and 1 < x.shape[0] <= 32 and x.dtype == linear.weight.dtype:
+        y = (linear.weight @ x.T).T
+        return y if linear.bias is None else y + linear.bias
+    return linear(x)
 
 
 def padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:

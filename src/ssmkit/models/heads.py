@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._checks import check_bool, check_choice, check_float, check_int, check_mask, check_positive_int, trusted_inputs
+from ..layers.mamba_family import rows_linear
 from .backbone import Backbone
 
 __all__ = ["SequenceClassifier", "TokenModel", "LanguageModel"]
@@ -80,12 +81,7 @@ class TokenModel(nn.Module):
 
     def step(self, x_t, states):
         h, states = self.backbone.step(x_t, states)
-        return self._logits(h), states
-
-    def _step(self, x_t, states):
-        """``step`` without input checks, for decoding loops (inside trusted_inputs)."""
-        h, states = self.backbone._step(x_t, states)
-        return self._logits(h), states
+        return rows_linear(self.head, h.to(self.head.weight.dtype)), states
 
 
 class LanguageModel(TokenModel):
