@@ -41,7 +41,7 @@ def _fwd_bwd(impl, u, delta, A, Bm, Cm):
         from ssmkit.ops import selective_scan
 
         y = selective_scan(u, delta, A, Bm, Cm, delta_softplus=True, native=impl == "native",
-                           chunk=64 if impl == "native" else 32)
+                           checkpoint_every=64 if impl == "native" else 32)
     elif impl == "reference":
         from ssmkit.ops import selective_scan_ref
 

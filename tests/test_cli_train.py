@@ -29,7 +29,8 @@ def test_every_layer_trains_through_the_cli(layer, tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["layer"] == layer
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {(r.get("split"), r["step"]) for r in rows} >= {("train", 2), ("test", 2)}
+    assert {(r.get("split"), r["step"]) for r in rows} >= {("train", 2), ("val", 2)}
+    assert not any(r.get("split") == "test" for r in rows)  # the test split is never used during training
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0  # the checkpoint loads back into the same model
@@ -108,8 +109,8 @@ def test_generate_needs_a_token_model(tmp_path, capsys):
 def test_tasks_lists_sizes(capsys):
     assert main(["tasks"]) == 0
     text = capsys.readouterr().out
-    assert "copying" in text and "2,000 train / 200 test sequences, length 71" in text
-    assert "4,500 train / 500 test sequences, length 784" in text  # smnist
+    assert "copying" in text and "2,000 train / 200 val / 200 test sequences, length 71" in text
+    assert "4,050 train / 450 val / 500 test sequences, length 784" in text  # smnist
     assert "sktime" in text
 
 
@@ -121,3 +122,113 @@ def test_unknown_layer_and_missing_sktime(tmp_path, monkeypatch, capsys):
     assert main(["train", "--task", "sktime", "--layer", "s4d", "--max-steps", "1", "--out", str(tmp_path / "s"),
                  "--no-progress"]) == 2
     assert "pip install sktime" in capsys.readouterr().err
+
+
+# --- one-line errors -------------------------------------------------------------------------
+def _one_line_error(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssmkit train: error:") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("body,named", [
+    ("seed: 1.5\n", "seed"),
+    ("task_options: [1, 2]\n", "task_options"),
+    ("layer: [s4d\n", "not valid YAML"),
+    ("lr: .inf\n", "lr"),
+    ("d_state: 3\n", "d_state"),
+])
+def test_bad_config_files_are_one_line_errors(body, named, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: copying\nlayer: s4d\n" + body if "layer:" not in body else "task: copying\n" + body)
+    err = _one_line_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")])
+    assert named in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_yaml_exponent_numbers_are_numbers(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 1e-3\nweight_decay: 1e-2\n")
+    assert main(["train", "--config", str(cfg), *TINY, "--out", str(tmp_path / "r")]) == 0
+    written = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert (written["lr"], written["weight_decay"]) == (1e-3, 1e-2)
+
+
+def test_out_naming_a_file_and_foreign_folders_are_one_line_errors(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert "out_dir" in _one_line_error(capsys, ["train", *TINY, "--out", str(f)])
+    d = tmp_path / "d"
+    (d / "ckpt-00000010").mkdir(parents=True)
+    (d / "ckpt-00000010" / "model.safetensors").write_bytes(b"user data")
+    assert "holds no checkpoint" in _one_line_error(capsys, ["train", *TINY, "--out", str(d)])
+    assert (d / "ckpt-00000010" / "model.safetensors").read_bytes() == b"user data" and f.read_text() == "x"
+
+
+def test_divergence_and_incomplete_trainer_state_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    assert main(["train", "--layer", "s4d", *TINY, "--out", str(out), "--pause-at", "1"]) == 0
+    ckpt = out / (out / "LATEST").read_text().strip()
+    good = (ckpt / "trainer.pt").read_bytes()
+    torch.save({"optimizer": {}}, ckpt / "trainer.pt")
+    assert "lacks" in _one_line_error(capsys, ["train", "--layer", "s4d", *TINY, "--out", str(out), "--resume"])
+    (ckpt / "trainer.pt").write_bytes(good)
+    import ssmkit.train.trainer as trainer
+
+    real = trainer._loss_and_metric
+    monkeypatch.setattr(trainer, "_loss_and_metric", lambda *a, **k: (lambda r: (r[0] * float("nan"),) + r[1:])(real(*a, **k)))
+    assert "diverged" in _one_line_error(capsys, ["train", "--layer", "s4d", *TINY, "--out", str(tmp_path / "nan")])
+    assert not (tmp_path / "nan").exists()  # the failed start left nothing behind
+    with pytest.raises(FloatingPointError):  # --debug shows the real exception
+        main(["--debug", "train", "--layer", "s4d", *TINY, "--out", str(tmp_path / "nan")])
+
+
+# --- evaluate, recipes, compare --------------------------------------------------------------
+def test_evaluate_any_split_of_the_best_or_latest_checkpoint(trained, capsys):
+    result = json.loads((trained / "result.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(trained), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(result["val_acc"])
+    for split in ("train", "test"):
+        assert main(["evaluate", str(trained), "--split", split, "--which", "latest"]) == 0
+        assert json.loads(capsys.readouterr().out)["split"] == split
+
+
+def test_recipes_are_listed_valid_and_overridden_by_flags(tmp_path, capsys):
+    from ssmkit.train.recipes import available_recipes, load_recipe
+
+    names = available_recipes()
+    assert set(names) >= {"smnist", "listops", "induction_heads", "selective_copying", "ucr"}
+    for name in names:
+        desc, data = load_recipe(name)
+        assert desc and TrainConfig.from_dict(data).task == data["task"]
+    capsys.readouterr()
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert all(n in listed for n in names)
+    assert main(["train", "--recipe", "list"]) == 0 and capsys.readouterr().out == listed
+    out = tmp_path / "r"
+    assert main(["train", "--recipe", "selective_copying", "--task-opt", "n_train=8", "--task-opt", "n_test=4",
+                 "--task-opt", "length=8", "--task-opt", "n_tokens=2", "--d-model", "8", "--max-steps", "1",
+                 "--batch-size", "4", "--time-budget", "0", "--progress", "none", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["layer"] == "mamba" and cfg["n_layers"] == 2 and cfg["d_model"] == 8  # recipe, then flags
+    assert cfg["task_options"] == {"n_train": 8, "n_test": 4, "length": 8, "n_tokens": 2}
+    assert main(["train", "--recipe", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_compare_prints_a_table_and_writes_one_figure(trained, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["train", "--layer", "rtf", *TINY, "--out", str(other)]) == 0
+    capsys.readouterr()
+    png = tmp_path / "cmp.png"
+    assert main(["compare", f"{trained}=S4D", str(other), "--out", str(png)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["run", "task", "layer"]
+    assert any(l.startswith("S4D") and "s4d" in l for l in lines) and any(l.startswith("other") and "rtf" in l for l in lines)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main(["compare", str(tmp_path / "nowhere")]) == 2

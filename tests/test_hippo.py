@@ -37,7 +37,7 @@ def test_legt_entries():
 
 
 def test_lmu_entries_and_similarity_to_legt():
-    # MATH.md §1, the LMU form: θ m' = A m + B u with
+    # docs/math.md §1.3, the LMU form: θ m' = A m + B u with
     # a_ij = -(2i+1) (1 if j < i else (-1)^(i-j)),  b_i = 2i+1
     N, theta = 6, 1.7
     A, B = transition("lmu", N, theta=theta)

@@ -21,7 +21,7 @@ def test_vandermonde_equals_naive(M, L):
     lam = torch.complex(-torch.rand(2, M, generator=g, dtype=f64) * 0.5 - 0.01, torch.randn(2, M, generator=g, dtype=f64) * 3)
     dt = torch.rand(2, 1, generator=g, dtype=f64) * 0.2 + 0.01
     CB = torch.randn(2, M, generator=g, dtype=c128)
-    K = vandermonde_kernel(dt * lam, CB, L, chunk=7)  # a chunk that does not divide L
+    K = vandermonde_kernel(dt * lam, CB, L, lag_block=7)  # a block that does not divide L
     dA = torch.exp(dt * lam)
     # the real system of both conjugate modes, by powers
     Ad = torch.diag_embed(torch.cat([dA, dA.conj()], -1))
@@ -136,8 +136,8 @@ def test_vandermonde_general_modes_odd_N(N, L):
     mu, V = torch.linalg.eig(Ad)
     CB = (C.to(c128) @ V) * torch.linalg.solve(V, Bd.to(c128))
     Kn = naive_kernel(Ad, Bd, C, L)
-    for chunk in (None, 1, 4, L, L + 3):
-        K = vandermonde_kernel(torch.log(mu), CB, L, chunk=chunk, conj_pairs=False)
+    for lag_block in (None, 1, 4, L, L + 3):
+        K = vandermonde_kernel(torch.log(mu), CB, L, lag_block=lag_block, conj_pairs=False)
         assert K.shape == (L,) and K.is_complex()
         assert float(K.imag.abs().max()) < 1e-10 * float(Kn.abs().max())
         assert rel(K.real, Kn) < 1e-10
@@ -210,8 +210,8 @@ def test_fftconv_against_numpy_convolve(L, Lk):
 def test_kernel_bad_input_more():
     with pytest.raises(ValueError, match="L"):
         vandermonde_kernel(torch.ones(2, dtype=c128), torch.ones(2, dtype=c128), 0)
-    with pytest.raises(ValueError, match="chunk"):
-        vandermonde_kernel(torch.ones(2, dtype=c128), torch.ones(2, dtype=c128), 4, chunk=0)
+    with pytest.raises(ValueError, match="lag_block"):
+        vandermonde_kernel(torch.ones(2, dtype=c128), torch.ones(2, dtype=c128), 4, lag_block=0)
     with pytest.raises(ValueError, match="L"):
         naive_kernel(torch.eye(2), torch.ones(2), torch.ones(2), 0)
     with pytest.raises(ValueError, match="NaN"):
@@ -220,3 +220,20 @@ def test_kernel_bad_input_more():
         ss_to_tf(torch.eye(3), torch.ones(4), torch.ones(3), 5)
     with pytest.raises(ValueError, match="b"):
         tf_to_ss(torch.zeros(2, 3), torch.zeros(2, 4), 5)
+
+
+@pytest.mark.parametrize("N,L", [(1, 1), (3, 8), (6, 5), (4, 40)])
+def test_rational_kernel_equals_reference_and_aliased_impulse_response(N, L):
+    # the packaged reference (companion system powered step by step) agrees with the FFT route,
+    # and both with scipy's impulse response of b(z)/a(z) aliased modulo L (an independent check)
+    from ssmkit.kernels import rational_kernel_ref
+
+    g = torch.Generator().manual_seed(10 * N + L)
+    a = torch.randn(N, generator=g, dtype=f64)
+    a = 0.6 * a / a.abs().sum()  # Σ|a| < 1: poles inside the unit disk
+    b = torch.randn(N, generator=g, dtype=f64)
+    ref = rational_kernel_ref(a, b, L)
+    assert rel(rational_kernel(a, b, L), ref) < 1e-10
+    n = L * (2000 // L + 3)
+    h = _impulse_response(a.numpy(), b.numpy(), n)
+    assert rel(ref, torch.from_numpy(h.reshape(-1, L).sum(0))) < 1e-10

@@ -10,6 +10,7 @@ from ssmkit.layers import RTF, S4, S4D, get_layer, get_optim_hints
 from ssmkit.layers.base import run_steps
 from ssmkit.lti import companion, poly_from_roots
 from ssmkit.ops import fftconv
+from helpers import raises_naming
 
 f64 = torch.float64
 
@@ -255,3 +256,53 @@ def test_bad_constructor_arguments():
 @pytest.mark.parametrize("measure", ["legs", "legt"])
 def test_rtf_from_s4_same_kernel_and_outputs(measure):
     _check_conversion(make("s4", dict(d_state=4, measure=measure, l_max=30, dt_min=0.1, dt_max=1.0)), 30)
+
+
+@pytest.mark.parametrize("name,kw", [("s4d", dict(d_state=4)), ("s4", dict(d_state=4, l_max=12)),
+                                     ("rtf", dict(d_state=3, l_max=12, init="montel"))])
+def test_bidirectional_equals_direct_two_sided_sum(name, kw):
+    # y_i = Σ_{j≤i} K_fwd[i-j] u_j + Σ_{j≥i} K_bwd[j-i] u_j + D u_i, by the definition (O(L²)),
+    # with the kernels the layer reports (forward channels first); padded rows equal one-by-one
+    torch.manual_seed(0)
+    H, L = 2, 12
+    layer = get_layer(name)(H, bidirectional=True, dtype=f64, **kw)
+    x = torch.randn(2, L, H, dtype=f64)
+    with torch.no_grad():
+        K = layer.kernel(L)
+        y = layer(x)
+    assert K.shape == (2 * H, L)
+    Kf, Kb, D = K[:H], K[H:], layer.D.detach()
+    want = torch.zeros_like(x)
+    for i in range(L):
+        for j in range(L):
+            if j <= i:
+                want[:, i] += Kf[:, i - j] * x[:, j]
+            if j >= i:
+                want[:, i] += Kb[:, j - i] * x[:, j]
+    want += D * x
+    torch.testing.assert_close(y, want, rtol=1e-11, atol=1e-11)
+    mask = torch.arange(L)[None, :] < torch.tensor([[L], [7]])
+    with torch.no_grad():
+        yp = layer(x, mask=mask)
+        torch.testing.assert_close(yp[1:, :7], layer(x[1:, :7]), rtol=1e-11, atol=1e-11)
+    assert float(yp[1, 7:].abs().max()) == 0.0
+    # gradients reach both kernel sets
+    layer(x).sum().backward()
+    grads = [p.grad for p in layer.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["s4", "s4d", "rtf"])
+def test_bidirectional_refuses_causal_uses(name):
+    layer = get_layer(name)(3, 4, bidirectional=True)
+    x = torch.randn(1, 5, 3)
+    with raises_naming(ValueError, "bidirectional"):
+        layer.step(torch.randn(1, 3), layer.initial_state(1))
+    with raises_naming(ValueError, "bidirectional"):
+        layer(x, return_state=True)
+    with raises_naming(ValueError, "bidirectional"):
+        layer(x, initial_state=layer.initial_state(1))
+    with raises_naming(ValueError, "bidirectional"):
+        RTF.from_layer(layer, 8)
+    with raises_naming(TypeError, "bidirectional"):
+        get_layer(name)(3, 4, bidirectional=1)

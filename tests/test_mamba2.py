@@ -1,11 +1,9 @@
-"""Mamba-2: chunked SSD against the sequential reference, forward against step, padding."""
+"""Mamba-2: forward against step, padding (the SSD op itself: tests/test_ssd.py)."""
 import pytest
 import torch
 
 from ssmkit.layers import Mamba2
 from ssmkit.layers.base import run_steps
-from ssmkit.ops import ssd, ssd_ref
-from ssmkit.ops.ssd import chunk_layout
 
 from helpers import assert_pieces_equal_one_pass
 
@@ -14,52 +12,6 @@ f64 = torch.float64
 
 def _rel(a, b):
     return float((a - b).detach().abs().max() / b.detach().abs().max())
-
-
-def _ssd_inputs(b=2, L=23, H=4, P=3, G=2, N=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=f64).requires_grad_()
-    x, B, C = r(b, L, H, P), r(b, L, G, N), r(b, L, G, N)
-    dt = torch.nn.functional.softplus(torch.randn(b, L, H, generator=g, dtype=f64)).requires_grad_()
-    A = (-torch.rand(H, generator=g, dtype=f64) * 3 - 0.1).requires_grad_()
-    h0 = r(b, H, P, N)
-    return x, dt, A, B, C, h0
-
-
-def test_chunk_layout():
-    assert chunk_layout(196, 64) == (4, 49)  # no padding where 64-step chunks would pad 60 steps
-    assert chunk_layout(23, 8) == (3, 8) and chunk_layout(1, 64) == (1, 1) and chunk_layout(128, 64) == (2, 64)
-    for L in range(1, 200, 7):
-        for c in (1, 4, 64):
-            nc, Q = chunk_layout(L, c)
-            assert Q <= c and nc * Q >= L > (nc - 1) * Q and nc * Q - L < nc
-
-
-@pytest.mark.parametrize("L,chunk", [(1, 4), (23, 4), (24, 8), (23, 64), (23, 8)])
-@pytest.mark.parametrize("G", [1, 2, 4])
-def test_ssd_chunked_equals_reference(L, chunk, G):
-    x, dt, A, B, C, h0 = _ssd_inputs(L=L, G=G)
-    y1, h1 = ssd(x, dt, A, B, C, initial_state=h0, chunk=chunk)
-    y2, h2 = ssd_ref(x, dt, A, B, C, initial_state=h0)
-    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(h1, h2, rtol=1e-10, atol=1e-10)
-    w = torch.randn_like(y1)
-    wh = torch.randn_like(h1)
-    args = (x, dt, A, B, C, h0)
-    g1 = torch.autograd.grad((y1 * w).sum() + (h1 * wh).sum(), args)
-    g2 = torch.autograd.grad((y2 * w).sum() + (h2 * wh).sum(), args)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-
-
-def test_ssd_state_size_128_zero_steps_and_no_initial_state():
-    x, dt, A, B, C, _ = _ssd_inputs(b=1, L=37, H=2, P=4, G=1, N=128, seed=3)
-    dt = dt.detach().clone()
-    dt[:, 10:14] = 0.0  # Δ = 0 (padding): the state must pass through these steps unchanged
-    y1, h1 = ssd(x, dt, A, B, C, chunk=16)
-    y2, h2 = ssd_ref(x, dt, A, B, C)
-    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(h1, h2, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("d_state,ngroups,headdim", [(8, 2, 8), (64, 1, 4), (128, 2, 4)])
@@ -130,23 +82,3 @@ def test_mamba2_bad_input():
         layer.A_log[0] = float("nan")
     with pytest.raises(ValueError, match="A_log"):
         layer.step(torch.randn(2, 16), layer.initial_state(2))
-    # the SSD operator names the argument
-    x, dt, A, B, C, h0 = (t.detach() for t in _ssd_inputs())
-    with pytest.raises(ValueError, match="dt"):
-        ssd(x, dt[:, :5], A, B, C)
-    with pytest.raises(ValueError, match="^A must be <= 0"):
-        ssd(x, dt, A.abs(), B, C)
-    with pytest.raises(ValueError, match="^dt must be >= 0"):
-        ssd(x, -dt, A, B, C)
-    with pytest.raises(ValueError, match="^B"):
-        ssd(x, dt, A, torch.zeros(2, 23, 3, 5, dtype=f64), C)  # 3 groups do not divide 4 heads
-    with pytest.raises(ValueError, match="^C"):
-        ssd(x, dt, A, B, C[..., :2])
-    with pytest.raises(ValueError, match="initial_state"):
-        ssd(x, dt, A, B, C, initial_state=h0[:1])
-    x_nan = x.clone()
-    x_nan[0, 3, 1, 2] = float("nan")
-    with pytest.raises(ValueError, match="^x .*NaN"):
-        ssd(x_nan, dt, A, B, C)
-    with pytest.raises(ValueError, match="^B .*NaN"):
-        ssd_ref(x, dt, A, B * float("inf"), C)

@@ -219,7 +219,7 @@ def test_a_folder_with_run_files_but_no_checkpoint_is_not_overwritten(tmp_path):
     out = tmp_path / "crashed"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"event": "start"}\n')
-    with pytest.raises(ValueError, match="without a checkpoint"):
+    with pytest.raises(ValueError, match="holds no checkpoint"):
         fit(_cfg(max_steps=1), out, progress=False)
     assert (out / "metrics.jsonl").read_text() == '{"event": "start"}\n' and sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 
@@ -262,9 +262,9 @@ def test_optimizer_groups_follow_the_layer_hints():
 
 
 def test_warmup_then_cosine_schedule():
-    from ssmkit.train.trainer import _schedule
+    from ssmkit.train import LRSchedule
 
-    f = _schedule(10, 110)
+    f = LRSchedule(10, 110).factor
     assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])  # linear warm-up
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
     after = [f(s) for s in range(10, 111)]
@@ -307,7 +307,7 @@ def test_an_interrupted_save_leaves_the_last_checkpoint(tmp_path, monkeypatch):
     def dies(*a, **k):
         raise KeyboardInterrupt  # the process is stopped while the weights are being written
 
-    monkeypatch.setattr(ckpt_mod, "save_file", dies)
+    monkeypatch.setattr(ckpt_mod, "save", dies)
     with pytest.raises(KeyboardInterrupt):
         fit(_cfg(max_steps=4, checkpoint_every=2), run, resume=True, progress=False)
     assert (run / "LATEST").read_text() == latest

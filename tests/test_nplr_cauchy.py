@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ssmkit.hippo import nplr, transition
-from ssmkit.kernels import cauchy_conj, dplr_kernel, naive_kernel
+from ssmkit.kernels import cauchy_conj, dplr_kernel, dplr_kernel_ref, naive_kernel
 
 f64, c128 = torch.float64, torch.complex128
 
@@ -11,18 +11,18 @@ f64, c128 = torch.float64, torch.complex128
 @pytest.mark.parametrize("measure,rank", [("legs", 1), ("legt", 2)])
 @pytest.mark.parametrize("N", [2, 8, 16, 64])
 def test_nplr_reconstructs_A_and_B(measure, rank, N):
-    F = nplr(measure, N)
+    form = nplr(measure, N)
     A, B = transition(measure, N)
-    assert F.Lambda.shape == (N // 2,) and F.P.shape == (rank, N // 2) and F.V.shape == (N, N // 2)
-    dense = F.dense_A()
+    assert form.Lambda.shape == (N // 2,) and form.P.shape == (rank, N // 2) and form.V.shape == (N, N // 2)
+    dense = form.dense_A()
     assert float((dense.real - A).abs().max() / A.abs().max()) < 1e-12
     assert float(dense.imag.abs().max()) < 1e-10
-    lam, P, Bf, V = F.full()
+    lam, P, Bf, V = form.full()
     torch.testing.assert_close((V @ Bf).real, B, rtol=0, atol=1e-10)
     torch.testing.assert_close(V.conj().T @ V, torch.eye(N, dtype=c128), rtol=0, atol=1e-10)  # unitary
-    assert bool((F.Lambda.imag > 0).all())
+    assert bool((form.Lambda.imag > 0).all())
     if measure == "legs":
-        torch.testing.assert_close(F.Lambda.real, torch.full((N // 2,), -0.5, dtype=f64), rtol=0, atol=1e-10)
+        torch.testing.assert_close(form.Lambda.real, torch.full((N // 2,), -0.5, dtype=f64), rtol=0, atol=1e-10)
 
 
 def test_nplr_odd_N_is_refused():
@@ -56,7 +56,7 @@ def test_dplr_kernel_equals_dense_bilinear_system(rank, M, L):
     B = torch.randn(H, M, dtype=c128, generator=g)
     Ct = torch.randn(H, M, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
-    K = dplr_kernel(lam, P, B, Ct, dt, L, chunk=3)
+    K = dplr_kernel(lam, P, B, Ct, dt, L, freq_block=3)
     cat = lambda z: torch.cat([z, z.conj()], -1)
     A = torch.diag_embed(cat(lam)) - torch.einsum("rhn,rhm->hnm", cat(P), cat(P).conj())
     I = torch.eye(2 * M, dtype=c128)
@@ -94,14 +94,16 @@ def test_dplr_kernel_general_modes_odd_N(rank, N, L):
     B = torch.randn(H, N, dtype=c128, generator=g)
     Ct = torch.randn(H, N, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
-    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, chunk=3, conj_pairs=False)
+    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, freq_block=3, conj_pairs=False)
     Kn = naive_kernel(*_dense_bilinear(lam, P, Q, B, Ct, dt, L), L)
+    assert float((dplr_kernel_ref(lam, P, B, Ct, dt, L, Q=Q, conj_pairs=False) - Kn).abs().max() / Kn.abs().max()) < 1e-12
     assert K.is_complex() and K.shape == (H, L)
     assert float((K - Kn).abs().max() / Kn.abs().max()) < 1e-10
 
 
-def test_dplr_kernel_gradcheck_across_chunks():
-    # gradients through the chunked (checkpointed) evaluation, against finite differences
+@pytest.mark.parametrize("method", ["vandermonde", "cauchy"])
+def test_dplr_kernel_gradcheck(method):
+    # gradients through both routes (the Cauchy one in checkpointed frequency blocks), against finite differences
     g = torch.Generator().manual_seed(1)
     H, M, L = 1, 2, 9
     lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) - 0.1, torch.randn(H, M, generator=g, dtype=f64))
@@ -110,15 +112,54 @@ def test_dplr_kernel_gradcheck_across_chunks():
     Ct = torch.randn(H, M, dtype=c128, generator=g)
     dt = torch.rand(H, generator=g, dtype=f64) * 0.5 + 0.05
     ins = tuple(t.clone().requires_grad_(True) for t in (lam, P, B, Ct, dt))
-    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, chunk=2), ins, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda *a: dplr_kernel(*a, L, freq_block=2, method=method), ins, eps=1e-6, atol=1e-7)
 
 
 def test_nplr_dtypes_and_bad_input():
-    F = nplr("legt", 6)
-    assert F.Lambda.dtype == F.P.dtype == F.B.dtype == F.V.dtype == c128
+    form = nplr("legt", 6)
+    assert form.Lambda.dtype == form.P.dtype == form.B.dtype == form.V.dtype == c128
     with pytest.raises(ValueError, match="measure"):
         nplr("fout", 4)
     with pytest.raises(ValueError, match="dt"):
-        dplr_kernel(F.Lambda[None], F.P[:, None], F.B[None], F.B[None], -torch.ones(1, dtype=f64), 8)
+        dplr_kernel(form.Lambda[None], form.P[:, None], form.B[None], form.B[None], -torch.ones(1, dtype=f64), 8)
     with pytest.raises(ValueError, match="P"):
-        dplr_kernel(F.Lambda[None], F.P, F.B[None], F.B[None], torch.ones(1, dtype=f64), 8)
+        dplr_kernel(form.Lambda[None], form.P, form.B[None], form.B[None], torch.ones(1, dtype=f64), 8)
+
+
+@pytest.mark.parametrize("method", ["vandermonde", "cauchy"])
+@pytest.mark.parametrize("conj_pairs", [True, False])
+@pytest.mark.parametrize("rank,M,L", [(1, 1, 1), (1, 4, 33), (2, 3, 16), (3, 2, 7)])
+def test_dplr_kernel_methods_equal_reference(method, conj_pairs, rank, M, L):
+    # both routes to the Cauchy sums against the dense system powered step by step (dplr_kernel_ref),
+    # including small steps where the Vandermonde route's 1/(1 - r^L) is largest (Δ|Re λ| L ~ 0.05)
+    g = torch.Generator().manual_seed(rank * 100 + M * 10 + L)
+    H = 3
+    lam = torch.complex(-torch.rand(H, M, generator=g, dtype=f64) - 0.1, 3 * torch.randn(H, M, generator=g, dtype=f64))
+    P = 0.5 * torch.randn(rank, H, M, dtype=c128, generator=g)
+    Q = P if conj_pairs else 0.5 * torch.randn(rank, H, M, dtype=c128, generator=g)
+    B = torch.randn(H, M, dtype=c128, generator=g)
+    Ct = torch.randn(H, M, dtype=c128, generator=g)
+    dt = torch.tensor([0.05 / L, 0.1, 0.6], dtype=f64)
+    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q, conj_pairs=conj_pairs, method=method, freq_block=5)
+    want = dplr_kernel_ref(lam, P, B, Ct, dt, L, Q=Q, conj_pairs=conj_pairs)
+    assert K.is_complex() != conj_pairs
+    assert float((K - want).abs().max() / want.abs().max()) < 1e-10
+
+
+
+@pytest.mark.parametrize("method", ["vandermonde", "cauchy"])
+def test_dplr_kernel_float32_accuracy_at_training_length(method):
+    # an S4 layer's own parameters (HiPPO-LegS, N = 64, Δ up to 0.1) at l_max = 1024 in float32,
+    # against the float64 kernel of the same float32 parameters: the phases k·Im(log r) reach
+    # ~1e3 rad, so the exponentials are taken in double precision (measured ~2e-6)
+    from ssmkit.layers import S4
+
+    torch.manual_seed(0)
+    layer = S4(4, 64, l_max=1024)
+    with torch.no_grad():
+        p32 = layer._params()
+        p64 = [t.to(c128) if t.is_complex() else t.double() for t in p32]
+        ref = dplr_kernel(*p64, 1024, method="cauchy")
+        K = dplr_kernel(*p32, 1024, method=method)
+    assert K.dtype == torch.float32
+    assert float((K.double() - ref).abs().max() / ref.abs().max()) < 1e-5

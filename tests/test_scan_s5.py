@@ -10,6 +10,8 @@ from ssmkit.layers.base import run_steps
 from ssmkit.ops import linear_scan, linear_scan_ref
 from ssmkit.ops import scan as scan_mod
 
+from helpers import raises_naming
+
 f64, c128 = torch.float64, torch.complex128
 
 
@@ -85,18 +87,35 @@ def test_linear_scan_bad_input():
         linear_scan(torch.ones(2, 5, 3), torch.ones(2, 5, 4))
     with pytest.raises(ValueError, match="broadcast"):  # a broadcasts with b, but not *to* b's shape
         linear_scan(torch.ones(2, 5, 3), torch.ones(2, 5, 1))
-    with pytest.raises(ValueError, match="h0"):
+    with raises_naming(ValueError, "initial_state"):
         linear_scan(torch.ones(2, 5, 3), torch.ones(2, 5, 3), torch.ones(3))
     with pytest.raises(ValueError, match="^b .*NaN"):
         linear_scan(torch.ones(2, 5, 3), torch.full((2, 5, 3), float("nan")))
     with pytest.raises(ValueError, match="^a .*NaN"):
         linear_scan(torch.full((2, 5, 3), float("inf")), torch.ones(2, 5, 3))
-    with pytest.raises(ValueError, match="^h0 .*NaN"):
+    with pytest.raises(ValueError, match="^initial_state .*NaN"):
         linear_scan(torch.ones(2, 5, 3), torch.ones(2, 5, 3), torch.full((2, 3), float("nan")))
     with pytest.raises(ValueError, match="b must have shape"):
         linear_scan(torch.ones(2, 0, 3), torch.ones(2, 0, 3))
     with pytest.raises(TypeError, match="b"):
         linear_scan(torch.ones(2, 5), torch.ones(2, 5, dtype=torch.long))
+    with raises_naming(TypeError, "a"):
+        linear_scan(torch.ones(2, 5, dtype=torch.complex32), torch.ones(2, 5))
+
+
+def test_linear_scan_empty_batch_one_step_and_half_precision():
+    h = linear_scan(torch.ones(0, 5, 3), torch.ones(0, 5, 3), initial_state=torch.ones(0, 3))
+    assert h.shape == (0, 5, 3)
+    g = torch.Generator().manual_seed(0)
+    a, b, h0 = torch.rand(2, 1, 3, generator=g, dtype=f64), torch.randn(2, 1, 3, generator=g, dtype=f64), torch.randn(2, 3, dtype=f64)
+    torch.testing.assert_close(linear_scan(a, b, h0), a[:, 0:1] * h0[:, None] + b, rtol=1e-14, atol=0)
+    # float16 / bfloat16: computed in float32, rounded once at the end (L = 100 > blocked threshold)
+    a, b = 0.95 * torch.rand(2, 100, 3, generator=g), torch.randn(2, 100, 3, generator=g)
+    for dtype, tol in ((torch.float16, 1e-3), (torch.bfloat16, 8e-3)):
+        h = linear_scan(a.to(dtype), b.to(dtype))
+        assert h.dtype == dtype
+        ref = linear_scan_ref(a.to(dtype).double(), b.to(dtype).double())
+        assert float((h.double() - ref).abs().max() / ref.abs().max()) < tol, dtype
 
 
 def test_s5_init_is_hippo_legs_diagonal_and_zoh():

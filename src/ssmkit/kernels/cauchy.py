@@ -1,6 +1,6 @@
 """The S4 kernel of a diagonal-plus-low-rank system through its generating function
 (Gu, Goel, Ré 2021, "Efficiently Modeling Long Sequences with Structured State Spaces", §3.3,
-Alg. 1; MATH.md §4).
+Alg. 1; docs/math.md §6).
 
 For the bilinear discretization of ``A = Λ - P Q*`` (``(PQ*)_{nm} = Σ_r P_{rn} conj(Q_{rm})``)
 the truncated generating function at the L-th roots of unity ``z_j = exp(-2πij/L)`` is
@@ -18,10 +18,23 @@ one mode of each conjugate pair is stored and the other is summed explicitly,
 L/2 + 1 non-negative frequencies. Without it the N modes are a general complex system
 (any N, odd included) and ``K = ifft(K̂)`` from all L frequencies.
 
-Memory: frequencies are processed in chunks of ``chunk``; each chunk's Cauchy matrices are
-(H, M, chunk), so peak extra memory is O(H·M·chunk + H·L) whatever L. Under autograd every
-chunk is recomputed in the backward pass (activation checkpointing) instead of being kept, so
-training is bounded the same way.
+Two ways to get the Cauchy sums (``method``):
+
+- ``"vandermonde"`` (default): at the L-th roots of unity
+  ``1/(x - sλ_n) = (1/a_n) / (1 - z r_n)`` with ``a_n = 1 - Δλ_n/2`` and ``r_n = (1 + Δλ_n/2)/a_n``
+  (the bilinear discretization of ``λ_n``), and ``1/(1 - z r) = Σ_{k<L} (z r)^k / (1 - r^L)``, so
+  ``k(u,v)`` is the DFT of the real sequence ``h_k = 2 Re Σ_n u_n v_n r_n^k / (a_n (1 - r_n^L))``:
+  a Vandermonde product (:func:`ssmkit.kernels.vandermonde_kernel`, real matrix products) and an
+  FFT. O(H·M·L) time like S4D's kernel; autograd keeps O(H·(1+r)²·L) values, no recomputation,
+  so the backward pass costs about as much as the forward. Needs ``|r_n| < 1`` (Re λ < 0);
+  its rounding error grows as ``1/|1 - r_n^L|`` (modes that barely decay over L).
+- ``"cauchy"``: the sums themselves, frequencies in blocks of ``freq_block``; each block's Cauchy
+  matrices are (H, M, freq_block), so peak extra memory is O(H·M·freq_block + H·L) whatever L;
+  under autograd every block is recomputed in the backward pass (activation checkpointing).
+  Slower (a complex division per mode and frequency), accurate for any λ off the contour.
+
+:func:`dplr_kernel_ref` builds the dense (Ā, B̄, C) and powers it (:func:`naive_kernel`): the
+reference both are tested against.
 """
 from __future__ import annotations
 
@@ -30,11 +43,14 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import check_positive, check_positive_int, check_tensor
+from .._checks import FULL_PRECISION, check_choice, check_positive, check_positive_int, check_tensor
+from .naive import naive_kernel
+from .vandermonde import vandermonde_kernel
 
-__all__ = ["cauchy", "cauchy_conj", "dplr_kernel", "DEFAULT_FREQ_CHUNK"]
+__all__ = ["cauchy", "cauchy_conj", "dplr_kernel", "dplr_kernel_ref", "DEFAULT_FREQ_BLOCK"]
 
-DEFAULT_FREQ_CHUNK = 512
+DEFAULT_FREQ_BLOCK = 512
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
 
 def cauchy(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -51,13 +67,9 @@ def cauchy_conj(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Te
     return cauchy(v, x, s, lam) + cauchy(v.conj(), x, s, lam.conj())
 
 
-def _khat_chunk(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
-    """``K̂`` (H, J) at frequencies ``j`` (J,) from the stacked Cauchy numerators ``V``."""
-    H = V.shape[0]
-    z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # (J,)
-    x = 1 - z
-    s = (dt.unsqueeze(-1) / 2) * (1 + z)  # (H, J)
-    k = (cauchy_conj if conj_pairs else cauchy)(V, x, s, lam)  # (H, 1 + 2r + r², J)
+def _woodbury(k, s, dt, r: int):
+    """``K̂ = Δ [k_cb - s k_cp (I + s k_qp)^{-1} k_qb]`` from the stacked sums ``k`` (H, 1+2r+r², J)."""
+    H = k.shape[0]
     k_cb = k[:, 0]
     k_cp = k[:, 1:1 + r]
     k_qb = k[:, 1 + r:1 + 2 * r]
@@ -71,45 +83,104 @@ def _khat_chunk(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
     return dt.unsqueeze(-1) * (k_cb - s * corr)
 
 
-def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torch.Tensor, dt: torch.Tensor, L: int,
-                Q: torch.Tensor | None = None, chunk: int = DEFAULT_FREQ_CHUNK, conj_pairs: bool = True) -> torch.Tensor:
-    """Kernel (H, L) of the bilinear DPLR system ``A = Λ - P Q*`` with learned ``C̃ = C (I - Ā^L)``.
+def _khat_block(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
+    """``K̂`` (H, J) at frequencies ``j`` (J,) from the stacked Cauchy numerators ``V``."""
+    z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # (J,)
+    x = 1 - z
+    s = (dt.unsqueeze(-1) / 2) * (1 + z)  # (H, J)
+    k = (cauchy_conj if conj_pairs else cauchy)(V, x, s, lam)  # (H, 1 + 2r + r², J)
+    return _woodbury(k, s, dt, r)
 
-    ``Lambda`` (H, M), ``P`` and ``Q`` (r, H, M) (``Q = P`` by default), ``B`` and ``Ct`` (H, M)
-    complex; ``dt`` (H,) positive steps. ``conj_pairs=True``: the M modes are the kept half of
-    conjugate pairs (real system of N = 2M states) and the kernel is real. ``conj_pairs=False``:
-    a general complex system of N = M states; the kernel is complex.
-    """
+
+def _khat_vandermonde(V, lam, dt, L: int, r: int, conj_pairs: bool):
+    """``K̂`` at all J frequencies through the Vandermonde sequences of the Cauchy sums."""
+    h = (dt / 2).unsqueeze(-1) * lam  # (H, M): Δλ/2
+    a = 1 - h
+    log_r = torch.log((1 + h) / a)
+    coef = V / (a * -torch.expm1(L * log_r)).unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
+    seq = vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)  # (H, K, L)
+    k = torch.fft.rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)
+    J = k.shape[-1]
+    j = torch.arange(J, dtype=dt.dtype, device=dt.device)
+    z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))
+    s = (dt.unsqueeze(-1) / 2) * (1 + z)
+    return _woodbury(k, s, dt, r)
+
+
+def _check_dplr(Lambda, P, B, Ct, dt, L, Q):
     for name, t in (("Lambda", Lambda), ("B", B), ("Ct", Ct)):
-        check_tensor(name, t, ndim=2, floating=True, complex_ok=True)
+        check_tensor(name, t, ndim=2, dtypes=COMPLEX_DTYPES + FULL_PRECISION)
     H, M = Lambda.shape
     check_tensor("B", B, shape=(H, M))
     check_tensor("Ct", Ct, shape=(H, M))
-    check_tensor("P", P, shape=(None, H, M), floating=True, complex_ok=True)
-    Q = P if Q is None else check_tensor("Q", Q, shape=tuple(P.shape), floating=True, complex_ok=True)
-    check_tensor("dt", dt, shape=(H,), floating=True)
+    check_tensor("P", P, shape=(None, H, M), dtypes=COMPLEX_DTYPES + FULL_PRECISION)
+    Q = P if Q is None else check_tensor("Q", Q, shape=tuple(P.shape), dtypes=COMPLEX_DTYPES + FULL_PRECISION)
+    check_tensor("dt", dt, shape=(H,), dtypes=FULL_PRECISION)
     check_positive("dt", dt.detach())
     check_positive_int("L", L)
-    check_positive_int("chunk", chunk)
+    return H, M, Q
+
+
+def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torch.Tensor, dt: torch.Tensor, L: int,
+                Q: torch.Tensor | None = None, freq_block: int = DEFAULT_FREQ_BLOCK, conj_pairs: bool = True,
+                method: str = "vandermonde") -> torch.Tensor:
+    """Kernel (H, L) of the bilinear DPLR system ``A = Λ - P Q*`` with learned ``C̃ = C (I - Ā^L)``.
+
+    ``Lambda`` (H, M), ``P`` and ``Q`` (r, H, M) (``Q = P`` by default), ``B`` and ``Ct`` (H, M)
+    complex (complex64/128; real float32/64 is promoted); ``dt`` (H,) positive steps (float32/64:
+    the kernel's precision). ``conj_pairs=True``: the M modes are the kept half of conjugate
+    pairs (real system of N = 2M states) and the kernel is real. ``conj_pairs=False``: a general
+    complex system of N = M states; the kernel is complex. ``method``: ``"vandermonde"`` (needs
+    Re Λ < 0) or ``"cauchy"`` (frequencies in blocks of ``freq_block``); see the module notes.
+    """
+    H, M, Q = _check_dplr(Lambda, P, B, Ct, dt, L, Q)
+    check_positive_int("freq_block", freq_block)
+    check_choice("method", method, ("vandermonde", "cauchy"))
     r = P.shape[0]
     rdtype = dt.dtype
     cdtype = torch.complex128 if rdtype == torch.float64 else torch.complex64
+    Lambda, P, B, Ct, Q = (t.to(cdtype) for t in (Lambda, P, B, Ct, Q))
     # Cauchy numerators, stacked: k(C̃,B), k(C̃,P_a), k(Q̄_a,B), k(Q̄_a,P_b)
     Qc = Q.conj()
     v_cb = (Ct * B).unsqueeze(1)  # (H, 1, M)
     v_cp = (Ct.unsqueeze(0) * P).permute(1, 0, 2)  # (H, r, M)
     v_qb = (Qc * B.unsqueeze(0)).permute(1, 0, 2)  # (H, r, M)
     v_qp = (Qc.unsqueeze(1) * P.unsqueeze(0)).permute(2, 0, 1, 3).reshape(H, r * r, M)  # (H, r*r, M)
-    V = torch.cat([v_cb, v_cp, v_qb, v_qp], dim=1).to(cdtype)
-    lam = Lambda.to(cdtype)
-    J = L // 2 + 1 if conj_pairs else L
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (V, lam, dt))
-    out = []
-    for start in range(0, J, chunk):
-        j = torch.arange(start, min(J, start + chunk), dtype=rdtype, device=Lambda.device)
-        if recompute:
-            out.append(checkpoint(_khat_chunk, V, lam, dt, j, L, r, conj_pairs, use_reentrant=False))
-        else:
-            out.append(_khat_chunk(V, lam, dt, j, L, r, conj_pairs))
-    Khat = torch.cat(out, dim=-1)
+    V = torch.cat([v_cb, v_cp, v_qb, v_qp], dim=1)
+    lam = Lambda
+    if method == "vandermonde":
+        Khat = _khat_vandermonde(V, lam, dt, L, r, conj_pairs)
+    else:
+        J = L // 2 + 1 if conj_pairs else L
+        recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (V, lam, dt))
+        out = []
+        for start in range(0, J, freq_block):
+            j = torch.arange(start, min(J, start + freq_block), dtype=rdtype, device=Lambda.device)
+            if recompute:
+                out.append(checkpoint(_khat_block, V, lam, dt, j, L, r, conj_pairs, use_reentrant=False))
+            else:
+                out.append(_khat_block(V, lam, dt, j, L, r, conj_pairs))
+        Khat = torch.cat(out, dim=-1)
     return torch.fft.irfft(Khat, n=L) if conj_pairs else torch.fft.ifft(Khat, n=L)
+
+
+def dplr_kernel_ref(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torch.Tensor, dt: torch.Tensor, L: int,
+                    Q: torch.Tensor | None = None, conj_pairs: bool = True) -> torch.Tensor:
+    """Reference for :func:`dplr_kernel`: the dense bilinear system ``Ā = (I - Δ/2 A)^{-1}(I + Δ/2 A)``,
+    ``B̄ = (I - Δ/2 A)^{-1} Δ B``, ``C = C̃ (I - Ā^L)^{-1}``, powered by :func:`naive_kernel`. O(L N²)."""
+    H, M, Q = _check_dplr(Lambda, P, B, Ct, dt, L, Q)
+    cdtype = torch.complex128 if dt.dtype == torch.float64 else torch.complex64
+    Lambda, P, B, Ct, Q = (t.to(cdtype) for t in (Lambda, P, B, Ct, Q))
+    if conj_pairs:
+        cat = lambda z: torch.cat([z, z.conj()], -1)
+        Lambda, P, B, Ct, Q = (cat(t) for t in (Lambda, P, B, Ct, Q))
+    N = Lambda.shape[-1]
+    A = torch.diag_embed(Lambda) - torch.einsum("rhn,rhm->hnm", P, Q.conj())
+    I = torch.eye(N, dtype=cdtype, device=A.device)
+    d = (dt / 2).to(cdtype)[:, None, None]
+    Mm = I - d * A
+    Ad = torch.linalg.solve(Mm, I + d * A)
+    Bd = torch.linalg.solve(Mm, (2 * d[..., 0] * B).unsqueeze(-1))[..., 0]
+    C = torch.linalg.solve((I - torch.linalg.matrix_power(Ad, L)).transpose(-1, -2), Ct.unsqueeze(-1))[..., 0]
+    K = naive_kernel(Ad, Bd, C, L)
+    return K.real if conj_pairs else K

@@ -1,4 +1,4 @@
-"""Kernels of diagonal SSMs (S4D) as Vandermonde products (MATH.md §5).
+"""Kernels of diagonal SSMs (S4D) as Vandermonde products (docs/math.md §7).
 
 For ``Ā = diag(e^{w})`` the kernel ``K_k = Σ_n CB_n e^{k w_n}`` is a Vandermonde
 matrix-vector product. Modes usually come in conjugate pairs and only one of each is stored,
@@ -21,9 +21,12 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import FULL_PRECISION, check_positive_int, check_tensor
 
-__all__ = ["vandermonde_kernel", "vandermonde_kernel_ref", "default_block"]
+# real or complex, full precision: half precision is refused by name (the kernels' parameters are float32/64)
+KERNEL_DTYPES = FULL_PRECISION + (torch.complex64, torch.complex128)
+
+__all__ = ["vandermonde_kernel", "vandermonde_kernel_ref", "vandermonde_reduce", "vandermonde_reduce_ref", "default_block"]
 
 
 def default_block(L: int) -> int:
@@ -31,38 +34,51 @@ def default_block(L: int) -> int:
     return max(1, math.isqrt(L - 1) + 1) if L > 1 else 1
 
 
-def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, chunk: Optional[int] = None,
+def _exp_outer(w: torch.Tensor, idx: torch.Tensor, scale: int) -> torch.Tensor:
+    """``exp(w_n · scale · idx_i)`` (..., M, len(idx)) computed in complex128."""
+    k = idx.to(torch.float64) * scale
+    return torch.exp(w.to(torch.complex128).unsqueeze(-1) * k)
+
+
+def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block: Optional[int] = None,
                        conj_pairs: bool = True) -> torch.Tensor:
     """``K_k = 2 Re Σ_n CB_n exp(k · log_dA_n)``, k = 0..L-1 (without ``2 Re`` if ``conj_pairs=False``).
 
     ``log_dA``: (..., M) complex (or real), the log of the discrete eigenvalues (``Δλ`` for ZOH);
     ``CB``: (..., M), ``C_n B̄_n``; leading dims broadcast. Returns (..., L): real when
     ``conj_pairs``, complex otherwise (a general diagonal system, e.g. odd N with a real mode).
-    ``chunk``: the block length c (default ``⌈√L⌉``); extra memory is O(M (c + L/c)) per channel.
+    ``lag_block``: the block length c (default ``⌈√L⌉``); extra memory is O(M (c + L/c)) per channel.
     """
-    check_tensor("log_dA", log_dA, floating=True, complex_ok=True)
-    check_tensor("CB", CB, floating=True, complex_ok=True)
+    for name, t in (("log_dA", log_dA), ("CB", CB)):
+        check_tensor(name, t, dtypes=KERNEL_DTYPES)
+        if t.dim() == 0:
+            raise ValueError(f"{name} must have shape (..., M), got a 0-dimensional tensor")
     check_positive_int("L", L)
-    c = default_block(L) if chunk is None else check_positive_int("chunk", chunk)
+    c = default_block(L) if lag_block is None else check_positive_int("lag_block", lag_block)
     c = min(c, L)
-    log_dA, CB = torch.broadcast_tensors(log_dA, CB)
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, CB.dtype), torch.complex64)
     w, CB = log_dA.to(cdtype), CB.to(cdtype)
-    rdtype = w.real.dtype
-    lead, M = w.shape[:-1], w.shape[-1]
-    w, CB = w.reshape(-1, M), CB.reshape(-1, M)  # (G, M)
+    if w.shape[-1] != CB.shape[-1]:
+        raise ValueError(f"log_dA and CB must have the same number of modes M (last dimension), got "
+                         f"{tuple(log_dA.shape)} and {tuple(CB.shape)}")
+    try:
+        lead = torch.broadcast_shapes(w.shape[:-1], CB.shape[:-1])
+    except RuntimeError:
+        raise ValueError(f"log_dA and CB must have broadcastable leading dimensions, got {tuple(log_dA.shape)} and "
+                         f"{tuple(CB.shape)}") from None
     Q = -(-L // c)
-    j = torch.arange(c, dtype=rdtype, device=w.device)
-    q = torch.arange(Q, dtype=rdtype, device=w.device) * c
-    T = torch.exp(w.unsqueeze(-1) * j)  # (G, M, c)
-    W = CB.unsqueeze(-1) * torch.exp(w.unsqueeze(-1) * q)  # (G, M, Q)
+    # exponentials on log_dA's own shape (not broadcast against CB): O(M (c + Q)) per row, in
+    # double precision (the phase k·Im w reaches L·|Im w|; in float32 its rounding alone would
+    # cost ~1e-4 relative at L = 1024), then rounded to the working precision for the product
+    T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype)  # (..., M, c)
+    W = CB.unsqueeze(-1) * _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype)  # (lead, M, Q)
     if conj_pairs:
         # 2 Re(Σ_n W_n T_n) = Σ_n 2 Re W_n Re T_n - 2 Im W_n Im T_n: one real product over 2M
-        Wr = 2 * torch.cat([W.real, -W.imag], dim=1)  # (G, 2M, Q)
-        Tr = torch.cat([T.real, T.imag], dim=1)  # (G, 2M, c)
-        K = Wr.transpose(1, 2) @ Tr  # (G, Q, c)
+        Wr = 2 * torch.cat([W.real, -W.imag], dim=-2)  # (lead, 2M, Q)
+        Tr = torch.cat([T.real, T.imag], dim=-2)  # (..., 2M, c)
+        K = Wr.transpose(-1, -2) @ Tr  # (lead, Q, c)
     else:
-        K = W.transpose(1, 2) @ T
+        K = W.transpose(-1, -2) @ T
     return K.reshape(*lead, Q * c)[..., :L]
 
 
@@ -71,3 +87,44 @@ def vandermonde_kernel_ref(dA: torch.Tensor, CB: torch.Tensor, L: int, conj_pair
     powers = torch.cumprod(torch.cat([torch.ones_like(dA).unsqueeze(-1), dA.unsqueeze(-1).expand(*dA.shape, L - 1)], -1), -1)
     K = (CB.unsqueeze(-1) * powers).sum(-2)
     return 2 * K.real if conj_pairs else K
+
+
+def vandermonde_reduce(log_dA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Σ_j v_j exp(j · log_dA_n)`` over j = 0..L-1: the transposed Vandermonde product.
+
+    ``log_dA`` (H, M) complex, ``v`` (B, H, L) real or complex -> (B, H, M) complex. With ``v``
+    the reversed input this is a diagonal system's final state, ``Σ_k Ā^{L-1-k} u_k``. The same
+    split of the lags ``j = q c + i`` as :func:`vandermonde_kernel`: O(M √L) exponentials and one
+    batched product of O(B H L M).
+    """
+    check_tensor("log_dA", log_dA, ndim=2, dtypes=KERNEL_DTYPES)
+    check_tensor("v", v, ndim=3, dtypes=KERNEL_DTYPES)
+    H, M = log_dA.shape
+    if v.shape[1] != H:
+        raise ValueError(f"v must have shape (batch, {H}, length), got {tuple(v.shape)}")
+    Bsz, _, L = v.shape
+    cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, v.dtype), torch.complex64)
+    w = log_dA.to(cdtype)
+    if L == 0 or Bsz == 0:
+        return torch.zeros(Bsz, H, M, dtype=cdtype, device=v.device)
+    c = default_block(L)
+    Q = -(-L // c)
+    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(Bsz, H, Q, c)
+    T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype).transpose(-1, -2)  # (H, c, M)
+    Wq = _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype).transpose(-1, -2)  # (H, Q, M)
+    if v.is_complex():
+        inner = torch.einsum("bhqc,hcm->bhqm", v.to(cdtype), T)
+    else:  # real input: one real product against [Re T, Im T] (half the work of a complex one)
+        Tr = torch.cat([T.real, T.imag], dim=-1)  # (H, c, 2M)
+        prod = v.to(Tr.dtype) @ Tr.unsqueeze(0)  # (B, H, Q, 2M)
+        inner = torch.complex(prod[..., :M], prod[..., M:])
+    return (inner * Wq).sum(2)
+
+
+def vandermonde_reduce_ref(dA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Reference for :func:`vandermonde_reduce` by Horner's rule over the lags, ``dA = exp(log_dA)``."""
+    cdtype = torch.promote_types(torch.promote_types(dA.dtype, v.dtype), torch.complex64)
+    acc = torch.zeros(v.shape[0], *dA.shape, dtype=cdtype)
+    for j in reversed(range(v.shape[-1])):
+        acc = acc * dA + v[..., j, None]
+    return acc

@@ -1,5 +1,5 @@
 """Mamba: the selective state-space block (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling
-with Selective State Spaces", §3.4 and Fig. 3; MATH.md §7).
+with Selective State Spaces", §3.4 and Fig. 3; docs/math.md §10).
 
     [x, z] = in_proj(u)                         (B, L, 2E)  with E = expand · d_model
     x = silu(causal depthwise conv1d(x))        width d_conv

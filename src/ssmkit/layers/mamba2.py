@@ -169,7 +169,7 @@ class Mamba2(SequenceLayer):
         if mask is not None:
             dt = dt * mask[..., None]
         A = negative_A(self.A_log, self._A_cache).to(sd)
-        y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk=self.chunk_size)
+        y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk_size=self.chunk_size)
         y = y + self.D.to(sd)[:, None] * xs
         out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z).to(x.dtype))
         if mask is not None:

@@ -1,4 +1,4 @@
-"""S4: the structured state-space layer (Gu, Goel, Ré 2021; MATH.md §4).
+"""S4: the structured state-space layer (Gu, Goel, Ré 2021; docs/math.md §6).
 
 Per channel, ``A = Λ - Σ_r P_r P_r*`` (normal plus low rank, initialised from the NPLR form of a
 HiPPO matrix, :func:`ssmkit.hippo.nplr`), bilinear discretization with step ``Δ``:
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 
 import torch
-from torch import nn
 
-from .._checks import check_choice, check_dt_range, check_positive_int
+from .._checks import check_positive, check_choice, check_dt_range, check_even_int, check_positive_int
 from ..hippo.nplr import nplr
 from ..kernels.cauchy import dplr_kernel
 from .base import register_layer, set_optim_hints
@@ -38,26 +37,40 @@ class S4(LTILayer):
     """
 
     def __init__(self, d_model: int, d_state: int = 64, measure: str = "legs", l_max: int = 1024,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, ssm_lr: float = 1e-3):
-        super().__init__(d_model)
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, ssm_lr: float = 1e-3, bidirectional: bool = False,
+                 device=None, dtype=None):
+        super().__init__(d_model, bidirectional, device, dtype)
         check_choice("measure", measure, ("legs", "legt"))
         check_positive_int("l_max", l_max)
         check_dt_range(dt_min, dt_max)
-        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be an even int >= 2, got {d_state!r}")
+        check_even_int("d_state", d_state)
+        check_positive("ssm_lr", ssm_lr)
         self.d_state, self.measure, self.l_max = d_state, measure, l_max
-        H = d_model
-        F = nplr(measure, d_state)
-        lam = F.Lambda
-        self.log_dt = nn.Parameter(log_uniform_dt(H, dt_min, dt_max, torch.float64).float())
-        self.A_real_log = nn.Parameter(torch.log(torch.clamp(-lam.real, min=1e-4)).float().expand(H, -1).clone())
-        self.A_imag = nn.Parameter(lam.imag.float().expand(H, -1).clone())
-        self.P = nn.Parameter(torch.view_as_real(F.P.to(torch.complex64).unsqueeze(1).expand(-1, H, -1).clone()))
-        self.B = nn.Parameter(torch.view_as_real(F.B.to(torch.complex64).expand(H, -1).clone()))
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, d_state // 2, dtype=torch.complex64)))  # C̃
+        H = self.n_kernels
+        form = nplr(measure, d_state)
+        lam = form.Lambda
+        self.log_dt = self._parameter(log_uniform_dt(H, dt_min, dt_max, torch.float64))
+        self.A_real_log = self._parameter(torch.log(torch.clamp(-lam.real, min=1e-4)).expand(H, -1).clone())
+        self.A_imag = self._parameter(lam.imag.expand(H, -1).clone())
+        self.P = self._parameter(torch.view_as_real(form.P.unsqueeze(1).expand(-1, H, -1).clone()))
+        self.B = self._parameter(torch.view_as_real(form.B.expand(H, -1).clone()))
+        self.C = self._parameter(torch.view_as_real(torch.randn(H, d_state // 2, dtype=torch.complex64)))  # C̃
         for p in (self.log_dt, self.A_real_log, self.A_imag, self.P, self.B):
             set_optim_hints(p, lr=ssm_lr, weight_decay=0.0)
-        self._cache = None
+
+    @property
+    def state_width(self) -> int:
+        return self.d_state // 2
+
+    def _state_to_full(self, state):
+        return torch.cat([state, state.conj()], dim=-1)
+
+    def _full_to_state(self, x):
+        return x[..., : self.d_state // 2]
+
+    def _dense_AB(self):
+        Ad, Bd, _ = self._dense()
+        return Ad, Bd
 
     # ---- parameters ---------------------------------------------------------------------
     def _params(self):
@@ -103,37 +116,25 @@ class S4(LTILayer):
         return torch.linalg.solve(Mt, Ct.unsqueeze(-1))[..., 0]
 
     def _C_step(self) -> torch.Tensor:
-        key = tuple((p._version, p.data_ptr()) for p in self.parameters()) + (self.D.dtype,)
-        if self._cache is not None and self._cache[0] == key and not torch.is_grad_enabled():
-            return self._cache[1]
-        Ad, _, Ct = self._dense()
-        C = self._C_full(Ad, Ct)[:, : self.d_state // 2]
-        if not torch.is_grad_enabled():
-            self._cache = (key, C)
-        return C
+        """The kept half of ``C = C̃ (I - Ā^{l_max})^{-1}``, cached while no gradient is recorded."""
+        def compute():
+            Ad, _, Ct = self._dense()
+            return self._C_full(Ad, Ct)[:, : self.d_state // 2]
+        return self._cached("C_step", compute)
 
     # ---- recurrence (O(N) per step) -------------------------------------------------------
-    def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        cdtype = torch.complex128 if (dtype or self.D.dtype) == torch.float64 else torch.complex64
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=cdtype, device=device or self.D.device)
-
     def _step_consts(self):
-        """Per-step constants of the O(N) bilinear step, cached while no gradient is needed."""
-        key = tuple((p._version, p.data_ptr()) for p in self.parameters()) + (self.D.dtype,)
-        cache = getattr(self, "_step_cache", None)
-        if cache is not None and cache[0] == key and not torch.is_grad_enabled():
-            return cache[1]
-        lam, P, B, _, dt = self._params()
-        h = (dt / 2).unsqueeze(-1)  # (H, 1)
-        # (I - Δ/2 A) = D0 + (Δ/2) P P*,  D0 = 1 - (Δ/2) Λ: Woodbury with an r x r real system W
-        D0 = 1 - h * lam
-        PD = P / D0  # (r, H, M)
-        W = torch.eye(P.shape[0], dtype=h.dtype, device=h.device) + h.unsqueeze(-1) * 2 * torch.einsum(
-            "ahm,bhm->hab", P.conj(), PD).real  # (H, r, r)
-        consts = (lam, P, B, h, D0, PD, torch.linalg.inv(W))
-        if not torch.is_grad_enabled():
-            self._step_cache = (key, consts)
-        return consts
+        """Per-step constants of the O(N) bilinear step, cached while no gradient is recorded."""
+        def compute():
+            lam, P, B, _, dt = self._params()
+            h = (dt / 2).unsqueeze(-1)  # (H, 1)
+            # (I - Δ/2 A) = D0 + (Δ/2) P P*,  D0 = 1 - (Δ/2) Λ: Woodbury with an r x r real system W
+            D0 = 1 - h * lam
+            PD = P / D0  # (r, H, M)
+            W = torch.eye(P.shape[0], dtype=h.dtype, device=h.device) + h.unsqueeze(-1) * 2 * torch.einsum(
+                "ahm,bhm->hab", P.conj(), PD).real  # (H, r, r)
+            return lam, P, B, h, D0, PD, torch.linalg.inv(W)
+        return self._cached("step_consts", compute)
 
     def _advance(self, x, u):
         lam, P, B, h, D0, PD, Winv = self._step_consts()

@@ -1,5 +1,5 @@
 """S4D: the diagonal state-space layer (Gu, Gupta, Goel, Ré 2022, "On the Parameterization and
-Initialization of Diagonal State Space Models"; MATH.md §5).
+Initialization of Diagonal State Space Models"; docs/math.md §7).
 
 Per channel h, ``A = diag(λ)`` with ``M = N/2`` complex modes (one of each conjugate pair, so the
 real system has N states and outputs are ``2 Re(·)``):
@@ -17,11 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from .._checks import check_choice, check_dt_range
+from .._checks import check_positive, check_choice, check_dt_range, check_even_int
 from ..hippo.measures import transition
-from ..kernels.vandermonde import vandermonde_kernel
+from ..kernels.vandermonde import vandermonde_kernel, vandermonde_reduce
 from .base import register_layer, set_optim_hints
 from .init import log_uniform_dt
 from .lti_base import LTILayer
@@ -70,24 +69,28 @@ class S4D(LTILayer):
     """
 
     def __init__(self, d_model: int, d_state: int = 64, init: str = "legs", discretization: str = "zoh",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, ssm_lr: float = 1e-3):
-        super().__init__(d_model)
-        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be an even int >= 2, got {d_state!r}")
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, ssm_lr: float = 1e-3, bidirectional: bool = False,
+                 device=None, dtype=None):
+        super().__init__(d_model, bidirectional, device, dtype)
+        check_even_int("d_state", d_state)
+        check_positive("ssm_lr", ssm_lr)
         check_choice("init", init, INITS)
         check_choice("discretization", discretization, DISCRETIZATIONS)
         check_dt_range(dt_min, dt_max)
         self.d_state, self.init, self.discretization = d_state, init, discretization
-        H, M = d_model, d_state // 2
+        H, M = self.n_kernels, d_state // 2
         lam = s4d_init(init, d_state)
-        log_dt = log_uniform_dt(H, dt_min, dt_max, torch.float64)
-        self.log_dt = nn.Parameter(log_dt.float())
-        self.A_real_log = nn.Parameter(torch.log(-lam.real).float().expand(H, M).clone())
-        self.A_imag = nn.Parameter(lam.imag.float().expand(H, M).clone())
-        self.B = nn.Parameter(torch.view_as_real(torch.ones(H, M, dtype=torch.complex64)).clone())
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, M, dtype=torch.complex64)).clone())  # E|C|² = 1
+        self.log_dt = self._parameter(log_uniform_dt(H, dt_min, dt_max, torch.float64))
+        self.A_real_log = self._parameter(torch.log(-lam.real).expand(H, M).clone())
+        self.A_imag = self._parameter(lam.imag.expand(H, M).clone())
+        self.B = self._parameter(torch.view_as_real(torch.ones(H, M, dtype=torch.complex64)).clone())
+        self.C = self._parameter(torch.view_as_real(torch.randn(H, M, dtype=torch.complex64)).clone())  # E|C|² = 1
         for p in (self.log_dt, self.A_real_log, self.A_imag, self.B):
             set_optim_hints(p, lr=ssm_lr, weight_decay=0.0)
+
+    @property
+    def state_width(self) -> int:
+        return self.d_state // 2
 
     # ---- discrete parameters ----------------------------------------------------------
     def _lambda(self) -> torch.Tensor:
@@ -122,20 +125,12 @@ class S4D(LTILayer):
         return torch.diag_embed(full(dA)), full(dB), full(C), self.D
 
     # ---- recurrence ---------------------------------------------------------------------
-    def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        cdtype = torch.complex128 if (dtype or self.D.dtype) == torch.float64 else torch.complex64
-        return torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=cdtype, device=device or self.D.device)
-
     def _step_params(self):
-        """``(Ā, B̄)`` for the recurrence, cached while parameters are unchanged and no grad is needed."""
-        key = tuple((p._version, p.data_ptr()) for p in (self.log_dt, self.A_real_log, self.A_imag, self.B)) + (self.B.dtype,)
-        if getattr(self, "_cache", None) is not None and self._cache[0] == key and not torch.is_grad_enabled():
-            return self._cache[1]
-        log_dA, dB, _ = self._discrete()
-        out = (torch.exp(log_dA), dB)
-        if not torch.is_grad_enabled():
-            self._cache = (key, out)
-        return out
+        """``(Ā, B̄)`` for the recurrence, cached while no gradient is recorded."""
+        def compute():
+            log_dA, dB, _ = self._discrete()
+            return torch.exp(log_dA), dB
+        return self._cached("step_params", compute, (self.log_dt, self.A_real_log, self.A_imag, self.B))
 
     def _advance(self, state, u_t):
         dA, dB = self._step_params()
@@ -145,25 +140,18 @@ class S4D(LTILayer):
         C = torch.view_as_complex(self.C)
         return 2 * (C * state).sum(-1).real
 
-    def step(self, x_t, state):
-        """One token in O(H·N): ``x = Ā x + B̄ u``, ``y = 2 Re(C x) + D u``."""
-        return super().step(x_t, state)
-
     def _final_state(self, u, state0, lengths):
-        # x_b = Ā^{l_b} x0 + Σ_{k<l_b} Ā^{l_b-1-k} B̄ u_k, powers in log space, chunked over k.
+        # x_b = Ā^{l_b} x0 + B̄ Σ_{k<l_b} Ā^{l_b-1-k} u_k: each row's real tokens rotated to the end of
+        # the window (zeros in front add nothing), reversed, then one transposed Vandermonde product.
         B, L, H = u.shape
         log_dA, dB, _ = self._discrete()
-        lens = torch.full((B,), L, device=u.device) if lengths is None else lengths
-        state = torch.exp(lens.to(log_dA.real.dtype)[:, None, None] * log_dA) * state0
-        M = log_dA.shape[-1]
-        chunk = max(1, (1 << 22) // max(1, B * H * M))
-        for start in range(0, L, chunk):
-            k = torch.arange(start, min(L, start + chunk), device=u.device)
-            e = (lens[:, None] - 1 - k[None, :])  # (B, chunk)
-            valid = e >= 0
-            W = torch.exp(e.clamp(min=0).to(log_dA.real.dtype)[..., None, None] * log_dA)  # (B, c, H, M)
-            W = W * valid[..., None, None]
-            state = state + torch.einsum("bkh,bkhm->bhm", u[:, start:start + k.numel()].to(W.dtype), W) * dB
+        if lengths is not None:
+            idx = (torch.arange(L, device=u.device)[None, :] + lengths[:, None]) % L
+            u = torch.gather(u, 1, idx[..., None].expand(-1, -1, H))
+        state = vandermonde_reduce(log_dA, u.flip(1).transpose(1, 2)) * dB
+        if state0 is not None:
+            lens = torch.full((B,), L, device=u.device) if lengths is None else lengths
+            state = state + torch.exp(lens.to(log_dA.real.dtype)[:, None, None] * log_dA) * state0
         return state
 
     def _initial_response(self, state0, L):

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_dt_range, check_finite
+from .._checks import (check_bool, check_dt_range, check_even_int, check_finite, check_int, check_mask, check_positive,
+                       check_positive_int, check_sequence_input, check_state, check_step_input, trusted_inputs)
 from ..hippo.nplr import nplr
 from ..ops.scan import linear_scan
-from .._checks import check_mask, check_sequence_input, check_step_input
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
+from .lti_base import factory_kwargs
 
 __all__ = ["S5"]
 
@@ -34,25 +35,27 @@ class S5(SequenceLayer):
 
     needs_channel_mixer = False
 
-    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, ssm_lr: float = 1e-3):
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1, ssm_lr: float = 1e-3,
+                 device=None, dtype=None):
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be an int >= 1, got {d_model!r}")
-        if isinstance(d_state, bool) or not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"d_state must be an even int >= 2, got {d_state!r}")
+        check_positive_int("d_model", d_model)
+        check_even_int("d_state", d_state)
         check_dt_range(dt_min, dt_max)
+        check_positive("ssm_lr", ssm_lr)
+        factory = factory_kwargs(device, dtype)
         self.d_model, self.d_state = d_model, d_state
         H, M = d_model, d_state // 2
-        F_ = nplr("legs", d_state)
-        V = F_.V  # (N, M) orthonormal
+        form = nplr("legs", d_state)
+        V = form.V  # (N, M) orthonormal
         B = torch.randn(d_state, H, dtype=torch.float64) / math.sqrt(d_state)
         C = torch.randn(H, d_state, dtype=torch.float64) / math.sqrt(M)
-        self.A_real_log = nn.Parameter(torch.log(-F_.Lambda.real).float())
-        self.A_imag = nn.Parameter(F_.Lambda.imag.float())
-        self.log_dt = nn.Parameter(log_uniform_dt(M, dt_min, dt_max))
-        self.B = nn.Parameter(torch.view_as_real((V.conj().T @ B.to(torch.complex128)).to(torch.complex64)))  # (M, H)
-        self.C = nn.Parameter(torch.view_as_real((C.to(torch.complex128) @ V).to(torch.complex64)))  # (H, M)
-        self.D = nn.Parameter(torch.randn(H))
+        param = lambda v: nn.Parameter(v.to(**factory))
+        self.A_real_log = param(torch.log(-form.Lambda.real))
+        self.A_imag = param(form.Lambda.imag)
+        self.log_dt = param(log_uniform_dt(M, dt_min, dt_max))
+        self.B = param(torch.view_as_real(V.conj().T @ B.to(torch.complex128)).contiguous())  # (M, H)
+        self.C = param(torch.view_as_real(C.to(torch.complex128) @ V).contiguous())  # (H, M)
+        self.D = param(torch.randn(H))
         for p in (self.A_real_log, self.A_imag, self.log_dt):
             set_optim_hints(p, lr=ssm_lr, weight_decay=0.0)
 
@@ -68,35 +71,42 @@ class S5(SequenceLayer):
         return dA, dB, torch.view_as_complex(self.C)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        cdtype = torch.complex128 if (dtype or self.D.dtype) == torch.float64 else torch.complex64
-        return torch.zeros(batch_size, self.d_state // 2, dtype=cdtype, device=device or self.D.device)
+        """The zero state (batch_size, d_state/2), complex (complex128 when ``dtype`` is float64)."""
+        check_int("batch_size", batch_size, minimum=0)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
+        real = dtype if dtype is not None else self.D.dtype
+        real = real.to_real() if real.is_complex else real
+        cdtype = torch.complex128 if real == torch.float64 else torch.complex64
+        return torch.zeros(batch_size, self.d_state // 2, dtype=cdtype, device=device if device is not None else self.D.device)
 
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
+        check_bool("return_state", return_state)
         mask = check_mask(mask, x)
+        if initial_state is not None:
+            check_state("initial_state", initial_state, (x.shape[0], self.d_state // 2))
         dA, dB, C = self._discrete()
         Bu = torch.einsum("mh,blh->blm", dB, x.to(dB.dtype))  # (B, L, M)
         a = dA.expand_as(Bu)
         if mask is not None:  # padded positions: a = 1, b = 0, the state passes through unchanged
             a = torch.where(mask[..., None], a, torch.ones_like(a))
             Bu = Bu * mask[..., None]
-        if initial_state is not None:
-            ref = self.initial_state(x.shape[0], device="meta")
-            if not isinstance(initial_state, torch.Tensor) or initial_state.shape != ref.shape:
-                raise ValueError(f"initial_state must have shape {tuple(ref.shape)}")
-            check_finite("initial_state", initial_state)
-        h = linear_scan(a, Bu, initial_state)
+        if x.shape[0] == 0:
+            h = Bu
+        else:
+            with trusted_inputs():
+                h = linear_scan(a, Bu, initial_state)
         y = F.gelu(2 * torch.einsum("hm,blm->blh", C, h).real + self.D * x)
         if mask is not None:
             y = y * mask[..., None]
+        y = y.to(x.dtype)
         return (y, h[:, -1]) if return_state else y
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor):
         """One token in O(P·H): ``x = Λ̄ x + B̄ u``, ``y = GELU(2 Re(C̃ x) + D u)``."""
         check_step_input(x_t, self.d_model)
-        if not isinstance(state, torch.Tensor) or state.shape != (x_t.shape[0], self.d_state // 2):
-            raise ValueError(f"state must have shape ({x_t.shape[0]}, {self.d_state // 2})")
-        check_finite("state", state)
+        check_state("state", state, (x_t.shape[0], self.d_state // 2))
         dA, dB, C = self._discrete()
         state = dA * state + x_t.to(dB.dtype) @ dB.T
-        return F.gelu(2 * (state @ C.T).real + self.D * x_t), state
+        return F.gelu(2 * (state @ C.T).real + self.D * x_t).to(x_t.dtype), state

@@ -13,6 +13,11 @@ Autograd is a custom function whose backward is the reverse scan, itself a linea
 by the same code on the reversed sequence: ``g_t = ∂L/∂h_t + conj(a_{t+1}) g_{t+1}``,
 ``∂L/∂b_t = g_t``, ``∂L/∂a_t = g_t conj(h_{t-1})``, ``∂L/∂h0 = conj(a_1) g_1`` (PyTorch's
 conjugate-Wirtinger convention for complex inputs). ``linear_scan_ref`` is the plain loop.
+
+Inputs: real or complex float32/float64 (and complex64/complex128); float16/bfloat16 are
+computed in float32 and returned in the promoted input dtype; complex32 is refused by name.
+A batch of 0 gives an empty result; the length must be >= 1. The finite-value checks are
+skipped inside :func:`ssmkit._checks.trusted_inputs`.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ __all__ = ["linear_scan", "linear_scan_ref"]
 _BLOCKED_MIN_LENGTH = 64
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _check(a, b, h0):
     check_tensor("b", b, floating=True, complex_ok=True)
     if b.dim() < 2 or b.shape[1] < 1:
@@ -41,13 +49,19 @@ def _check(a, b, h0):
     if not ok:
         raise ValueError(f"a {tuple(a.shape)} must broadcast to the shape of b {tuple(b.shape)}")
     if h0 is not None:
-        check_tensor("h0", h0, floating=True, complex_ok=True)
+        check_tensor("initial_state", h0, floating=True, complex_ok=True)
         if h0.shape != (b.shape[0],) + tuple(b.shape[2:]):
-            raise ValueError(f"h0 must have shape {(b.shape[0],) + tuple(b.shape[2:])}, got {tuple(h0.shape)}")
+            raise ValueError(f"initial_state must have shape {(b.shape[0],) + tuple(b.shape[2:])}, "
+                             f"got {tuple(h0.shape)}")
+    for name, t in (("a", a), ("b", b), ("initial_state", h0)):
+        if t is not None and t.dtype == torch.complex32:
+            raise TypeError(f"{name} must have dtype float16, bfloat16, float32, float64, complex64 or complex128; "
+                            "got complex32")
 
 
-def linear_scan_ref(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear_scan_ref(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.Tensor] = None) -> torch.Tensor:
     """All states ``h`` (batch, L, ...) of ``h_t = a_t h_{t-1} + b_t`` by a plain loop."""
+    h0 = initial_state
     _check(a, b, h0)
     a = a.expand_as(b) if a.shape != b.shape else a
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0
@@ -112,16 +126,22 @@ class _LinearScan(torch.autograd.Function):
         return da, g.transpose(0, 1), dh0
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.Tensor] = None) -> torch.Tensor:
     """All states ``h`` (batch, L, ...) of ``h_t = a_t ⊙ h_{t-1} + b_t``, ``t = 1..L``.
 
-    ``a`` broadcasts to the shape of ``b`` (batch, L, ...); ``h0`` (batch, ...) is the state
-    before the first step (zero if None). Real or complex; the result has the promoted dtype.
+    ``a`` broadcasts to the shape of ``b`` (batch, L, ...); ``initial_state`` (batch, ...) is the
+    state before the first step (zero if None). Real or complex; the result has the promoted
+    dtype (float16/bfloat16 are computed in float32, then rounded to it).
     """
+    h0 = initial_state
     _check(a, b, h0)
     dtype = torch.promote_types(a.dtype, b.dtype)
     if h0 is not None:
         dtype = torch.promote_types(dtype, h0.dtype)
-        h0 = h0.to(dtype)
-    a = a.to(dtype).expand_as(b)
-    return _LinearScan.apply(a, b.to(dtype), h0)
+    ct = torch.float32 if dtype in _HALF else dtype
+    if h0 is not None:
+        h0 = h0.to(ct)
+    if b.shape[0] == 0:  # an empty batch: an empty result
+        return b.to(dtype) * 0
+    a = a.to(ct).expand_as(b)
+    return _LinearScan.apply(a, b.to(ct), h0).to(dtype)

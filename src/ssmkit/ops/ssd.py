@@ -12,6 +12,16 @@ outputs are the masked matrix product ``y = ((C Bᵀ) ⊙ exp(S_t - S_s)[s ≤ t
 chunk's final state ``Σ_s exp(S_Q - S_s) Δ_s x_s B_sᵀ`` is carried across chunks by a short
 recurrence ``h_c = exp(S_Q) h_{c-1} + state_c``, whose contribution to the outputs is
 ``exp(S_t) h_{c-1} C_t``. ``ssd_ref`` is the step-by-step loop.
+
+The chunk length ``chunk_size`` is a computation parameter only: every value gives the same
+result up to rounding. The work is about ``L·Q·(P + N/R)`` per head inside chunks plus
+``2·L·P·N`` per head for the chunk states, so short chunks (64 on a CPU) are fastest.
+
+Inputs: real floating tensors (complex is refused by name); float16/bfloat16 are computed in
+float32, ``y`` is returned in ``x``'s dtype and the state in float32. ``A <= 0`` and
+``dt >= 0`` are checked (skipped, with the finite-value checks, inside
+:func:`ssmkit._checks.trusted_inputs`). A batch of 0 gives empty outputs; the length must be
+>= 1.
 """
 from __future__ import annotations
 
@@ -19,70 +29,98 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_int, check_tensor, value_checks_enabled
 
 __all__ = ["ssd", "ssd_ref"]
 
 
 def _check(x, dt, A, B, C, h0):
     check_tensor("x", x, ndim=4, floating=True)
-    b, L, H, P = x.shape
+    bsz, L, H, P = x.shape
     if L < 1:
         raise ValueError(f"x must have length >= 1, got shape {tuple(x.shape)}")
-    check_tensor("dt", dt, shape=(b, L, H), floating=True)
+    check_tensor("dt", dt, shape=(bsz, L, H), floating=True)
     check_tensor("A", A, shape=(H,), floating=True)
     check_tensor("B", B, ndim=4, floating=True)
     check_tensor("C", C, ndim=4, floating=True)
-    if B.shape[:2] != (b, L) or H % B.shape[2]:
-        raise ValueError(f"B must have shape ({b}, {L}, groups, N) with groups dividing {H}, got {tuple(B.shape)}")
+    if B.shape[:2] != (bsz, L) or H % B.shape[2]:
+        raise ValueError(f"B must have shape ({bsz}, {L}, groups, N) with groups dividing {H}, got {tuple(B.shape)}")
     if C.shape != B.shape:
         raise ValueError(f"C must have the shape of B {tuple(B.shape)}, got {tuple(C.shape)}")
-    if bool((A > 0).any()):
-        raise ValueError(f"A must be <= 0 (a decay per head), got max {A.max().item():g}")
-    if bool((dt < 0).any()):
-        raise ValueError(f"dt must be >= 0 (a step after softplus), got min {dt.min().item():g}")
+    if value_checks_enabled():
+        if A.numel() and bool((A > 0).any()):
+            raise ValueError(f"A must be <= 0 (a decay per head), got max {float(A.detach().max()):g}")
+        if dt.numel() and bool((dt < 0).any()):
+            raise ValueError(f"dt must be >= 0 (a step after softplus), got min {float(dt.detach().min()):g}")
     if h0 is not None:
-        check_tensor("initial_state", h0, shape=(b, H, P, B.shape[3]), floating=True)
+        check_tensor("initial_state", h0, shape=(bsz, H, P, B.shape[3]), floating=True)
 
 
 def _heads(M: torch.Tensor, H: int) -> torch.Tensor:
-    """(b, L, G, N) -> (b, L, H, N): head h reads group h // (H/G)."""
+    """(bsz, L, G, N) -> (bsz, L, H, N): head h reads group h // (H/G)."""
     G = M.shape[2]
     return M.repeat_interleave(H // G, dim=2) if G != H else M
 
 
 def ssd_ref(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Reference loop: ``x`` (b, L, H, P), ``dt`` (b, L, H) (after softplus), ``A`` (H,),
-    ``B, C`` (b, L, G, N) -> ``y`` (b, L, H, P), final state (b, H, P, N)."""
+    """Reference loop: ``x`` (bsz, L, H, P), ``dt`` (bsz, L, H) (after softplus), ``A`` (H,),
+    ``B, C`` (bsz, L, G, N) -> ``y`` (bsz, L, H, P), final state (bsz, H, P, N)."""
     _check(x, dt, A, B, C, initial_state)
-    b, L, H, P = x.shape
+    bsz, L, H, P = x.shape
+    out_dtype = x.dtype
+    ct = _compute_dtype(x, dt, A, B, C, initial_state)
+    x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
     Bh, Ch = _heads(B, H), _heads(C, H)
-    h = x.new_zeros(b, H, P, B.shape[3]) if initial_state is None else initial_state
+    h = x.new_zeros(bsz, H, P, B.shape[3]) if initial_state is None else initial_state.to(ct)
     ys = []
     for t in range(L):
-        decay = torch.exp(dt[:, t] * A)[..., None, None]  # (b, H, 1, 1)
+        decay = torch.exp(dt[:, t] * A)[..., None, None]  # (bsz, H, 1, 1)
         h = decay * h + (dt[:, t, :, None] * x[:, t]).unsqueeze(-1) * Bh[:, t].unsqueeze(2)
         ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
-    return torch.stack(ys, 1), h
+    return torch.stack(ys, 1).to(out_dtype), h
 
 
-def chunk_layout(L: int, chunk: int) -> Tuple[int, int]:
-    """``(nc, Q)``: the fewest chunks of at most ``chunk`` steps, all of the same length ``Q``
-    (``nc·Q - L < nc`` padded steps instead of up to ``chunk - 1``)."""
-    nc = -(-L // chunk)
+def chunk_layout(L: int, chunk_size: int) -> Tuple[int, int]:
+    """``(nc, Q)``: the fewest chunks of at most ``chunk_size`` steps, all of the same length ``Q``
+    (``nc·Q - L < nc`` padded steps instead of up to ``chunk_size - 1``)."""
+    nc = -(-L // chunk_size)
     return nc, -(-L // nc)
 
 
-def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None, chunk: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
+def _compute_dtype(*tensors) -> torch.dtype:
+    ct = torch.float32
+    for t in tensors:
+        if t is not None:
+            ct = torch.promote_types(ct, t.dtype)
+    return ct
+
+
+def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None,
+        chunk_size: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD (see the module docstring); same arguments and results as :func:`ssd_ref`.
 
-    ``chunk`` bounds the chunk length; the length used is the smallest that covers ``L`` with
-    the same number of chunks (:func:`chunk_layout`). Work is laid out head-major,
+    ``chunk_size`` bounds the chunk length; the length used is the smallest that covers ``L``
+    with the same number of chunks (:func:`chunk_layout`). Work is laid out head-major,
     (batch, groups, heads per group, chunk, step, ·), so every contraction is a batched matmul
-    on contiguous blocks, and ``C Bᵀ`` is formed once per group, not once per head.
+    on contiguous blocks; ``C Bᵀ`` is formed and causally masked once per group, not per head.
     """
     _check(x, dt, A, B, C, initial_state)
-    b, L, H, P = x.shape
+    check_int("chunk_size", chunk_size, minimum=1)
+    ct = _compute_dtype(x, dt, A, B, C, initial_state)
+    out_dtype = x.dtype
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, dt, A, B, C = (t.to(ct) for t in (x, dt, A, B, C))
+        if initial_state is not None:
+            initial_state = initial_state.to(ct)
+        if x.shape[0] == 0:  # an empty batch: empty outputs
+            h = x.new_zeros(0, x.shape[2], x.shape[3], B.shape[3]) if initial_state is None else initial_state * 1
+            return x * 0, h
+        y, h = _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size)
+    return y.to(out_dtype), h
+
+
+def _ssd_chunked(x, dt, A, B, C, initial_state, chunk):
+    bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     R = H // G
     nc, Q = chunk_layout(L, chunk)
@@ -93,29 +131,34 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None, chunk: int
         B = torch.nn.functional.pad(B, (0, 0, 0, 0, 0, pad))
         C = torch.nn.functional.pad(C, (0, 0, 0, 0, 0, pad))
     # head-major chunked layout
-    xc = x.reshape(b, nc, Q, G, R, P).permute(0, 3, 4, 1, 2, 5)  # (b, G, R, nc, Q, P)
-    dtc = dt.reshape(b, nc, Q, G, R).permute(0, 3, 4, 1, 2)  # (b, G, R, nc, Q)
-    Bc = B.reshape(b, nc, Q, G, N).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (b, G, 1, nc, Q, N)
-    Cc = C.reshape(b, nc, Q, G, N).permute(0, 3, 1, 2, 4).unsqueeze(2)
-    S = torch.cumsum(dtc * A.reshape(G, R, 1, 1), dim=-1)  # (b, G, R, nc, Q) log decay, <= 0, decreasing
-    dx = (dtc.unsqueeze(-1) * xc).contiguous()  # (b, G, R, nc, Q, P)
+    xc = x.reshape(bsz, nc, Q, G, R, P).permute(0, 3, 4, 1, 2, 5)  # (bsz, G, R, nc, Q, P)
+    dtc = dt.reshape(bsz, nc, Q, G, R).permute(0, 3, 4, 1, 2)  # (bsz, G, R, nc, Q)
+    Bc = B.reshape(bsz, nc, Q, G, N).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (bsz, G, 1, nc, Q, N)
+    Cc = C.reshape(bsz, nc, Q, G, N).permute(0, 3, 1, 2, 4).unsqueeze(2)
+    S = torch.cumsum(dtc * A.reshape(G, R, 1, 1), dim=-1)  # (bsz, G, R, nc, Q) log decay, <= 0, decreasing
+    dx = (dtc.unsqueeze(-1) * xc).contiguous()  # (bsz, G, R, nc, Q, P)
     # intra-chunk: y_t = Σ_{s≤t} (C_t·B_s) exp(S_t - S_s) Δ_s x_s
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((S.unsqueeze(-1) - S.unsqueeze(-2)).masked_fill(~causal, float("-inf")))  # (..., Q(t), Q(s))
-    CB = Cc @ Bc.transpose(-1, -2)  # (b, G, 1, nc, Q, Q): once per group
-    y = (CB * decay) @ dx  # (b, G, R, nc, Q, P)
+    # the causal mask is applied once per group, to C Bᵀ; above the diagonal S_t - S_s >= 0 is
+    # clamped to 0 (so exp cannot overflow there) and multiplied by the zeros of the mask
+    CB = (Cc @ Bc.transpose(-1, -2)).tril_()  # (bsz, G, 1, nc, Q, Q): once per group
+    diff = S.unsqueeze(-1) - S.unsqueeze(-2)  # (..., Q(t), Q(s))
+    if torch.is_grad_enabled() and diff.requires_grad:
+        M = torch.exp(diff.clamp_max(0.0)) * CB
+    else:  # inference: the same arithmetic in place, one (.., Q, Q) buffer
+        M = diff.clamp_max_(0.0).exp_().mul_(CB)
+    y = M @ dx  # (bsz, G, R, nc, Q, P)
     # chunk states Σ_s exp(S_Q - S_s) Δ_s x_s B_sᵀ, and the recurrence across chunks
-    w = torch.exp(S[..., -1:] - S).unsqueeze(-1) * dx  # (b, G, R, nc, Q, P)
-    states = w.transpose(-1, -2) @ Bc  # (b, G, R, nc, P, N)
-    chunk_decay = torch.exp(S[..., -1]).unsqueeze(-1).unsqueeze(-1)  # (b, G, R, nc, 1, 1)
-    h = x.new_zeros(b, G, R, P, N) if initial_state is None else initial_state.reshape(b, G, R, P, N)
+    w = torch.exp(S[..., -1:] - S).unsqueeze(-1) * dx  # (bsz, G, R, nc, Q, P)
+    states = w.transpose(-1, -2) @ Bc  # (bsz, G, R, nc, P, N)
+    chunk_decay = torch.exp(S[..., -1]).unsqueeze(-1).unsqueeze(-1)  # (bsz, G, R, nc, 1, 1)
+    h = x.new_zeros(bsz, G, R, P, N) if initial_state is None else initial_state.reshape(bsz, G, R, P, N)
     prev = []
     # unbind, not indexing: its backward stacks the chunk gradients instead of scattering each
     # into a zero tensor of the full size
     for d_c, s_c in zip(chunk_decay.unbind(3), states.unbind(3)):
         prev.append(h)
         h = d_c * h + s_c
-    H_prev = torch.stack(prev, dim=3)  # (b, G, R, nc, P, N): the state entering each chunk
+    H_prev = torch.stack(prev, dim=3)  # (bsz, G, R, nc, P, N): the state entering each chunk
     y = y + torch.exp(S).unsqueeze(-1) * (Cc @ H_prev.transpose(-1, -2))
-    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, nc * Q, H, P)[:, :L]
-    return y, h.reshape(b, H, P, N)
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(bsz, nc * Q, H, P)[:, :L]
+    return y, h.reshape(bsz, H, P, N)

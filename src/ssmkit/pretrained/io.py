@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
 from .._checks import check_choice
+from .._io import atomic_write, atomic_write_json
 from ..layers import Mamba, Mamba2
 from ..models import Backbone, LanguageModel
 from .formats import PretrainedError, Spec, from_ssmkit_key, spec_from_config, spec_to_config, to_ssmkit_key
@@ -240,20 +240,6 @@ def _set(model, key, param):
 
 
 # --- writing ---------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(model: LanguageModel, path: Union[str, os.PathLike], layout: str = "transformers",
                     overwrite: bool = False, dtype=None) -> Path:
     """Write ``model`` to the folder ``path`` in ``layout``:
@@ -288,14 +274,9 @@ def save_pretrained(model: LanguageModel, path: Union[str, os.PathLike], layout:
             v = v.to(out_dtype)
         tensors[from_ssmkit_key(k, layout)] = v.contiguous().clone()
     if layout == "transformers":
-        from safetensors.torch import save_file
-        _atomic_write(folder / weights, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        from safetensors.torch import save
+        atomic_write(folder / weights, save(tensors, metadata={"format": "pt"}))
     else:
-        _atomic_write(folder / weights, lambda p: torch.save(tensors, p))
-    text = json.dumps(config, indent=2) + "\n"
-
-    def write_json(p):
-        with open(p, "w") as f:
-            f.write(text)
-    _atomic_write(folder / "config.json", write_json)
+        atomic_write(folder / weights, lambda fh: torch.save(tensors, fh))
+    atomic_write_json(folder / "config.json", config)
     return folder

