@@ -17,7 +17,8 @@ from ssmkit.models import Backbone, SequenceClassifier
 from ssmkit.tasks import build_task
 from ssmkit.train import CheckpointError, LRSchedule, TrainConfig, evaluate, fit, load_checkpoint, load_model
 from ssmkit.train.progress import Reporter
-from ssmkit.train.runtime import choose_threads
+from ssmkit.runtime import available_cpus
+from ssmkit.train.execution import thread_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -299,8 +300,9 @@ def test_threads_are_set_for_the_run_and_restored(tmp_path, monkeypatch):
     assert set(seen) == {(2, "2")} and torch.get_num_threads() == before
     with raises_naming(TypeError, "threads"):
         fit(_cfg(max_steps=2), tmp_path / "bad", progress=False, threads=1.5)
-    assert choose_threads(cpus=2, load=0.0) == 2 and choose_threads(cpus=2, load=1.3) == 1
-    assert choose_threads(cpus=8, load=3.2) == 5 and choose_threads(cpus=4, load=40.0) == 1
+    with thread_count("auto") as (n, why):
+        assert n == available_cpus() == torch.get_num_threads() and "auto" in why
+    assert torch.get_num_threads() == before
 
 
 def test_ssm_learning_rate_and_weight_decay_override_the_layer_hints():

@@ -7,7 +7,7 @@ these helpers; internal calls between ssmkit's own modules may run inside
 would otherwise read every element (and, on an accelerator, synchronise host and device).
 Shape, dtype and scalar checks always run: they cost nothing.
 
-The vocabulary:
+The vocabulary (docs/reliability.md lists what each public entry point checks):
 
 - scalars: :func:`check_int`, :func:`check_positive_int`, :func:`check_even_int`,
   :func:`check_float`, :func:`check_positive`, :func:`check_fraction`, :func:`check_bool`,

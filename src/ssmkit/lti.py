@@ -24,7 +24,12 @@ __all__ = ["poly_from_roots", "ss_to_tf", "companion", "tf_to_ss", "balanced_tru
 
 
 def poly_from_roots(roots: torch.Tensor) -> torch.Tensor:
-    """Monic polynomial coefficients (highest power first, leading 1 dropped) from roots (..., N)."""
+    """Monic polynomial coefficients (highest power first, leading 1 dropped) from roots (..., N).
+
+    Real or complex ``roots`` (any floating dtype); the result has their dtype."""
+    check_tensor("roots", roots, floating=True, complex_ok=True)
+    if roots.dim() < 1:
+        raise ValueError(f"roots must have shape (..., N), got a 0-dimensional tensor")
     N = roots.shape[-1]
     c = torch.zeros(*roots.shape[:-1], N + 1, dtype=roots.dtype, device=roots.device)
     c[..., 0] = 1
@@ -65,6 +70,9 @@ def ss_to_tf(Ad: torch.Tensor, Bd: torch.Tensor, C: torch.Tensor, L: int) -> Tup
 
 def companion(a: torch.Tensor) -> torch.Tensor:
     """Companion matrix (..., N, N): first row ``-a``, ones on the subdiagonal."""
+    check_tensor("a", a, floating=True, complex_ok=True)
+    if a.dim() < 1:
+        raise ValueError("a must have shape (..., N), got a 0-dimensional tensor")
     N = a.shape[-1]
     M = torch.zeros(*a.shape[:-1], N, N, dtype=a.dtype, device=a.device)
     M[..., 0, :] = -a
@@ -76,7 +84,8 @@ def companion(a: torch.Tensor) -> torch.Tensor:
 
 def tf_to_ss(a: torch.Tensor, b: torch.Tensor, L: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Companion realisation ``(Ā, B̄, C)`` of ``b(z)/a(z)`` whose kernel for k < L is the
-    truncated one: ``B̄ = e_1``, ``C = b (I - Ā^L)^{-1}``.
+    truncated one: ``B̄ = e_1``, ``C = b (I - Ā^L)^{-1}``. Half-precision inputs are computed in
+    float32 and returned in their dtype; no systems in (``a`` of shape (0, N)) gives none out.
 
     For N ≤ L, ``C`` is computed without a matrix power: with ``B̄ = e_1`` the states
     ``Ā^k e_1 = (g_k, g_{k-1}, …, g_{k-N+1})`` hold the impulse response g of ``1/a(z)``, so
@@ -86,9 +95,16 @@ def tf_to_ss(a: torch.Tensor, b: torch.Tensor, L: int) -> Tuple[torch.Tensor, to
     digits when poles cluster near the unit circle; this route keeps the kernel's accuracy.
     """
     check_tensor("a", a, floating=True)
+    if a.dim() < 1:
+        raise ValueError("a must have shape (..., N), got a 0-dimensional tensor")
     check_tensor("b", b, shape=tuple(a.shape), floating=True)
     check_positive_int("L", L)
     N = a.shape[-1]
+    if a.numel() == 0:  # no systems (or N = 0): nothing to realise
+        return companion(a), torch.zeros_like(a), torch.zeros_like(a)
+    # computed in float32 at least (FFTs and solves have no half-precision CPU path)
+    dtype = a.dtype
+    a, b = a.to(torch.promote_types(dtype, torch.float32)), b.to(torch.promote_types(dtype, torch.float32))
     Ad = companion(a)
     if N <= L:
         K = rational_kernel(a, b, L)[..., :N]
@@ -100,6 +116,7 @@ def tf_to_ss(a: torch.Tensor, b: torch.Tensor, L: int) -> Tuple[torch.Tensor, to
         M = I - torch.linalg.matrix_power(Ad, L)
         # C M = b  <=>  Mᵀ Cᵀ = bᵀ
         C = torch.linalg.solve(M.transpose(-1, -2), b.unsqueeze(-1)).squeeze(-1)
+    Ad, C, a = Ad.to(dtype), C.to(dtype), a.to(dtype)
     Bd = torch.zeros_like(a)
     Bd[..., 0] = 1
     return Ad, Bd, C

@@ -92,7 +92,7 @@ def add_parser(sub) -> None:
                    help="stop after STEP steps with a checkpoint; --resume continues exactly")
     p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
                    help="intra-op threads (torch and the native kernels). Default: OMP_NUM_THREADS if set, "
-                        "else auto = the cores left idle by the load average (for shared machines)")
+                        "else auto = every CPU this process may use (docs/performance.md)")
     p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                    help="auto (default): a bar on a terminal, plain lines when the output is redirected")
     p.add_argument("--no-progress", action="store_true", help="no bar: plain progress lines (same as --progress lines)")

@@ -9,8 +9,12 @@ with Selective State Spaces", §3.4 and Fig. 3; docs/math.md §10).
 
 ``step`` decodes one token in O(1): it carries the last ``d_conv - 1`` conv inputs and the
 (E, N) SSM state. Padding: right padding only (real tokens first); padded positions get
-Δ = 0, so ``exp(Δ A) = 1`` and the state passes through unchanged. A non-finite ``A_log``
-(which would make ``A`` NaN, -inf or 0) raises ValueError, as do non-finite inputs and states.
+Δ = 0, so ``exp(Δ A) = 1`` and the state passes through unchanged (left-padded batches are
+handled by the model, :class:`ssmkit.models.Backbone`). A non-finite ``A_log`` (which would make
+``A`` NaN, -inf or 0) raises ValueError, as do non-finite inputs and states (value checks are
+skipped inside ``trusted_inputs``, where a model has checked its input once).
+
+Half-precision weights (bfloat16, float16): the scan and the recurrent SSM state are float32.
 """
 from __future__ import annotations
 
@@ -21,57 +25,64 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_dt_range, check_positive_int
+from .._checks import check_dt_range, check_mask, check_positive_int, check_sequence_input, check_step_input
 from ..ops.selective_scan import selective_scan
-from .._checks import check_mask, check_sequence_input, check_step_input, right_padding_lengths
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import causal_conv_window, check_conv_ssm_state, negative_A
+from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
 
 @register_layer("mamba")
 class Mamba(SequenceLayer):
-    """The Mamba-1 block over (batch, length, d_model); defaults as in the paper."""
+    """The Mamba-1 block over (batch, length, d_model); defaults as in the paper.
+
+    ``bias``: biases of ``in_proj`` and ``out_proj``; ``conv_bias``: bias of the conv;
+    ``device``, ``dtype``: where and in which dtype the parameters are created."""
 
     needs_channel_mixer = False
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, bias: bool = False,
-                 conv_bias: bool = True):
+                 conv_bias: bool = True, device=None, dtype=None):
         super().__init__()
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand).items():
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
+        fk = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = E = expand * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         check_positive_int("dt_rank", self.dt_rank)
-        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
-        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=conv_bias)
-        self.x_proj = nn.Linear(E, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, E, bias=True)
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias, **fk)
+        self.conv1d = CausalConv(E, d_conv, bias=conv_bias, **fk)
+        self.x_proj = nn.Linear(E, self.dt_rank + 2 * d_state, bias=False, **fk)
+        self.dt_proj = nn.Linear(self.dt_rank, E, bias=True, **fk)
         # Δ init (Mamba §3.6): dt_proj's bias is softplus⁻¹ of dt ~ log-uniform[dt_min, dt_max].
         std = self.dt_rank ** -0.5
         nn.init.uniform_(self.dt_proj.weight, -std, std)
         dt = torch.exp(log_uniform_dt(E, dt_min, dt_max)).clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1))
-        self.D = nn.Parameter(torch.ones(E))
+        A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1)
+        self.A_log = nn.Parameter(A_log.to(**{k: v for k, v in fk.items() if v is not None}))
+        self.D = nn.Parameter(torch.ones(E, **fk))
         set_optim_hints(self.A_log, weight_decay=0.0)
         set_optim_hints(self.D, weight_decay=0.0)
-        self.out_proj = nn.Linear(E, d_model, bias=bias)
+        self.out_proj = nn.Linear(E, d_model, bias=bias, **fk)
+        self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        device = device or self.D.device
-        dtype = dtype or self.D.dtype
+        """Zeros: the conv window (B, E, d_conv - 1) in ``dtype`` (default: the weights' dtype)
+        and the SSM state (B, E, N), float32 for half-precision weights."""
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
         return (torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-                torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype))
+                torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=state_dtype(dtype)))
 
     def _check_state(self, state, batch: int, name: str = "state"):
-        check_conv_ssm_state(state, self.initial_state(batch, device="meta"), name)
+        check_conv_ssm_state(state, ((batch, self.d_inner, self.d_conv - 1), (batch, self.d_inner, self.d_state)), name)
 
     def _ssm_params(self, x: torch.Tensor):
         """From conv output x (..., E): Δ (..., E) after softplus, B and C (..., N)."""
@@ -83,7 +94,7 @@ class Mamba(SequenceLayer):
         check_sequence_input(x, self.d_model)
         Bsz, L, _ = x.shape
         mask = check_mask(mask, x)
-        lengths = right_padding_lengths(mask, L)
+        lengths = padding_lengths(mask, L)
         if initial_state is not None:
             self._check_state(initial_state, Bsz, "initial_state")
             conv0, h0 = initial_state
@@ -93,15 +104,13 @@ class Mamba(SequenceLayer):
         xi = xi.transpose(1, 2)  # (B, E, L)
         if mask is not None:
             xi = xi * mask[:, None, :]
-        K = self.d_conv
-        window0 = conv0 if conv0 is not None else xi.new_zeros(Bsz, self.d_inner, K - 1)
-        xpad = torch.cat([window0, xi], dim=-1)  # (B, E, K-1+L)
-        u = F.silu(F.conv1d(xpad, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner))  # (B, E, L)
+        u, window = self.conv1d(xi, conv0, lengths, return_window=True)
+        u = F.silu(u)  # (B, E, L)
         dt, Bm, Cm = self._ssm_params(u.transpose(1, 2))
         dt = dt.transpose(1, 2)  # (B, E, L)
         if mask is not None:
             dt = dt * mask[:, None, :]  # Δ = 0: the state passes through padded positions unchanged
-        A = negative_A(self.A_log)
+        A = negative_A(self.A_log, self._A_cache)
         y, h = selective_scan(u, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D, z=z.transpose(1, 2),
                               return_last_state=True, initial_state=h0)
         out = self.out_proj(y.transpose(1, 2))
@@ -109,22 +118,27 @@ class Mamba(SequenceLayer):
             out = out * mask[..., None]
         if not return_state:
             return out
-        return out, (causal_conv_window(xpad, lengths, K), h)
+        return out, (window, h.to(state_dtype(x.dtype)) if h0 is None else h.to(h0.dtype))
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
         check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
-        xi, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
-        window = torch.cat([conv_state, xi.unsqueeze(-1)], dim=-1)  # (B, E, K)
-        u = (window * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            u = u + self.conv1d.bias
+        xi, z = rows_linear(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E)
+        u, window = self.conv1d.step(xi, conv_state)
         u = F.silu(u)
-        dt, Bm, Cm = self._ssm_params(u)
-        A = negative_A(self.A_log)
-        h = torch.exp(dt.unsqueeze(-1) * A) * h + (dt * u).unsqueeze(-1) * Bm.unsqueeze(1)
-        y = (h * Cm.unsqueeze(1)).sum(-1) + self.D * u
-        y = y * F.silu(z)
-        return self.out_proj(y), (window[..., 1:], h)
+        dt_low, Bm, Cm = torch.split(rows_linear(self.x_proj, u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(rows_linear(self.dt_proj, dt_low))
+        A = negative_A(self.A_log, self._A_cache)
+        sd = h.dtype
+        dt, uf, Bm, Cm = dt.to(sd), u.to(sd), Bm.to(sd), Cm.to(sd)
+        # h = exp(Δ A) ⊙ h + (Δ u) Bᵀ ; y = h C + D u  (in place on fresh tensors outside autograd)
+        dA = torch.exp(dt.unsqueeze(-1) * A)
+        if torch.is_grad_enabled():
+            h = torch.addcmul(dA * h, (dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
+        else:
+            h = dA.mul_(h).addcmul_((dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
+        y = torch.addcmul(torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1), self.D.to(sd), uf)
+        y = (y * F.silu(z.to(sd))).to(x_t.dtype)
+        return rows_linear(self.out_proj, y), (window, h)

@@ -4,85 +4,130 @@ Efficient Algorithms Through Structured State Space Duality", §7).
     [z, x, B, C, Δ] = in_proj(u)          x: E = expand·d_model channels in H = E/headdim heads
     x, B, C = silu(causal depthwise conv1d([x, B, C]))
     y = SSD(x, softplus(Δ + dt_bias), A, B, C) + D x      scalar A = -exp(A_log) per head
-    out = out_proj(RMSNorm(y · silu(z)))
+    out = out_proj(GroupRMSNorm(y · silu(z)))       (norm_before_gate=False, the default)
+    out = out_proj(GroupRMSNorm(y) · silu(z))       (norm_before_gate=True)
+
+The gated RMSNorm normalises each group of ``d_inner / ngroups`` channels separately (as the
+released models do): ``RMSNorm(v)_i = w_i v_i / sqrt(mean_{j in group(i)} v_j² + eps)``.
+``dt_limit = (lo, hi)`` clamps Δ after the softplus (the released configs' ``time_step_limit``).
 
 The SSD scan is computed in chunks of at most ``chunk_size`` steps, evened out over the length
 (:func:`ssmkit.ops.ssd.ssd`): masked matrix products inside a chunk, a short recurrence across
 chunks. ``A_log`` must be finite (ValueError otherwise), so ``A`` is finite and negative. ``step`` decodes one token in O(1), carrying the conv
 window and the (heads, headdim, d_state) state. Padding: right padding only; padded positions
-get Δ = 0 and zero conv input, so they leave the state unchanged.
+get Δ = 0 and zero conv input, so they leave the state unchanged (left-padded batches are
+handled by the model). Half-precision weights: the SSD scan and the state are float32.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_dt_range, check_positive_int
+from .._checks import (check_bool, check_dt_range, check_float, check_mask, check_positive_int, check_sequence_input,
+                       check_step_input)
 from ..ops.ssd import ssd
-from .._checks import check_mask, check_sequence_input, check_step_input, right_padding_lengths
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import causal_conv_window, check_conv_ssm_state, negative_A
+from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
 
-class _GatedRMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-5):
+class GroupGatedRMSNorm(nn.Module):
+    """Gated RMSNorm over groups of ``group_size`` channels (computed in float32):
+    ``norm(y · silu(z))`` or, with ``norm_before_gate``, ``norm(y) · silu(z)``."""
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5, norm_before_gate: bool = False,
+                 device=None, dtype=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.eps = eps
+        if d % group_size:
+            raise ValueError(f"group_size must divide {d}, got {group_size}")
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+        self.group_size, self.eps, self.norm_before_gate = group_size, eps, norm_before_gate
 
     def forward(self, y, z):
-        y = y * F.silu(z)
-        return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        dtype = y.dtype
+        ct = state_dtype(torch.promote_types(y.dtype, z.dtype))  # float32 for half precision
+        y, g = y.to(ct), F.silu(z.to(ct))
+        if not self.norm_before_gate:
+            y = y * g
+        shape = y.shape
+        yg = y.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
+        y = F.rms_norm(yg, (self.group_size,), None, self.eps).reshape(shape)
+        if self.norm_before_gate:
+            y = y * g
+        return self.weight * y.to(dtype)
 
 
 @register_layer("mamba2")
 class Mamba2(SequenceLayer):
-    """The Mamba-2 block over (batch, length, d_model)."""
+    """The Mamba-2 block over (batch, length, d_model).
+
+    ``bias``: biases of ``in_proj`` and ``out_proj``; ``conv_bias``: bias of the conv;
+    ``dt_limit``: (min, max) clamp of Δ; ``norm_eps``, ``norm_before_gate``: the gated RMSNorm
+    (per group of ``d_inner / ngroups`` channels); ``device``, ``dtype``: factory arguments."""
 
     needs_channel_mixer = False
 
     def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64,
                  ngroups: int = 1, chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, A_init_range=(1.0, 16.0)):
+                 dt_init_floor: float = 1e-4, A_init_range=(1.0, 16.0), bias: bool = False, conv_bias: bool = True,
+                 dt_limit=(0.0, float("inf")), norm_eps: float = 1e-5, norm_before_gate: bool = False,
+                 device=None, dtype=None):
         super().__init__()
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
                          ngroups=ngroups, chunk_size=chunk_size).items():
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
+        check_bool("bias", bias)
+        check_bool("conv_bias", conv_bias)
+        check_bool("norm_before_gate", norm_before_gate)
+        check_float("norm_eps", norm_eps, low=0.0, low_open=True)
+        if not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2:
+            raise ValueError(f"dt_limit must be a (min, max) pair, got {dt_limit!r}")
+        lo, hi = (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in dt_limit)
+        if not (0.0 <= lo < hi):  # also rejects NaN
+            raise ValueError(f"dt_limit must be (min, max) with 0 <= min < max, got {tuple(dt_limit)!r}")
         E = expand * d_model
         if E % headdim:
             raise ValueError(f"headdim must divide expand*d_model={E}, got {headdim}")
         H = E // headdim
         if H % ngroups:
             raise ValueError(f"ngroups must divide the number of heads {H}, got {ngroups}")
+        fk = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, E
         self.headdim, self.nheads, self.ngroups, self.chunk_size = headdim, H, ngroups, chunk_size
+        self.dt_limit = (lo, hi)
         self.conv_dim = E + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, 2 * E + 2 * ngroups * d_state + H, bias=False)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=True)
+        self.in_proj = nn.Linear(d_model, 2 * E + 2 * ngroups * d_state + H, bias=bias, **fk)
+        self.conv1d = CausalConv(self.conv_dim, d_conv, bias=conv_bias, **fk)
+        to = {k: v for k, v in fk.items() if v is not None}
         dt = torch.exp(log_uniform_dt(H, dt_min, dt_max)).clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
-        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)))
-        self.D = nn.Parameter(torch.ones(H))
+        self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(**to))  # softplus⁻¹(dt)
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)).to(**to))
+        self.D = nn.Parameter(torch.ones(H, **fk))
         for p in (self.dt_bias, self.A_log, self.D):
             set_optim_hints(p, weight_decay=0.0)
-        self.norm = _GatedRMSNorm(E)
-        self.out_proj = nn.Linear(E, d_model, bias=False)
+        self.norm = GroupGatedRMSNorm(E, E // ngroups, eps=norm_eps, norm_before_gate=norm_before_gate, **fk)
+        self.out_proj = nn.Linear(E, d_model, bias=bias, **fk)
+        self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None):
-        device = device or self.D.device
-        dtype = dtype or self.D.dtype
+        """Zeros: the conv window (B, conv_dim, d_conv - 1) in ``dtype`` (default: the weights')
+        and the SSM state (B, heads, headdim, d_state), float32 for half-precision weights."""
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
         return (torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
-                torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=dtype))
+                torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                            dtype=state_dtype(dtype)))
 
     def _check_state(self, state, batch: int, name: str = "state"):
-        check_conv_ssm_state(state, self.initial_state(batch, device="meta"), name)
+        check_conv_ssm_state(state, ((batch, self.conv_dim, self.d_conv - 1),
+                                     (batch, self.nheads, self.headdim, self.d_state)), name)
 
     def _split(self, zxbcdt):
         E, GN = self.d_inner, self.ngroups * self.d_state
@@ -95,11 +140,19 @@ class Mamba2(SequenceLayer):
         return (x.reshape(*x.shape[:-1], self.nheads, self.headdim), Bm.reshape(*Bm.shape[:-1], G, N),
                 Cm.reshape(*Cm.shape[:-1], G, N))
 
+    def _dt(self, dt, sd):
+        """Δ = clamp(softplus(dt + dt_bias), dt_limit), in the state dtype ``sd``."""
+        dt = F.softplus(dt.to(sd) + self.dt_bias.to(sd))
+        lo, hi = self.dt_limit
+        if lo > 0.0 or hi != float("inf"):
+            dt = dt.clamp(min=lo, max=hi)
+        return dt
+
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
         b, L, _ = x.shape
         mask = check_mask(mask, x)
-        lengths = right_padding_lengths(mask, L)
+        lengths = padding_lengths(mask, L)
         conv0, h0 = (None, None)
         if initial_state is not None:
             self._check_state(initial_state, b, "initial_state")
@@ -108,37 +161,41 @@ class Mamba2(SequenceLayer):
         xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
         if mask is not None:
             xBC = xBC * mask[:, None, :]
-        K = self.d_conv
-        xpad = torch.cat([conv0 if conv0 is not None else xBC.new_zeros(b, self.conv_dim, K - 1), xBC], dim=-1)
-        xBC = F.silu(F.conv1d(xpad, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)).transpose(1, 2)
-        xs, Bm, Cm = self._heads(xBC)
-        dt = F.softplus(dt + self.dt_bias)  # (b, L, H)
+        xBC, window = self.conv1d(xBC, conv0, lengths, return_window=True)
+        xBC = F.silu(xBC).transpose(1, 2)
+        sd = state_dtype(x.dtype) if h0 is None else h0.dtype
+        xs, Bm, Cm = (t.to(sd) for t in self._heads(xBC))
+        dt = self._dt(dt, sd)  # (b, L, H)
         if mask is not None:
             dt = dt * mask[..., None]
-        A = negative_A(self.A_log)
+        A = negative_A(self.A_log, self._A_cache).to(sd)
         y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk_size=self.chunk_size)
-        y = y + self.D[:, None] * xs
-        out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z))
+        y = y + self.D.to(sd)[:, None] * xs
+        out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z).to(x.dtype))
         if mask is not None:
             out = out * mask[..., None]
         if not return_state:
             return out
-        return out, (causal_conv_window(xpad, lengths, K), h)
+        return out, (window, h)
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1)."""
         check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
-        z, xBC, dt = self._split(self.in_proj(x_t))
-        window = torch.cat([conv_state, xBC.unsqueeze(-1)], dim=-1)  # (b, conv_dim, K)
-        xBC = F.silu((window * self.conv1d.weight[:, 0, :]).sum(-1) + self.conv1d.bias)
-        xs, Bm, Cm = self._heads(xBC)  # (b, H, P), (b, G, N)
-        rep = self.nheads // self.ngroups
-        Bh, Ch = Bm.repeat_interleave(rep, dim=1), Cm.repeat_interleave(rep, dim=1)  # (b, H, N)
-        dt = F.softplus(dt + self.dt_bias)  # (b, H)
-        A = negative_A(self.A_log)
-        h = torch.exp(dt * A)[..., None, None] * h + (dt[..., None] * xs).unsqueeze(-1) * Bh.unsqueeze(2)
-        y = torch.einsum("bhpn,bhn->bhp", h, Ch) + self.D[:, None] * xs
-        out = self.out_proj(self.norm(y.reshape(y.shape[0], self.d_inner), z))
-        return out, (window[..., 1:], h)
+        sd = h.dtype
+        z, xBC, dt = self._split(rows_linear(self.in_proj, x_t))
+        xBC, window = self.conv1d.step(xBC, conv_state)
+        xs, Bm, Cm = (t.to(sd) for t in self._heads(F.silu(xBC)))  # (b, H, P), (b, G, N)
+        b, G, N = Bm.shape
+        R = self.nheads // G
+        dt = self._dt(dt, sd)  # (b, H)
+        A = negative_A(self.A_log, self._A_cache).to(sd)
+        # h = exp(Δ A) h + (Δ x) Bᵀ per head; heads of one group share B and C
+        hg = h.reshape(b, G, R * self.headdim, N)
+        dx = (dt[..., None] * xs).reshape(b, G, R * self.headdim, 1)
+        dA = torch.exp(dt * A).view(b, G, R, 1, 1).expand(b, G, R, self.headdim, 1).reshape(b, G, R * self.headdim, 1)
+        hg = torch.addcmul(dA * hg, dx, Bm.unsqueeze(2))
+        y = torch.addcmul(torch.matmul(hg, Cm.unsqueeze(-1)).view(b, self.nheads, self.headdim), self.D.to(sd)[:, None], xs)
+        out = rows_linear(self.out_proj, self.norm(y.reshape(b, self.d_inner), z).to(x_t.dtype))
+        return out, (window, hg.view(b, self.nheads, self.headdim, N))

@@ -1,14 +1,37 @@
-"""Helpers shared by the Mamba family (Mamba, Mamba-2): the causal conv's carried window, the
-(conv_state, ssm_state) check and ``A = -exp(A_log)``."""
+"""Helpers shared by the Mamba family (Mamba, Mamba-2): the short causal depthwise convolution
+with its carried window (:class:`CausalConv`), the (conv_state, ssm_state) check, ``A =
+-exp(A_log)`` and the state dtype used for half-precision weights."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .._checks import check_finite
+from .._checks import check_finite, right_padding_lengths, value_checks_enabled
 
-__all__ = ["causal_conv_window", "check_conv_ssm_state", "negative_A"]
+__all__ = ["rows_linear", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+
+
+def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for one token per sequence (x: (rows, in)). For a few rows (2 to 32) it
+    is computed as ``(W xᵀ)ᵀ``: the same numbers, but CPU BLAS then streams the weight once
+    instead of repacking it for a small product (measured several times faster at 4 rows)."""
+    if x.dim() == 2 and 1 < x.shape[0] <= 32 and x.dtype == linear.weight.dtype:
+        y = (linear.weight @ x.T).T
+        return y if linear.bias is None else y + linear.bias
+    return linear(x)
+
+
+def padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:
+    """Per-sequence lengths of a right-padding mask (None for no mask). The pattern is checked
+    (a host-device synchronisation) only outside ``trusted_inputs``: a model checks it once."""
+    if mask is None:
+        return None
+    if value_checks_enabled():
+        return right_padding_lengths(mask, L)
+    return mask.sum(1)
 
 
 def causal_conv_window(xpad: torch.Tensor, lengths: Optional[torch.Tensor], width: int) -> torch.Tensor:
@@ -24,19 +47,78 @@ def causal_conv_window(xpad: torch.Tensor, lengths: Optional[torch.Tensor], widt
     return torch.gather(xpad, 2, idx[:, None, :].expand(xpad.shape[0], xpad.shape[1], K1))
 
 
-def check_conv_ssm_state(state, ref: Tuple[torch.Tensor, torch.Tensor], name: str = "state") -> None:
-    """Validate a ``(conv_state, ssm_state)`` pair (Mamba, Mamba-2) against the shapes of ``ref``
-    (the layer's ``initial_state`` on the meta device): a pair of finite tensors of those shapes."""
+class CausalConv(nn.Conv1d):
+    """Causal depthwise convolution of width ``K`` over (batch, channels, length), carrying the
+    last ``K - 1`` inputs as a window so that a sequence can be processed in pieces or one token
+    at a time (Mamba §3.4; the same module in Mamba and Mamba-2):
+
+        y_t = bias + Σ_{k=0}^{K-1} w_k · x_{t-K+1+k}        (x_{<0} from the carried window)
+
+    The parameters are those of ``nn.Conv1d(C, C, K, groups=C)`` (``weight`` (C, 1, K),
+    ``bias`` (C,)), so checkpoints name them as the usual depthwise conv does.
+    """
+
+    def __init__(self, channels: int, width: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(channels, channels, width, groups=channels, bias=bias, device=device, dtype=dtype)
+        self.channels, self.width = channels, width
+
+    def forward(self, x: torch.Tensor, window: Optional[torch.Tensor] = None, lengths: Optional[torch.Tensor] = None,
+                return_window: bool = False):
+        """``x`` (B, C, L), ``window`` (B, C, K-1) or None (zeros) -> ``y`` (B, C, L) [, new window].
+
+        With ``lengths`` (right padding), the new window ends at each sequence's last real input."""
+        K = self.width
+        if window is None:
+            window = x.new_zeros(x.shape[0], self.channels, K - 1)
+        xpad = torch.cat([window.to(x.dtype), x], dim=-1)  # (B, C, K-1+L)
+        y = F.conv1d(xpad, self.weight, self.bias, groups=self.channels)
+        if not return_window:
+            return y
+        return y, causal_conv_window(xpad, lengths, K)
+
+    def step(self, x_t: torch.Tensor, window: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One input ``x_t`` (B, C) with the window (B, C, K-1) -> ``y_t`` (B, C), new window."""
+        full = torch.cat([window.to(x_t.dtype), x_t.unsqueeze(-1)], dim=-1)  # (B, C, K)
+        y = (full * self.weight.view(self.channels, self.width)).sum(-1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y, full[..., 1:]
+
+
+def check_conv_ssm_state(state, shapes: Sequence[Tuple[int, ...]], name: str = "state") -> None:
+    """Validate a ``(conv_state, ssm_state)`` pair (Mamba, Mamba-2): a pair of floating tensors of
+    the given shapes, finite (the value check is skipped inside ``trusted_inputs``)."""
     if (not isinstance(state, (tuple, list)) or len(state) != 2
-            or any(not isinstance(s, torch.Tensor) or s.shape != r.shape for s, r in zip(state, ref))):
-        raise ValueError(f"{name} must be a (conv_state, ssm_state) pair of shapes {tuple(ref[0].shape)}, {tuple(ref[1].shape)}")
+            or any(not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(r) for s, r in zip(state, shapes))):
+        raise ValueError(f"{name} must be a (conv_state, ssm_state) pair of shapes {tuple(shapes[0])}, {tuple(shapes[1])}")
     for s in state:
+        if not s.is_floating_point():
+            raise TypeError(f"{name} must hold floating-point tensors, got {s.dtype}")
         check_finite(name, s)
 
 
-def negative_A(A_log: torch.Tensor) -> torch.Tensor:
-    """``A = -exp(A_log)``, checked finite and < 0 (a NaN or ±inf ``A_log`` is an error)."""
-    A = -torch.exp(A_log)
-    if not bool((torch.isfinite(A) & (A < 0)).all()):
+def negative_A(A_log: torch.Tensor, cache: Optional[dict] = None) -> torch.Tensor:
+    """``A = -exp(A_log)``, checked finite and < 0 (a NaN or ±inf ``A_log`` is an error; the
+    check is skipped inside ``trusted_inputs``). Computed in float32 at least.
+
+    With ``cache`` (a dict owned by the layer), outside autograd, the result is kept and reused
+    until ``A_log`` changes (its version counter, storage or dtype): one exp per layer per
+    decoding run instead of one per token."""
+    key = None
+    if cache is not None and not (torch.is_grad_enabled() and A_log.requires_grad):
+        key = (A_log._version, A_log.data_ptr(), A_log.dtype, A_log.device)
+        hit = cache.get("A")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    A = -torch.exp(A_log.float() if A_log.dtype in (torch.float16, torch.bfloat16) else A_log)
+    if value_checks_enabled() and not bool((torch.isfinite(A) & (A < 0)).all()):
         raise ValueError("A_log must be finite and give A = -exp(A_log) < 0 (finite, nonzero)")
+    if key is not None:
+        cache["A"] = (key, A)
     return A
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the recurrent SSM state for weights of ``dtype``: float32 for half
+    precision (the state accumulates in float32), the weights' dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -1,43 +1,114 @@
 """The backbone shared by every model: input encoder -> n_layers x block -> final norm.
 
-A block is pre-norm residual: ``x + dropout(mixer(layer(norm(x))))``. Channel-independent LTI
-layers (``needs_channel_mixer``) are followed by the S4 papers' position-wise mixer
-(GELU, then a linear map to 2H and a GLU); block layers (Mamba, Mamba-2, S5) mix channels
-themselves. Swapping the layer by name changes nothing else.
+A block is residual around one sequence layer. Pre-norm (the default):
+``x + dropout(mixer(layer(norm(x))))``; post-norm (``prenorm=False``, the original S4 block):
+``norm(x + dropout(mixer(layer(x))))``. Channel-independent LTI layers
+(``needs_channel_mixer``) are followed by the S4 papers' position-wise mixer (GELU, then a linear
+map to 2H and a GLU); block layers (Mamba, Mamba-2, S5) mix channels themselves. Swapping the
+layer by name changes nothing else.
+
+Options that express the released Mamba / Mamba-2 language models exactly: ``norm="rms"`` (no
+bias, computed in float32), ``norm_eps``, ``residual_in_fp32`` (the residual stream is kept in
+float32 whatever the weights' dtype) and ``pad_vocab_size_multiple`` (the embedding has
+``vocab_size`` rounded up to a multiple of it).
+
+Padding masks may be right padding (real tokens first) or left padding (pad tokens first, as
+batched generation uses): a left-padded batch is rotated so that each sequence's real tokens
+come first, run, and rotated back, so leading pad tokens never touch the state.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .._checks import (check_bool, check_choice, check_float, check_fraction, check_mask, check_positive_int,
+                       trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
-from .._checks import check_mask
 
-__all__ = ["Backbone", "Block"]
+__all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
+
+NORMS = ("layer", "rms", "batch")
+
+
+class RMSNorm(nn.Module):
+    """``w ⊙ x / sqrt(mean(x²) + eps)`` over the last dimension, computed in float32 (Zhang &
+    Sennrich 2019), no bias — the norm of the released Mamba models."""
+
+    def __init__(self, d: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d, device=device, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
+        return self.weight * F.rms_norm(xf, (xf.shape[-1],), None, self.eps).to(dtype)
+
+
+class _BatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of (..., d) features (statistics over batch and length)."""
+
+    def forward(self, x):
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def make_norm(kind: str, d: int, eps: float = 1e-5, device=None, dtype=None) -> nn.Module:
+    """``layer`` (LayerNorm with bias), ``rms`` (RMSNorm) or ``batch`` (BatchNorm) over d channels."""
+    check_choice("norm", kind, NORMS)
+    if kind == "layer":
+        return nn.LayerNorm(d, eps=eps, device=device, dtype=dtype)
+    if kind == "rms":
+        return RMSNorm(d, eps=eps, device=device, dtype=dtype)
+    return _BatchNorm(d, eps=eps, device=device, dtype=dtype)
 
 
 class Block(nn.Module):
-    def __init__(self, layer: nn.Module, d_model: int, dropout: float):
+    def __init__(self, layer: nn.Module, d_model: int, dropout: float, norm: str = "layer", norm_eps: float = 1e-5,
+                 prenorm: bool = True, residual_in_fp32: bool = False, device=None, dtype=None):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = make_norm(norm, d_model, norm_eps, device=device, dtype=dtype)
         self.layer = layer
-        self.mixer = (nn.Sequential(nn.GELU(), nn.Linear(d_model, 2 * d_model), nn.GLU(dim=-1))
+        self.mixer = (nn.Sequential(nn.GELU(), nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype),
+                                    nn.GLU(dim=-1))
                       if getattr(layer, "needs_channel_mixer", False) else nn.Identity())
         self.dropout = nn.Dropout(dropout)
+        self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
+        self._plain = isinstance(self.mixer, nn.Identity) and dropout == 0.0  # residual = x + h
+
+    def _branch_input(self, x):
+        """The residual branch's input, in the weights' dtype (the residual may be float32)."""
+        return self.norm(x.to(self.norm.weight.dtype)) if self.prenorm else x.to(self.norm.weight.dtype)
+
+    def _residual(self, x, h):
+        r = x.float() if self.residual_in_fp32 else x
+        y = r + (h if self._plain else self.dropout(self.mixer(h)))
+        return y if self.prenorm else self.norm(y)
 
     def forward(self, x, mask=None, state=None, return_state=False):
-        out = self.layer(self.norm(x), initial_state=state, return_state=return_state, mask=mask)
+        out = self.layer(self._branch_input(x), initial_state=state, return_state=return_state, mask=mask)
         h, new_state = out if return_state else (out, None)
-        y = x + self.dropout(self.mixer(h))
+        y = self._residual(x, h)
         if mask is not None:
             y = y * mask[..., None]
         return (y, new_state) if return_state else y
 
     def step(self, x_t, state):
-        h, state = self.layer.step(self.norm(x_t), state)
-        return x_t + self.dropout(self.mixer(h)), state
+        h, state = self.layer.step(self._branch_input(x_t), state)
+        return self._residual(x_t, h), state
+
+
+def _build_layer(cls, d_model: int, kw: Dict[str, Any], device, dtype) -> nn.Module:
+    """A layer built on ``device`` in ``dtype``: through its factory arguments when it has them,
+    otherwise moved after construction."""
+    params = inspect.signature(cls.__init__).parameters
+    if "device" in params and "dtype" in params:
+        return cls(d_model, **kw, device=device, dtype=dtype)
+    layer = cls(d_model, **kw)
+    return layer.to(device=device, dtype=dtype) if (device is not None or dtype is not None) else layer
 
 
 class Backbone(nn.Module):
@@ -46,51 +117,121 @@ class Backbone(nn.Module):
     Args:
         layer: registered layer name (``s4d``, ``rtf``, ``s4``, ``mamba``, ...).
         layer_kwargs: passed to the layer constructor after ``d_model`` (e.g. ``d_state``).
+        dropout: on each block's residual branch.
+        norm: ``layer`` (default), ``rms`` or ``batch``; ``norm_eps`` its epsilon.
+        prenorm: norm before each layer (default) or after the residual sum (then no final norm).
+        residual_in_fp32: keep the residual stream in float32 (half-precision weights).
+        pad_vocab_size_multiple: round the embedding's vocabulary up to a multiple of this.
+        device, dtype: where and in which dtype the parameters are created.
     """
 
     def __init__(self, d_model: int = 64, n_layers: int = 4, layer: str = "s4d", layer_kwargs: Optional[Dict[str, Any]] = None,
-                 vocab_size: Optional[int] = None, d_input: int = 1, dropout: float = 0.0):
+                 vocab_size: Optional[int] = None, d_input: int = 1, dropout: float = 0.0, *, norm: str = "layer",
+                 norm_eps: float = 1e-5, prenorm: bool = True, residual_in_fp32: bool = False,
+                 pad_vocab_size_multiple: int = 1, device=None, dtype=None):
         super().__init__()
-        for k, v in dict(d_model=d_model, n_layers=n_layers).items():
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} must be an int >= 1, got {v!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_layers", n_layers)
+        check_fraction("dropout", dropout)
+        check_choice("norm", norm, NORMS)
+        check_float("norm_eps", norm_eps, low=0.0, low_open=True)
+        check_bool("prenorm", prenorm)
+        check_bool("residual_in_fp32", residual_in_fp32)
+        check_positive_int("pad_vocab_size_multiple", pad_vocab_size_multiple)
         cls = get_layer(layer)
+        fk = dict(device=device, dtype=dtype)
         self.d_model, self.layer_name, self.vocab_size = d_model, layer, vocab_size
+        self.norm_kind, self.norm_eps, self.prenorm, self.residual_in_fp32 = norm, norm_eps, prenorm, residual_in_fp32
+        self.pad_vocab_size_multiple = pad_vocab_size_multiple
         if vocab_size is not None:
-            if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-                raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
-            self.encoder = nn.Embedding(vocab_size, d_model)
+            check_positive_int("vocab_size", vocab_size)
+            m = pad_vocab_size_multiple
+            self.padded_vocab_size = -(-vocab_size // m) * m
+            self.encoder = nn.Embedding(self.padded_vocab_size, d_model, **fk)
         else:
-            if isinstance(d_input, bool) or not isinstance(d_input, int) or d_input < 1:
-                raise ValueError(f"d_input must be an int >= 1, got {d_input!r}")
-            self.encoder = nn.Linear(d_input, d_model)
+            check_positive_int("d_input", d_input)
+            self.padded_vocab_size = None
+            self.encoder = nn.Linear(d_input, d_model, **fk)
         self.d_input = d_input
         kw = dict(layer_kwargs or {})
-        self.blocks = nn.ModuleList([Block(cls(d_model, **kw), d_model, dropout) for _ in range(n_layers)])
-        self.norm = nn.LayerNorm(d_model)
+        self.layer_kwargs = dict(kw)
+        self.blocks = nn.ModuleList([
+            Block(_build_layer(cls, d_model, kw, device, dtype), d_model, dropout, norm, norm_eps, prenorm,
+                  residual_in_fp32, **fk) for _ in range(n_layers)])
+        self.norm = make_norm(norm, d_model, norm_eps, **fk) if prenorm else nn.Identity()
 
-    def _encode(self, x):
-        if self.vocab_size is not None:
-            if x.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"x must hold token ids (int64) for a token model, got {x.dtype}")
-            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
-                raise ValueError(f"x token ids must be in [0, {self.vocab_size}), got range [{int(x.min())}, {int(x.max())}]")
-            return self.encoder(x)
-        if not x.is_floating_point():
-            raise TypeError(f"x must be floating point (batch, length, {self.d_input}), got {x.dtype}")
-        if x.shape[-1] != self.d_input:
-            raise ValueError(f"x must have last dimension d_input={self.d_input}, got shape {tuple(x.shape)}")
-        return self.encoder(x)
+    # --- input checks (once, at the model's entry) ----------------------------------------
+    def _check_tokens(self, x, name="x"):
+        if x.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must hold token ids (int64) for a token model, got {x.dtype}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.padded_vocab_size):
+            raise ValueError(f"{name} token ids must be in [0, {self.padded_vocab_size}), got range "
+                             f"[{int(x.min())}, {int(x.max())}]")
 
-    def forward(self, x, mask=None, states: Optional[List[Any]] = None, return_state: bool = False):
-        """``x`` (B, L) token ids or (B, L, d_input) -> features (B, L, d_model) [, states]."""
+    def _check_input(self, x, name="x"):
         want = 2 if self.vocab_size is not None else 3
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != want:
-            raise ValueError(f"x must have {want} dimensions, got shape {tuple(x.shape)}")
-        h = self._encode(x)
-        mask = check_mask(mask, h)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+        if self.vocab_size is not None:
+            self._check_tokens(x, name)
+            return
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be floating point (batch, length, {self.d_input}), got {x.dtype}")
+        if x.shape[-1] != self.d_input:
+            raise ValueError(f"{name} must have last dimension d_input={self.d_input}, got shape {tuple(x.shape)}")
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or infinite values")
+
+    def _check_states(self, states, batch: int, name: str = "states"):
+        if not isinstance(states, (list, tuple)) or len(states) != len(self.blocks):
+            got = f"{len(states)} entries" if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"{name} must be a list of one state per layer ({len(self.blocks)}), got {got}")
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward(self, x, mask=None, states: Optional[List[Any]] = None, return_state: bool = False):
+        """``x`` (B, L) token ids or (B, L, d_input) -> features (B, L, d_model) [, states].
+
+        ``mask`` (B, L), True at real tokens: right padding or left padding."""
+        self._check_input(x)
+        if x.shape[1] < 1:
+            raise ValueError(f"x must have length >= 1, got shape {tuple(x.shape)}")
+        mask = check_mask(mask, x)
+        if states is not None:
+            self._check_states(states, x.shape[0])
+        if x.shape[0] == 0:  # an empty batch: empty features (and empty states)
+            h = self._out_dtype_zeros(0, x.shape[1])
+            return (h, self.initial_state(0)) if return_state else h
+        shift = None
+        if mask is not None:
+            shift = _left_padding_shift(mask)
+            if shift is not None:  # rotate each row so its real tokens come first
+                x, mask = _roll_rows(x, -shift), _roll_rows(mask, -shift)
+        with trusted_inputs():
+            out = self._run(x, mask, states, return_state)
+        if shift is None:
+            return out
+        if return_state:
+            return _roll_rows(out[0], shift), out[1]
+        return _roll_rows(out, shift)
+
+    def _out_dtype_zeros(self, b: int, L: int):
+        p = self.encoder.weight
+        dtype = torch.float32 if self.residual_in_fp32 else p.dtype
+        return torch.zeros(b, L, self.d_model, device=p.device, dtype=dtype)
+
+    def _embed(self, x):
+        h = self.encoder(x)
+        return h.float() if self.residual_in_fp32 else h
+
+    def _final(self, h):
+        if not self.prenorm:
+            return h
+        return self.norm(h.to(self.norm.weight.dtype))
+
+    def _run(self, x, mask, states, return_state):
+        h = self._embed(x)
         new_states = []
         for i, block in enumerate(self.blocks):
             s = None if states is None else states[i]
@@ -99,7 +240,7 @@ class Backbone(nn.Module):
                 new_states.append(s)
             else:
                 h = block(h, mask=mask, state=s)
-        h = self.norm(h)
+        h = self._final(h)
         return (h, new_states) if return_state else h
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> List[Any]:
@@ -107,9 +248,43 @@ class Backbone(nn.Module):
 
     def step(self, x_t, states: List[Any]):
         """One position: ``x_t`` (B,) token ids or (B, d_input) -> (B, d_model), new states."""
-        h = self.encoder(x_t)
+        want = 1 if self.vocab_size is not None else 2
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != want:
+            raise ValueError(f"x_t must have {want} dimension(s), got "
+                             f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
+        if value_checks_enabled():  # (a decoding loop inside trusted_inputs has checked its tokens)
+            self._check_input(x_t.unsqueeze(1), "x_t")
+        self._check_states(states, x_t.shape[0])
+        with trusted_inputs():
+            return self._step(x_t, states)
+
+    def _step(self, x_t, states: List[Any]):
+        """``step`` without input checks (for ssmkit's own decoding loops, inside trusted_inputs)."""
+        h = self._embed(x_t)
         new = []
         for block, s in zip(self.blocks, states):
             h, s = block.step(h, s)
             new.append(s)
-        return self.norm(h), new
+        return self._final(h), new
+
+
+def _left_padding_shift(mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """For a left-padding mask (False..., True...) with at least one padded row: the number of
+    leading pad positions per row; None for right padding or no padding. Other patterns are left
+    to the layers (which refuse them by name)."""
+    L = mask.shape[1]
+    lengths = mask.sum(1)
+    pos = torch.arange(L, device=mask.device)[None, :]
+    if bool((pos < lengths[:, None]).eq(mask).all()):
+        return None  # right padding (or none)
+    if bool((pos >= (L - lengths)[:, None]).eq(mask).all()):
+        return L - lengths
+    raise ValueError("mask must be right padding (True for real tokens, then False) or left padding (False, then True)")
+
+
+def _roll_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Row b rotated by ``shift[b]`` along dim 1: out[b, t] = x[b, (t - shift[b]) mod L]."""
+    L = x.shape[1]
+    idx = (torch.arange(L, device=x.device)[None, :] - shift[:, None]) % L  # (B, L)
+    idx = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(x.shape)
+    return torch.gather(x, 1, idx)

@@ -29,7 +29,7 @@ from .config import RESUME_FREE_FIELDS, TrainConfig
 from .plots import plot_metrics
 from .progress import Reporter
 from .rundir import MetricsLog, RunFolder, truncate_metrics
-from .runtime import CompiledForward, process_group, thread_count
+from .execution import CompiledForward, process_group, thread_count
 from .schedule import MEASURE_STEPS, LRSchedule
 
 __all__ = ["build_model", "make_optimizer", "evaluate", "evaluate_dataset", "fit", "load_model", "plot_metrics",

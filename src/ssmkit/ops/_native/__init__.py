@@ -34,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from ..._io import fsync_dir
+
 __all__ = ["available", "library", "cache_dir"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
@@ -116,25 +118,12 @@ def _verified(lib_path: Path, sum_path: Path) -> bool:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _replace_durably(tmp: str, dest: Path) -> None:
     """fsync ``tmp``, move it onto ``dest`` atomically, fsync the folder."""
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _build(cc: str, out: Path, sidecar: Path) -> None:

@@ -10,42 +10,23 @@ from typing import Iterator, Optional, Tuple, Union
 import torch
 
 from .._checks import check_positive_int
+from ..runtime import resolve_threads
 
-__all__ = ["choose_threads", "thread_count", "process_group", "CompiledForward"]
-
-
-def choose_threads(cpus: Optional[int] = None, load: Optional[float] = None) -> int:
-    """The ``auto`` thread count for a shared machine: the cores this process may use minus the
-    1-minute load average (the cores other processes keep busy), rounded, at least 1.
-
-    Threads of one pool wait for each other at every operation, so a pool larger than the idle
-    cores runs many times slower than its share when other work is running; one thread per idle
-    core degrades only as the share of the machine does.
-    """
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cpus = os.cpu_count() or 1
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-    return max(1, min(cpus, int(cpus - load + 0.5)))
+__all__ = ["thread_count", "process_group", "CompiledForward"]
 
 
 @contextlib.contextmanager
 def thread_count(threads: Union[None, int, str]) -> Iterator[Tuple[int, str]]:
     """Set torch's intra-op threads (which the native kernels follow) and ``OMP_NUM_THREADS`` for
-    the block; ``None`` keeps the current setting, ``"auto"`` uses :func:`choose_threads`.
+    the block; ``None`` keeps the current setting, ``"auto"`` uses every CPU the process may use (:func:`ssmkit.runtime.resolve_threads`).
     Yields ``(threads, why)``; the previous setting is restored afterwards."""
     if threads is None:
         yield torch.get_num_threads(), "unchanged (torch's setting)"
         return
     if threads == "auto":
-        n = choose_threads()
-        why = f"auto: {n} of {os.cpu_count()} cores idle by the load average"
+        n = resolve_threads("auto")
+        why = (f"auto: the {n} CPU(s) this process may use (idle OpenMP threads wait passively, "
+               "so a shared machine slows a run about as its share of the cores; docs/performance.md)")
     else:
         n = check_positive_int("threads", threads)
         why = "asked"

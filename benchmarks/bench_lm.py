@@ -1,0 +1,224 @@
+"""Whole language models on the CPU: ssmkit against transformers' CPU path on the same random
+weights, and against two physical bounds measured in the same run.
+
+Run (one thread; the shapes of mamba-130m and mamba2-130m, random weights, no download):
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_lm.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_lm.py --quick   # small shapes only
+
+Measured, per model:
+- prompt forward (logits of every position) at batch 1 and 4, lengths 512 and 2048, float32;
+- greedy decode tokens/s at batch 1 and 4, float32 and bfloat16 weights (the state and the scan
+  accumulate in float32 in ssmkit): per-token time = (time of n+1 new tokens - time of 1) / n;
+- the bandwidth bound of decode: bytes of weights read per token (every weight matrix once;
+  the embedding only once, as the LM head, when tied; one row otherwise) over the memory
+  bandwidth measured here (the larger of a 256 MB read (sum) and copy (read + write) rate);
+- the matmul bound of the prompt forward: 2 x (weights of every linear map) x tokens FLOPs
+  over the float32 matmul rate measured here (the scan, conv and norms are not counted, so
+  the bound is optimistic).
+Each timing is the median of a few repeats, ssmkit and transformers alternated. The machine
+may be shared: the ratios measured in one run are what to read, not the absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+
+torch.set_num_threads(1)
+warnings.filterwarnings("ignore")
+
+MODELS = {
+    # the released 130m shapes (config of state-spaces/mamba-130m-hf and mamba2-130m)
+    "mamba-130m": dict(kind="mamba", d_model=768, n_layers=24, vocab=50280, d_state=16),
+    "mamba2-130m": dict(kind="mamba2", d_model=768, n_layers=24, vocab=50288, d_state=128, headdim=64, ngroups=1,
+                        chunk=256),
+    # a small model, where per-token overhead dominates decode
+    "mamba-small": dict(kind="mamba", d_model=256, n_layers=4, vocab=256, d_state=16),
+    "mamba2-small": dict(kind="mamba2", d_model=256, n_layers=4, vocab=256, d_state=64, headdim=64, ngroups=1,
+                         chunk=256),
+}
+
+
+def _hf_model(spec):
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=spec["vocab"], hidden_size=spec["d_model"], num_hidden_layers=spec["n_layers"],
+                  state_size=spec["d_state"], tie_word_embeddings=True, eos_token_id=None, pad_token_id=0)
+    if spec["kind"] == "mamba":
+        return MambaForCausalLM(MambaConfig(**common)).eval()
+    E = 2 * spec["d_model"]
+    return Mamba2ForCausalLM(Mamba2Config(num_heads=E // spec["headdim"], head_dim=spec["headdim"],
+                                          n_groups=spec["ngroups"], chunk_size=spec["chunk"], **common)).eval()
+
+
+def _time(fn, repeats=3):
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _alternate(fns, repeats):
+    """Median time of each function, the functions alternated in every round."""
+    ts = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def bandwidth():
+    """Bytes per second: the larger of a read (sum) and a copy (counted as read + write)."""
+    n = 64 * 2 ** 20  # 256 MB of float32
+    src, dst = torch.randn(n), torch.empty(n)
+    src.sum(), dst.copy_(src)
+    t_read = min(_time(lambda: src.sum(), 1) for _ in range(5))
+    t_copy = min(_time(lambda: dst.copy_(src), 1) for _ in range(5))
+    return max(n * 4 / t_read, 2 * n * 4 / t_copy)
+
+
+def matmul_rate(dtype=torch.float32):
+    a, b = torch.randn(2048, 768, dtype=dtype), torch.randn(768, 1536, dtype=dtype)
+    a @ b
+    t = min(_time(lambda: a @ b, 1) for _ in range(5))
+    return 2 * 2048 * 768 * 1536 / t
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of parameters read to decode one token (each tensor once; an untied embedding: one row)."""
+    seen, total = set(), 0
+    emb = model.backbone.encoder.weight
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p is emb and not model.tie_embeddings:
+            total += p.shape[1] * p.element_size()
+        else:
+            total += p.numel() * p.element_size()
+    return total
+
+
+def linear_params(model) -> int:
+    seen, n = set(), 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            n += m.weight.numel()
+    return n
+
+
+@contextlib.contextmanager
+def _quiet():
+    logging.disable(logging.WARNING)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        yield
+    logging.disable(logging.NOTSET)
+
+
+def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
+    from ssmkit.pretrained import load_pretrained
+
+    with _quiet():
+        hf = _hf_model(spec)
+        with tempfile.TemporaryDirectory() as d:
+            hf.save_pretrained(d)
+            t0 = time.perf_counter()
+            ours, _ = load_pretrained(d)
+            t_load = time.perf_counter() - t0
+            ours16, _ = load_pretrained(d, dtype="bfloat16")
+    hf16 = _hf_model(spec).to(torch.bfloat16)
+    hf16.load_state_dict({k: v.to(torch.bfloat16) for k, v in hf.state_dict().items()})
+    print(f"\n{name}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, loaded in {t_load:.1f} s", flush=True)
+    g = torch.Generator().manual_seed(0)
+    lin = linear_params(ours)
+    # prompt forward, float32
+    for b, L in shapes:
+        if True:
+            x = torch.randint(0, spec["vocab"], (b, L), generator=g)
+            with torch.no_grad(), _quiet():
+                ours(x[:, :64]), hf(x[:, :64])  # warm-up
+                t = _alternate({"ssmkit": lambda: ours(x), "transformers": lambda: hf(x).logits},
+                               1 if L * b >= 2048 else repeats)
+            bound = 2 * lin * b * L / rate
+            rows.append(dict(model=name, what=f"prompt forward b={b} L={L} float32", ssmkit_s=t["ssmkit"],
+                             transformers_s=t["transformers"], bound_s=bound, bound="matmul"))
+            _print(rows[-1])
+    # greedy decode
+    for dtype, (m_ours, m_hf) in (("float32", (ours, hf)), ("bfloat16", (ours16, hf16))):
+        for b in batches:
+            x = torch.randint(0, spec["vocab"], (b, 16), generator=g)
+
+            def ours_gen(n, m=m_ours, x=x):
+                m.generate(x, n, temperature=0)
+
+            def hf_gen(n, m=m_hf, x=x):
+                m.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+            with torch.no_grad(), _quiet():
+                ours_gen(4), hf_gen(4)
+                t_long = _alternate({"ssmkit": lambda: ours_gen(n_new + 1), "transformers": lambda: hf_gen(n_new + 1)},
+                                    repeats)
+                t_one = _alternate({"ssmkit": lambda: ours_gen(1), "transformers": lambda: hf_gen(1)}, repeats)
+            per = {k: max(t_long[k] - t_one[k], 1e-9) / n_new for k in t_long}
+            bound = weight_bytes_per_token(m_ours) / bw  # per token, batch independent
+            rows.append(dict(model=name, what=f"decode b={b} {dtype}", ssmkit_s=per["ssmkit"],
+                             transformers_s=per["transformers"], bound_s=bound, bound="bandwidth",
+                             ssmkit_tok_s=b / per["ssmkit"], transformers_tok_s=b / per["transformers"]))
+            _print(rows[-1])
+    del hf, hf16, ours, ours16
+
+
+def _print(r):
+    extra = ""
+    if "ssmkit_tok_s" in r:
+        extra = f"  ({r['ssmkit_tok_s']:.1f} vs {r['transformers_tok_s']:.1f} tokens/s)"
+    print(f"  {r['what']:<34} ssmkit {r['ssmkit_s'] * 1e3:9.1f} ms  transformers {r['transformers_s'] * 1e3:9.1f} ms  "
+          f"speed-up {r['transformers_s'] / r['ssmkit_s']:5.2f}x  {r['bound']} bound {r['bound_s'] * 1e3:8.1f} ms "
+          f"(ssmkit at {r['ssmkit_s'] / r['bound_s']:5.2f}x the bound){extra}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="only the small models, short lengths")
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--json", default=None, help="write the rows to this file")
+    ap.add_argument("--shapes", nargs="*", default=None, metavar="BxL",
+                    help="prompt-forward shapes, e.g. 1x512 4x512 1x2048 (default: batch 1 and 4 at 512 and 2048; "
+                         "none given: decode only)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens timed per measurement (default 32)")
+    args = ap.parse_args()
+    bw, rate = bandwidth(), matmul_rate()
+    print(f"one thread; memory bandwidth {bw / 1e9:.1f} GB/s, float32 matmul {rate / 1e9:.1f} GFLOP/s, "
+          f"bfloat16 matmul {matmul_rate(torch.bfloat16) / 1e9:.1f} GFLOP/s", flush=True)
+    names = args.models or (["mamba-small", "mamba2-small"] if args.quick else list(MODELS))
+    rows = []
+    if args.shapes is not None:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+    else:
+        shapes = [(b, L) for L in ((512,) if args.quick else (512, 2048)) for b in (1, 4)]
+    n_new = args.new_tokens or (16 if args.quick else 32)
+    for name in names:
+        bench_model(name, MODELS[name], shapes, (1, 4), n_new, 3, rows, bw, rate)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(bandwidth=bw, matmul=rate, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
