@@ -50,3 +50,36 @@ run smnist_mamba --task smnist --task-opt size=14 --layer mamba --d-model 64 --n
 run listops_s4d --task listops --layer s4d --d-model 64 --n-layers 4 --lr 3e-3 --batch-size 32 --epochs 8 \
     --pooling mean --time-budget 240
 fi
+
+# The shipped recipes (src/ssmkit/recipes/*.yaml), as measured in docs/training.md ("Measured with
+# the recipes"): two runs at a time, one thread each, each within its recipe's 1500 s budget.
+if [ "$GROUP" = all ] || [ "$GROUP" = recipes ]; then
+PY=${PY:-.venv/bin/python}
+UCR_DIR="$OUT/synthetic_ucr"
+"$PY" "$(dirname "$0")/make_synthetic_ucr.py" "$UCR_DIR" > /dev/null
+run recipe_smnist --recipe smnist --threads 1 &
+run recipe_induction_heads --recipe induction_heads --threads 1 &
+wait
+for L in 256 4096; do
+  "$SSMKIT" evaluate "$OUT/recipe_induction_heads" --task-opt test_length=$L --task-opt n_test=200 \
+      > "$OUT/recipe_induction_heads_$L.json" || true
+done
+run recipe_selective_copying --recipe selective_copying --threads 1 &
+run recipe_listops --recipe listops --threads 1 &
+wait
+for ds in SyntheticControl CBF; do
+  run recipe_ucr_$ds --recipe ucr --task-opt archive="$UCR_DIR" --task-opt dataset=$ds --threads 1
+done
+"$PY" - "$UCR_DIR" <<'PYEOF' > "$OUT/ucr_one_nn.txt"
+import sys
+from ssmkit.tasks import build_task
+from ssmkit.tasks.baselines import one_nn_accuracy
+for ds in ("SyntheticControl", "CBF"):
+    print(ds, one_nn_accuracy(build_task("ucr", archive=sys.argv[1], dataset=ds)))
+PYEOF
+"$SSMKIT" compare "$OUT/recipe_smnist=S4D" --out docs/figures/recipe_smnist.png --title "smnist recipe"
+"$SSMKIT" compare "$OUT/recipe_induction_heads=Mamba" --out docs/figures/recipe_induction_heads.png \
+    --title "induction_heads recipe (length 256, from scratch)"
+"$SSMKIT" compare "$OUT/recipe_ucr_SyntheticControl=SyntheticControl" "$OUT/recipe_ucr_CBF=CBF" \
+    --out docs/figures/recipe_ucr.png --title "ucr recipe (S4D): validation curves"
+fi
