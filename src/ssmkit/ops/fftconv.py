@@ -55,7 +55,8 @@ class _CausalConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gu = torch.fft.irfft(Gf * Kf.conj(), n=n)[..., :L]
         if ctx.needs_input_grad[1]:
-            gK = torch.fft.irfft(torch.linalg.vecdot(Uf, Gf, dim=0), n=n)[..., :ctx.Lk]  # Σ_b conj(Û) Ĝ
+            # Σ_b conj(Û) Ĝ: a product and a sum (linalg.vecdot materialised conj(Û) first, 2-3x slower)
+            gK = torch.fft.irfft((Uf.conj() * Gf).sum(0), n=n)[..., :ctx.Lk]
         return gu, gK
 
 
