@@ -56,6 +56,27 @@ def test_linear_scan_broadcast_a_and_dtype_promotion(L):
     torch.testing.assert_close(gb1, gb2, rtol=1e-10, atol=1e-12)
 
 
+# a step shared by every time and batch entry: the time-invariant path (powers computed once)
+@pytest.mark.parametrize("a_shape", [(3,), (1, 1, 2, 3), (2, 1), (1, 3)])
+@pytest.mark.parametrize("L", [9, 150])
+@pytest.mark.parametrize("use_h0", [True, False])
+def test_linear_scan_time_invariant_step_equals_reference(a_shape, L, use_h0):
+    g = torch.Generator().manual_seed(L + len(a_shape))
+    shape = (3, L, 2, 3)
+    a = 0.97 * torch.rand(a_shape, generator=g, dtype=f64) * torch.exp(1j * torch.rand(a_shape, generator=g, dtype=f64))
+    a.requires_grad_()
+    b = torch.randn(shape, generator=g, dtype=c128, requires_grad=True)
+    h0 = torch.randn((3, 2, 3), generator=g, dtype=c128, requires_grad=True) if use_h0 else None
+    h1, h2 = linear_scan(a, b, h0), linear_scan_ref(a, b, h0)
+    torch.testing.assert_close(h1, h2, rtol=1e-12, atol=1e-12)
+    w = torch.randn(shape, generator=g, dtype=c128)
+    inputs = (a, b) + ((h0,) if use_h0 else ())
+    loss = lambda h: (h * w).real.sum()
+    for x, y in zip(torch.autograd.grad(loss(h1), inputs), torch.autograd.grad(loss(h2), inputs)):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
 def test_linear_scan_blocked_threshold_is_exercised():
     # the parametrised lengths above cover both sides of the switch to the blocked scan
     assert 17 < scan_mod._BLOCKED_MIN_LENGTH <= 64

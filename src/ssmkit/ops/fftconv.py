@@ -52,10 +52,11 @@ class _CausalConv(torch.autograd.Function):
         n = 2 * L
         Gf = torch.fft.rfft(gy, n=n)
         gu = gK = None
-        if ctx.needs_input_grad[0]:
-            gu = torch.fft.irfft(Gf * Kf.conj(), n=n)[..., :L]
         if ctx.needs_input_grad[1]:
-            gK = torch.fft.irfft(torch.linalg.vecdot(Uf, Gf, dim=0), n=n)[..., :ctx.Lk]  # Σ_b conj(Û) Ĝ
+            # Σ_b conj(Û) Ĝ: a product and a sum (linalg.vecdot materialised conj(Û) first, 2-3x slower)
+            gK = torch.fft.irfft((Uf.conj() * Gf).sum(0), n=n)[..., :ctx.Lk]
+        if ctx.needs_input_grad[0]:
+            gu = torch.fft.irfft(Gf.mul_(Kf.conj()), n=n)[..., :L]  # Ĝ is ours: multiplied in place
         return gu, gK
 
 
