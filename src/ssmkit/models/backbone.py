@@ -28,6 +28,7 @@ from torch import nn
 from .._checks import (check_bool, check_choice, check_float, check_fraction, check_mask, check_positive_int,
                        trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
+from .mixer import ChannelMixer
 
 __all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
 
@@ -72,8 +73,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm = make_norm(norm, d_model, norm_eps, device=device, dtype=dtype)
         self.layer = layer
-        self.mixer = (nn.Sequential(nn.GELU(), nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype),
-                                    nn.GLU(dim=-1))
+        self.mixer = (ChannelMixer(d_model, device=device, dtype=dtype)
                       if getattr(layer, "needs_channel_mixer", False) else nn.Identity())
         self.dropout = nn.Dropout(dropout)
         self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32

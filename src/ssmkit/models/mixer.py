@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_positive_int
+
 __all__ = ["ChannelMixer", "channel_mixer"]
 
 
@@ -80,8 +82,7 @@ class ChannelMixer(nn.Sequential):
     """
 
     def __init__(self, d_model: int, device=None, dtype=None):
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be an int >= 1, got {d_model!r}")
+        check_positive_int("d_model", d_model)
         super().__init__(nn.GELU(), nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype), nn.GLU(dim=-1))
         self.d_model = d_model
 
