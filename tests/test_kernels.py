@@ -237,3 +237,31 @@ def test_rational_kernel_equals_reference_and_aliased_impulse_response(N, L):
     n = L * (2000 // L + 3)
     h = _impulse_response(a.numpy(), b.numpy(), n)
     assert rel(ref, torch.from_numpy(h.reshape(-1, L).sum(0))) < 1e-10
+
+
+def test_kernels_reliability_regressions():
+    """conj_pairs takes a bool only; an empty batch of channels gives an empty kernel."""
+    from helpers import raises_naming
+    from ssmkit.kernels import dplr_kernel
+
+    w = -0.1 + 1j * torch.randn(2, 3, dtype=torch.float64)
+    CB = torch.randn(2, 3, dtype=torch.complex128)
+    for bad in (0, 1, "yes", None):
+        with raises_naming(TypeError, "conj_pairs"):
+            vandermonde_kernel(w, CB, 8, conj_pairs=bad)
+        with raises_naming(TypeError, "conj_pairs"):
+            dplr_kernel(w, torch.zeros(1, 2, 3, dtype=torch.complex128), CB, CB, torch.ones(2, dtype=torch.float64) * 0.1,
+                        8, conj_pairs=bad)
+    for cd, rd in ((torch.complex64, torch.float32), (torch.complex128, torch.float64)):
+        z = torch.zeros(0, 3, dtype=cd)
+        for conj, out_dtype in ((True, rd), (False, cd)):
+            for method in ("vandermonde", "cauchy"):
+                K = dplr_kernel(z, torch.zeros(1, 0, 3, dtype=cd), z, z, torch.zeros(0, dtype=rd), 6, conj_pairs=conj,
+                                method=method)
+                assert K.shape == (0, 6) and K.dtype == out_dtype
+    for rd in (torch.float32, torch.float64):
+        a = torch.zeros(0, 4, dtype=rd)
+        for L in (1, 17):
+            K = rational_kernel(a, a, L, h0=torch.zeros(0, dtype=rd))
+            assert K.shape == (0, L) and K.dtype == rd
+        assert rational_kernel(torch.zeros(2, 0, 3, dtype=rd), torch.zeros(1, 3, dtype=rd), 5).shape == (2, 0, 5)

@@ -51,6 +51,10 @@ def rational_kernel(a: torch.Tensor, b: torch.Tensor, L: int, h0: Optional[torch
     except RuntimeError:
         raise ValueError(f"a and b must have broadcastable leading dimensions, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}") from None
+    if h0 is not None:
+        check_tensor("h0", h0, shape=tuple(lead), dtypes=FULL_PRECISION)
+    if lead.numel() == 0:  # an empty batch: no kernel to compute (the FFT refuses 0 rows)
+        return torch.zeros(*lead, L, dtype=dtype, device=a.device)
     one = torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)
     den = torch.fft.rfft(fold(torch.cat([one, a], -1), L), n=L)
     if value_checks_enabled() and den.numel() and bool((den.abs() <= torch.finfo(dtype).tiny).any()):
@@ -61,7 +65,6 @@ def rational_kernel(a: torch.Tensor, b: torch.Tensor, L: int, h0: Optional[torch
     if value_checks_enabled() and K.numel() and not bool(torch.isfinite(K).all()):
         raise ValueError("a: the kernel is not finite (a pole on or next to the unit circle)")
     if h0 is not None:
-        check_tensor("h0", h0, shape=tuple(lead), dtypes=FULL_PRECISION)
         K = K.clone()
         K[..., 0] = K[..., 0] + h0
     return K

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import (check_bool, check_dt_range, check_even_int, check_finite, check_int, check_mask, check_positive,
-                       check_positive_int, check_sequence_input, check_state, check_step_input, trusted_inputs)
+                       check_positive_int, check_sequence_input, check_state, check_step_input, right_padding_lengths,
+                       trusted_inputs)
 from ..hippo.nplr import nplr
 from ..ops.scan import linear_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
@@ -84,9 +85,12 @@ class S5(SequenceLayer):
         check_sequence_input(x, self.d_model)
         check_bool("return_state", return_state)
         mask = check_mask(mask, x)
+        right_padding_lengths(mask, x.shape[1])  # (refuses any other mask pattern, as the other layers do)
         if initial_state is not None:
             check_state("initial_state", initial_state, (x.shape[0], self.d_state // 2))
         dA, dB, C = self._discrete()
+        if initial_state is not None:  # computed in the parameters' precision: the state is cast to it
+            initial_state = initial_state.to(dB.dtype)
         Bu = torch.einsum("mh,blh->blm", dB, x.to(dB.dtype))  # (B, L, M)
         a = dA.expand_as(Bu)
         if mask is not None:  # padded positions: a = 1, b = 0, the state passes through unchanged
