@@ -474,8 +474,9 @@ def test_step_refuses_a_non_numeric_u_t_and_checks_times_on_an_empty_batch():
     mem = HiPPO("lagt", 2, dt=0.1)
     with raises_naming(TypeError, "u_t"):
         mem.step(torch.zeros(0, 2, dtype=f64), "a string", t=4.9, t_prev=4.4)
-    with raises_naming(TypeError, "u_t"):
-        mem.step(torch.zeros(3, 2, dtype=f64), True, 1)
+    for bad in (True, [1.0, 2.0, 3.0], None):  # a number or a tensor only
+        with raises_naming(TypeError, "u_t"):
+            mem.step(torch.zeros(3, 2, dtype=f64), bad, 1)
     empty = torch.zeros(0, 6, dtype=f64)
     legt = HiPPO("legt", 6, dt=0.1)
     for t_prev in (float("-inf"), float("nan")):  # t - t_prev = inf: refused even with nothing to advance

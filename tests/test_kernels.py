@@ -265,3 +265,19 @@ def test_kernels_reliability_regressions():
             K = rational_kernel(a, a, L, h0=torch.zeros(0, dtype=rd))
             assert K.shape == (0, L) and K.dtype == rd
         assert rational_kernel(torch.zeros(2, 0, 3, dtype=rd), torch.zeros(1, 3, dtype=rd), 5).shape == (2, 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rational_kernel_refuses_a_pole_on_the_circle_in_float32_too(dtype):
+    """(1 - z)(stable factor): the denominator at z = 1 is zero only up to rounding (~1e-7 in
+    float32), which must still be read as a pole on the unit circle."""
+    from helpers import raises_naming
+
+    stable = poly_from_roots(torch.tensor([0.5 + 0.3j, 0.5 - 0.3j, -0.4], dtype=torch.complex128)).real
+    full = torch.cat([torch.ones(1, dtype=torch.float64), stable])  # 1 + a_1 z + ...
+    with_unit = torch.cat([full, torch.zeros(1, dtype=torch.float64)]) - torch.cat([torch.zeros(1, dtype=torch.float64), full])
+    a = with_unit[1:].unsqueeze(0).to(dtype)
+    for L in (1, 13, 64):
+        with raises_naming(ValueError, "a"):
+            rational_kernel(a, torch.ones_like(a), L)
+    assert torch.isfinite(rational_kernel(stable.unsqueeze(0).to(dtype), torch.ones(1, 3, dtype=dtype), 13)).all()

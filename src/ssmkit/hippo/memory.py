@@ -198,14 +198,8 @@ class HiPPO:
         check_tensor("c", c, floating=True)
         if c.shape[-1] != self.N:
             raise ValueError(f"c must have shape (..., {self.N}), got {tuple(c.shape)}")
-        if not isinstance(u_t, torch.Tensor):
-            if isinstance(u_t, (bool, str, bytes)) or u_t is None:
-                raise TypeError(f"u_t must be a number or a tensor of shape {tuple(c.shape[:-1])}, got {u_t!r}")
-            try:
-                u_t = torch.as_tensor(u_t, dtype=c.dtype, device=c.device)
-            except (TypeError, ValueError, RuntimeError):
-                raise TypeError(f"u_t must be a number or a tensor of shape {tuple(c.shape[:-1])}, "
-                                f"got {type(u_t).__name__}") from None
+        if not isinstance(u_t, torch.Tensor):  # a real number (not a bool, a string or a list)
+            u_t = torch.tensor(check_float("u_t", u_t), dtype=c.dtype, device=c.device)
         elif u_t.is_complex():
             raise TypeError(f"u_t must be real, got dtype {u_t.dtype}")
         else:

@@ -112,5 +112,5 @@ class S5(SequenceLayer):
         check_step_input(x_t, self.d_model)
         check_state("state", state, (x_t.shape[0], self.d_state // 2))
         dA, dB, C = self._discrete()
-        state = dA * state + x_t.to(dB.dtype) @ dB.T
+        state = dA * state.to(dB.dtype) + x_t.to(dB.dtype) @ dB.T  # (the state is cast as in forward)
         return F.gelu(2 * (state @ C.T).real + self.D * x_t).to(x_t.dtype), state
