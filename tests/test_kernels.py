@@ -237,3 +237,47 @@ def test_rational_kernel_equals_reference_and_aliased_impulse_response(N, L):
     n = L * (2000 // L + 3)
     h = _impulse_response(a.numpy(), b.numpy(), n)
     assert rel(ref, torch.from_numpy(h.reshape(-1, L).sum(0))) < 1e-10
+
+
+def test_kernels_reliability_regressions():
+    """conj_pairs takes a bool only; an empty batch of channels gives an empty kernel."""
+    from helpers import raises_naming
+    from ssmkit.kernels import dplr_kernel
+
+    w = -0.1 + 1j * torch.randn(2, 3, dtype=torch.float64)
+    CB = torch.randn(2, 3, dtype=torch.complex128)
+    for bad in (0, 1, "yes", None):
+        with raises_naming(TypeError, "conj_pairs"):
+            vandermonde_kernel(w, CB, 8, conj_pairs=bad)
+        with raises_naming(TypeError, "conj_pairs"):
+            dplr_kernel(w, torch.zeros(1, 2, 3, dtype=torch.complex128), CB, CB, torch.ones(2, dtype=torch.float64) * 0.1,
+                        8, conj_pairs=bad)
+    for cd, rd in ((torch.complex64, torch.float32), (torch.complex128, torch.float64)):
+        z = torch.zeros(0, 3, dtype=cd)
+        for conj, out_dtype in ((True, rd), (False, cd)):
+            for method in ("vandermonde", "cauchy"):
+                K = dplr_kernel(z, torch.zeros(1, 0, 3, dtype=cd), z, z, torch.zeros(0, dtype=rd), 6, conj_pairs=conj,
+                                method=method)
+                assert K.shape == (0, 6) and K.dtype == out_dtype
+    for rd in (torch.float32, torch.float64):
+        a = torch.zeros(0, 4, dtype=rd)
+        for L in (1, 17):
+            K = rational_kernel(a, a, L, h0=torch.zeros(0, dtype=rd))
+            assert K.shape == (0, L) and K.dtype == rd
+        assert rational_kernel(torch.zeros(2, 0, 3, dtype=rd), torch.zeros(1, 3, dtype=rd), 5).shape == (2, 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rational_kernel_refuses_a_pole_on_the_circle_in_float32_too(dtype):
+    """(1 - z)(stable factor): the denominator at z = 1 is zero only up to rounding (~1e-7 in
+    float32), which must still be read as a pole on the unit circle."""
+    from helpers import raises_naming
+
+    stable = poly_from_roots(torch.tensor([0.5 + 0.3j, 0.5 - 0.3j, -0.4], dtype=torch.complex128)).real
+    full = torch.cat([torch.ones(1, dtype=torch.float64), stable])  # 1 + a_1 z + ...
+    with_unit = torch.cat([full, torch.zeros(1, dtype=torch.float64)]) - torch.cat([torch.zeros(1, dtype=torch.float64), full])
+    a = with_unit[1:].unsqueeze(0).to(dtype)
+    for L in (1, 13, 64):
+        with raises_naming(ValueError, "a"):
+            rational_kernel(a, torch.ones_like(a), L)
+    assert torch.isfinite(rational_kernel(stable.unsqueeze(0).to(dtype), torch.ones(1, 3, dtype=dtype), 13)).all()

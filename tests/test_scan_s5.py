@@ -221,3 +221,28 @@ def test_s5_bad_input():
         layer.log_dt[0] = float("nan")
     with pytest.raises(ValueError, match="log_dt"):
         layer(torch.randn(2, 5, 4))
+
+
+def test_s5_initial_state_of_another_dtype_is_cast_and_mask_must_be_right_padding():
+    """A complex128 (or real) initial state on a float32 layer runs in the layer's precision: it
+    matches the float64 layer from the same state to float32 accuracy; a mask with a gap is refused."""
+    torch.manual_seed(0)
+    layer = S5(4, 4)
+    x = torch.randn(2, 6, 4)
+    h0 = torch.randn(2, 2, dtype=torch.complex128) * 0.5
+    y, h = layer(x, initial_state=h0, return_state=True)
+    y64, h64 = layer.double()(x.double(), initial_state=h0, return_state=True)
+    layer.float()
+    assert y.dtype == torch.float32 and h.dtype == torch.complex64
+    assert _rel(y.double(), y64) < 1e-5 and _rel(h.to(torch.complex128), h64) < 1e-5
+    y_real = layer(x, initial_state=h0.real.float())  # a real state is a complex one with zero imaginary part
+    assert _rel(y_real, layer(x, initial_state=h0.real.to(torch.complex64))) < 1e-6
+    layer(x, initial_state=layer.initial_state(2, dtype=torch.float64))  # the layer's own float64 state
+    y1, h1 = layer.step(x[:, 0], h0)  # step casts its state the same way
+    assert h1.dtype == torch.complex64 and _rel(y1, y[:, 0]) < 1e-6
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 2] = False
+    with raises_naming(ValueError, "mask"):
+        layer(x, mask=mask)
+    mask[0, 2:] = False  # right padding is accepted
+    assert layer(x, mask=mask).shape == (2, 6, 4)

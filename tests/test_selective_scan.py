@@ -405,3 +405,20 @@ def test_long_mixed_grouping_reads_only_its_operands():
         y2, h2 = selective_scan(u, delta, A, B, C.unsqueeze(1).expand(1, 2, 16, L), delta_softplus=True,
                                 return_last_state=True, native=True)
     assert torch.isfinite(y1).all() and torch.equal(y1, y2) and torch.equal(h1, h2)
+
+
+def test_bool_flags_take_a_bool_only():
+    """0/1 compare equal to False/True, so a membership test would let them through; every flag is checked."""
+    g = torch.Generator().manual_seed(0)
+    for bsz in (0, 2):
+        u = torch.randn(bsz, 4, 5, generator=g)
+        kw = dict(u=u, delta=torch.rand(bsz, 4, 5, generator=g), A=-torch.rand(4, 3, generator=g),
+                  B=torch.randn(bsz, 3, 5, generator=g), C=torch.randn(bsz, 3, 5, generator=g))
+        for flag in ("delta_softplus", "return_last_state", "native"):
+            for bad in (0, 1, 1.0, "yes"):
+                with raises_naming(TypeError, flag):
+                    selective_scan(**kw, **{flag: bad})
+        for flag in ("delta_softplus", "return_last_state"):
+            with raises_naming(TypeError, flag):
+                selective_scan_ref(**kw, **{flag: 0})
+        assert selective_scan(**kw, native=None).shape == (bsz, 4, 5)

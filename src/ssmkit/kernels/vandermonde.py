@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import FULL_PRECISION, check_positive_int, check_tensor
+from .._checks import FULL_PRECISION, check_bool, check_positive_int, check_tensor
 
 # real or complex, full precision: half precision is refused by name (the kernels' parameters are float32/64)
 KERNEL_DTYPES = FULL_PRECISION + (torch.complex64, torch.complex128)
@@ -61,6 +61,7 @@ def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block
         if t.dim() == 0:
             raise ValueError(f"{name} must have shape (..., M), got a 0-dimensional tensor")
     check_positive_int("L", L)
+    check_bool("conj_pairs", conj_pairs)
     c = default_block(L) if lag_block is None else check_positive_int("lag_block", lag_block)
     c = min(c, L)
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, CB.dtype), torch.complex64)
