@@ -26,7 +26,7 @@ def poly_from_roots(roots: torch.Tensor) -> torch.Tensor:
     Real or complex ``roots`` (any floating dtype); the result has their dtype."""
     check_tensor("roots", roots, floating=True, complex_ok=True)
     if roots.dim() < 1:
-        raise ValueError(f"roots must have shape (..., N), got a 0-dimensional tensor")
+        raise ValueError("roots must have shape (..., N), got a 0-dimensional tensor")
     N = roots.shape[-1]
     c = torch.zeros(*roots.shape[:-1], N + 1, dtype=roots.dtype, device=roots.device)
     c[..., 0] = 1

@@ -110,14 +110,14 @@ def vandermonde_reduce(log_dA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     H, M = log_dA.shape
     if v.shape[1] != H:
         raise ValueError(f"v must have shape (batch, {H}, length), got {tuple(v.shape)}")
-    Bsz, _, L = v.shape
+    bsz, _, L = v.shape
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, v.dtype), torch.complex64)
     w = log_dA.to(cdtype)
-    if L == 0 or Bsz == 0:
-        return torch.zeros(Bsz, H, M, dtype=cdtype, device=v.device)
+    if L == 0 or bsz == 0:
+        return torch.zeros(bsz, H, M, dtype=cdtype, device=v.device)
     c = default_block(L)
     Q = -(-L // c)
-    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(Bsz, H, Q, c)
+    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(bsz, H, Q, c)
     T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype).transpose(-1, -2)  # (H, c, M)
     Wq = _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype).transpose(-1, -2)  # (H, Q, M)
     if v.is_complex():

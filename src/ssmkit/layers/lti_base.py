@@ -5,7 +5,7 @@ A subclass provides
 - ``kernel(L) -> (n_kernels, L)``: the real convolution kernel ``K_k = C Ā^k B̄``
   (``n_kernels = d_model``, or ``2 d_model`` for a bidirectional layer: forward kernels first);
 - ``discrete_ssm() -> (Ad, Bd, C, D)``: the dense recurrence it steps with;
-- ``_advance(state, u_t) -> state`` (``x_k = Ā x_{k-1} + B̄ u_k``) and ``_readout(state) -> (B, H)``
+- ``_advance(state, u_t) -> state`` (``x_k = Ā x_{k-1} + B̄ u_k``) and ``_readout(state) -> (batch, H)``
   (``C x_k``), from which :meth:`step` is built;
 - the class attributes ``complex_state`` and the property ``state_width`` (the state is
   (batch, d_model, state_width), complex when ``complex_state``),
@@ -144,7 +144,7 @@ class LTILayer(SequenceLayer):
                              "output at a position depends on later inputs, so it has no causal recurrence")
 
     def step(self, x_t: torch.Tensor, state) -> Tuple[torch.Tensor, Any]:
-        """One token: ``x_t`` (B, H) -> ``(y_t, state)``."""
+        """One token: ``x_t`` (batch, H) -> ``(y_t, state)``."""
         self._refuse_bidirectional("step")
         check_step_input(x_t, self.d_model)
         self._check_state("state", state, x_t.shape[0])
@@ -169,11 +169,11 @@ class LTILayer(SequenceLayer):
             self._refuse_bidirectional("initial_state")
         if return_state:
             self._refuse_bidirectional("return_state")
-        B, L, H = x.shape
+        bsz, L, H = x.shape
         mask = check_mask(mask, x)
         lengths = right_padding_lengths(mask, L)
         if initial_state is not None:
-            self._check_state("initial_state", initial_state, B)
+            self._check_state("initial_state", initial_state, bsz)
         with trusted_inputs():
             if mask is not None:
                 x = x * mask[..., None]

@@ -92,11 +92,11 @@ class Mamba(SequenceLayer):
 
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
-        Bsz, L, _ = x.shape
+        bsz, L, _ = x.shape
         mask = check_mask(mask, x)
         lengths = padding_lengths(mask, L)
         if initial_state is not None:
-            self._check_state(initial_state, Bsz, "initial_state")
+            self._check_state(initial_state, bsz, "initial_state")
             conv0, h0 = initial_state
         else:
             conv0, h0 = None, None

@@ -98,8 +98,8 @@ def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, 
 
 
 def causal_conv_ref(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The same convolution by the definition (O(L²)), (B, L, H) layout: the reference for :func:`fftconv`."""
-    B, L, H = u.shape
+    """The same convolution by the definition (O(L²)), (batch, L, H) layout: the reference for :func:`fftconv`."""
+    L = u.shape[1]
     y = torch.zeros_like(u)
     for k in range(L):
         for j in range(min(k + 1, K.shape[1])):
