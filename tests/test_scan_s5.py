@@ -230,12 +230,12 @@ def test_s5_initial_state_of_another_dtype_is_cast_and_mask_must_be_right_paddin
     y64, h64 = layer.double()(x.double(), initial_state=h0, return_state=True)
     layer.float()
     assert y.dtype == torch.float32 and h.dtype == torch.complex64
-    assert _rel(y.double(), y64) < 1e-5 and _rel(h.to(torch.complex128), h64) < 1e-5
+    assert rel_err(y.double(), y64) < 1e-5 and rel_err(h.to(torch.complex128), h64) < 1e-5
     y_real = layer(x, initial_state=h0.real.float())  # a real state is a complex one with zero imaginary part
-    assert _rel(y_real, layer(x, initial_state=h0.real.to(torch.complex64))) < 1e-6
+    assert rel_err(y_real, layer(x, initial_state=h0.real.to(torch.complex64))) < 1e-6
     layer(x, initial_state=layer.initial_state(2, dtype=torch.float64))  # the layer's own float64 state
     y1, h1 = layer.step(x[:, 0], h0)  # step casts its state the same way
-    assert h1.dtype == torch.complex64 and _rel(y1, y[:, 0]) < 1e-6
+    assert h1.dtype == torch.complex64 and rel_err(y1, y[:, 0]) < 1e-6
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[0, 2] = False
     with raises_naming(ValueError, "mask"):
