@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import (check_bool, check_choice, check_float, check_fraction, check_mask, check_positive_int,
-                       trusted_inputs, value_checks_enabled)
+                       match_parameter_dtype, trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
 
 __all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
@@ -222,7 +222,8 @@ class Backbone(nn.Module):
         return torch.zeros(b, L, self.d_model, device=p.device, dtype=dtype)
 
     def _embed(self, x):
-        h = self.encoder(x)
+        # real features in another floating dtype are cast to the encoder's (docs/reliability.md)
+        h = self.encoder(match_parameter_dtype(x, self.encoder.weight.dtype))
         return h.float() if self.residual_in_fp32 else h
 
     def _final(self, h):
