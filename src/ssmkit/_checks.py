@@ -284,12 +284,14 @@ def match_parameter_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     is cast to ``dtype`` (so a float32 model computes in float32 whatever it is given), and
     the caller returns its output in the input's dtype (layers) or the model's dtype (models).
 
-    Inside ``torch.autocast`` on the input's device the input is left as it is: mixed
-    precision is expected there and autocast chooses each operation's dtype. Non-floating
-    inputs (token ids) are returned unchanged."""
+    Inside ``torch.autocast`` on the input's device, an input in the autocast dtype is left as
+    it is: mixed precision is expected there and autocast chooses each operation's dtype (other
+    dtypes, e.g. float64, which autocast does not convert, are still cast). Non-floating inputs
+    (token ids) are returned unchanged."""
     if x.dtype == dtype or not x.is_floating_point() or not dtype.is_floating_point:
         return x
-    if torch.is_autocast_enabled(x.device.type):
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype == torch.get_autocast_dtype(device):
         return x
     return x.to(dtype)
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_dt_range, check_float, check_int, check_mask, check_positive_int, check_sequence_input,
-                       check_step_input, match_parameter_dtype)
+from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
+                       check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
@@ -52,6 +52,8 @@ class Mamba(SequenceLayer):
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
         check_float("dt_init_floor", dt_init_floor, low=0.0)
+        check_bool("bias", bias)
+        check_bool("conv_bias", conv_bias)
         fk = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = E = expand * d_model

@@ -84,6 +84,10 @@ class Mamba2(SequenceLayer):
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
         check_float("dt_init_floor", dt_init_floor, low=0.0)
+        if not isinstance(A_init_range, (tuple, list)) or len(A_init_range) != 2:
+            raise TypeError(f"A_init_range must be a (low, high) pair, got {A_init_range!r}")
+        a_lo = check_float("A_init_range", A_init_range[0], low=0.0, low_open=True)
+        a_hi = check_float("A_init_range", A_init_range[1], low=a_lo)  # A = -exp(A_log) in -[low, high]
         check_bool("bias", bias)
         check_bool("conv_bias", conv_bias)
         check_bool("norm_before_gate", norm_before_gate)
@@ -109,7 +113,7 @@ class Mamba2(SequenceLayer):
         to = {k: v for k, v in fk.items() if v is not None}
         dt = torch.exp(log_uniform_dt(H, dt_min, dt_max)).clamp(min=dt_init_floor)
         self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(**to))  # softplus⁻¹(dt)
-        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)).to(**to))
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(a_lo, a_hi)).to(**to))
         self.D = nn.Parameter(torch.ones(H, **fk))
         for p in (self.dt_bias, self.A_log, self.D):
             set_optim_hints(p, weight_decay=0.0)

@@ -153,6 +153,8 @@ class Backbone(nn.Module):
             self.padded_vocab_size = None
             self.encoder = nn.Linear(d_input, d_model, **fk)
         self.d_input = d_input
+        if layer_kwargs is not None and not isinstance(layer_kwargs, dict):
+            raise TypeError(f"layer_kwargs must be a dict of the layer's options (or None), got {type(layer_kwargs).__name__}")
         kw = dict(layer_kwargs or {})
         self.layer_kwargs = dict(kw)
         self.blocks = nn.ModuleList([
@@ -188,6 +190,8 @@ class Backbone(nn.Module):
         if not isinstance(states, (list, tuple)) or len(states) != len(self.blocks):
             got = f"{len(states)} entries" if isinstance(states, (list, tuple)) else type(states).__name__
             raise ValueError(f"{name} must be a list of one state per layer ({len(self.blocks)}), got {got}")
+        for i, (given, block) in enumerate(zip(states, self.blocks)):
+            _check_state_like(f"{name}[{i}]", given, block.layer.initial_state(batch, device="meta"))
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, x, mask=None, states: Optional[List[Any]] = None, return_state: bool = False):
@@ -267,6 +271,25 @@ class Backbone(nn.Module):
             h, s = block.step(h, s)
             new.append(s)
         return self._final(h), new
+
+
+def _check_state_like(name: str, given, template) -> None:
+    """``given`` has the structure of ``template`` (a layer's ``initial_state``): a tensor, or a
+    tuple of tensors, of the same shapes, floating (complex where the template is complex)."""
+    parts = template if isinstance(template, tuple) else (template,)
+    if isinstance(template, tuple):
+        if not isinstance(given, (tuple, list)) or len(given) != len(parts):
+            raise ValueError(f"{name} must be a tuple of {len(parts)} tensors like the layer's initial_state, "
+                             f"got {type(given).__name__}")
+        got = tuple(given)
+    else:
+        got = (given,)
+    for g, t in zip(got, parts):
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != tuple(t.shape):
+            raise ValueError(f"{name} must hold tensors of shape {tuple(t.shape)}, got "
+                             f"{tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__}")
+        if not (g.is_floating_point() or (t.is_complex() and g.is_complex())):
+            raise TypeError(f"{name} must hold {'complex' if t.is_complex() else 'floating-point'} tensors, got {g.dtype}")
 
 
 def _left_padding_shift(mask: torch.Tensor) -> Optional[torch.Tensor]:
