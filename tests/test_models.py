@@ -248,3 +248,19 @@ def test_backbone_and_head_arguments_are_named():
         bb(torch.zeros(3, 3, 2), states=states)
     with raises_naming(TypeError, "states"):
         bb.step(torch.zeros(3, 2), states)
+
+
+@pytest.mark.parametrize("name,kw", [("s4d", {"d_state": 4}), ("s4", {"d_state": 4, "l_max": 8}),
+                                     ("rtf", {"d_state": 4, "l_max": 8}), ("s5", {"d_state": 4}),
+                                     ("mamba", {"d_state": 4}), ("mamba2", {"d_state": 4, "headdim": 4})])
+def test_every_layer_computes_another_input_dtype_in_its_parameters_dtype(name, kw):
+    # the one rule (docs/reliability.md): cast to the parameters' dtype, returned in the input's
+    from ssmkit.layers import get_layer
+    torch.manual_seed(6)
+    layer = get_layer(name)(8, **kw).eval()
+    x = torch.randn(2, 6, 8, dtype=f64)
+    with torch.no_grad():
+        y, yt = layer(x), layer.step(x[:, 0], layer.initial_state(2))[0]
+        assert y.dtype == f64 and yt.dtype == f64
+        assert torch.equal(y, layer(x.float()).double())
+        assert torch.equal(yt, layer.step(x[:, 0].float(), layer.initial_state(2))[0].double())

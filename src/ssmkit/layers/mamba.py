@@ -15,6 +15,8 @@ handled by the model, :class:`ssmkit.models.Backbone`). A non-finite ``A_log`` (
 skipped inside ``trusted_inputs``, where a model has checked its input once).
 
 Half-precision weights (bfloat16, float16): the scan and the recurrent SSM state are float32.
+An input in another floating dtype than the weights is cast to theirs and the output returned
+in the input's dtype (left alone inside autocast; docs/reliability.md).
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ The SSD scan is computed in chunks of at most ``chunk_size`` steps, evened out o
 chunks. ``A_log`` must be finite (ValueError otherwise), so ``A`` is finite and negative. ``step`` decodes one token in O(1), carrying the conv
 window and the (heads, headdim, d_state) state. Padding: right padding only; padded positions
 get Δ = 0 and zero conv input, so they leave the state unchanged (left-padded batches are
-handled by the model). Half-precision weights: the SSD scan and the state are float32.
+handled by the model). Half-precision weights: the SSD scan and the state are float32. An input
+in another floating dtype than the weights is cast to theirs and the output returned in the
+input's dtype (left alone inside autocast; docs/reliability.md).
 """
 from __future__ import annotations
 
