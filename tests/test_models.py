@@ -248,6 +248,13 @@ def test_backbone_and_head_arguments_are_named():
         bb(torch.zeros(3, 3, 2), states=states)
     with raises_naming(TypeError, "states"):
         bb.step(torch.zeros(3, 2), states)
+    states = bb.initial_state(3)
+    states[1][1][0, 0, 0, 0] = float("nan")
+    with raises_naming(ValueError, "states"):
+        bb(torch.zeros(3, 3, 2), states=states)
+    for bad in (True, 2.0, float("nan")):  # d_input is checked even when a vocabulary makes it unused
+        with pytest.raises((TypeError, ValueError), match="d_input"):
+            Backbone(4, 1, "s4d", vocab_size=4, d_input=bad)
 
 
 @pytest.mark.parametrize("name,kw", [("s4d", {"d_state": 4}), ("s4", {"d_state": 4, "l_max": 8}),

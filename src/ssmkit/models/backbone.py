@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_bool, check_choice, check_float, check_fraction, check_mask, check_positive_int,
+from .._checks import (check_bool, check_choice, check_finite, check_float, check_fraction, check_mask, check_positive_int,
                        match_parameter_dtype, trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
 
@@ -143,6 +143,7 @@ class Backbone(nn.Module):
         self.d_model, self.layer_name, self.vocab_size = d_model, layer, vocab_size
         self.norm_kind, self.norm_eps, self.prenorm, self.residual_in_fp32 = norm, norm_eps, prenorm, residual_in_fp32
         self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        check_positive_int("d_input", d_input)  # (unused with a vocabulary, but still an int >= 1)
         if vocab_size is not None:
             check_positive_int("vocab_size", vocab_size)
             m = pad_vocab_size_multiple
@@ -290,6 +291,7 @@ def _check_state_like(name: str, given, template) -> None:
                              f"{tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__}")
         if not (g.is_floating_point() or (t.is_complex() and g.is_complex())):
             raise TypeError(f"{name} must hold {'complex' if t.is_complex() else 'floating-point'} tensors, got {g.dtype}")
+        check_finite(name, g)
 
 
 def _left_padding_shift(mask: torch.Tensor) -> Optional[torch.Tensor]:
