@@ -78,3 +78,35 @@ def test_mamba2_bad_input():
         layer.A_log[0] = float("nan")
     with raises_naming(ValueError, "A_log"):
         layer.step(torch.randn(2, 16), layer.initial_state(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_mamba2_other_input_dtype_is_computed_in_the_parameters_dtype(dtype):
+    torch.manual_seed(0)
+    layer = Mamba2(8, d_state=4, headdim=4, chunk_size=4).eval()
+    x = torch.randn(2, 5, 8).to(dtype)
+    with torch.no_grad():
+        y, (c, h) = layer(x, return_state=True)
+        want, (cw, hw) = layer(x.float(), return_state=True)
+        yt, _ = layer.step(x[:, 0], layer.initial_state(2))
+        want_t, _ = layer.step(x[:, 0].float(), layer.initial_state(2))
+    assert y.dtype == dtype and yt.dtype == dtype
+    assert torch.equal(y, want.to(dtype)) and torch.equal(yt, want_t.to(dtype))
+    assert torch.equal(c, cw) and torch.equal(h, hw)
+
+
+def test_mamba2_initial_state_and_constructor_arguments_are_named():
+    layer = Mamba2(8, d_state=4, headdim=4)
+    for bad in (2.0, "3", None):
+        with raises_naming(TypeError, "batch_size"):
+            layer.initial_state(bad)
+    with raises_naming(ValueError, "batch_size"):
+        layer.initial_state(-2)
+    for bad in (float("-inf"), -1):
+        with raises_naming(ValueError, "dt_init_floor"):
+            Mamba2(8, headdim=4, dt_init_floor=bad)
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0, float("inf"))):
+        with raises_naming(ValueError, "A_init_range"):
+            Mamba2(8, headdim=4, A_init_range=bad)
+    with raises_naming(TypeError, "A_init_range"):
+        Mamba2(8, headdim=4, A_init_range=3.0)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ssmkit.layers import Mamba
 from ssmkit.layers.base import run_steps
 
-from helpers import assert_pieces_equal_one_pass, raises_naming, rel_err
+from helpers import assert_close_to_reference, assert_pieces_equal_one_pass, raises_naming, rel_err
 
 f64 = torch.float64
 
@@ -93,3 +93,45 @@ def test_mamba_bad_input():
         layer.A_log[0, 0] = float("nan")
     with raises_naming(ValueError, "A_log"):
         layer.step(torch.randn(2, 8), layer.initial_state(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_input_dtype_is_computed_in_the_parameters_dtype(dtype):
+    # the rule of every layer and model (docs/reliability.md): an input in another floating dtype
+    # is cast to the parameters' dtype, and the layer returns its output in the input's dtype
+    torch.manual_seed(0)
+    layer = Mamba(8, d_state=4).eval()
+    x = torch.randn(2, 5, 8).to(dtype)
+    with torch.no_grad():
+        y, (c, h) = layer(x, return_state=True)
+        want, (cw, hw) = layer(x.float(), return_state=True)
+        yt, _ = layer.step(x[:, 0], layer.initial_state(2))
+        want_t, _ = layer.step(x[:, 0].float(), layer.initial_state(2))
+    assert y.dtype == dtype and yt.dtype == dtype
+    assert torch.equal(y, want.to(dtype)) and torch.equal(yt, want_t.to(dtype))
+    assert torch.equal(c, cw) and torch.equal(h, hw)  # states in the parameters' dtype, as initial_state
+    # inside autocast a bfloat16 input is left alone (mixed precision is expected there); the
+    # others are cast as outside it; every output comes back in the input's dtype
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = layer(x)
+        yb = layer(x.float())
+    assert ya.dtype == dtype and bool(torch.isfinite(ya).all())
+    assert_close_to_reference(ya.float(), yb.float(), 2e-2, "autocast: any input dtype")
+
+
+def test_initial_state_and_constructor_arguments_are_named():
+    layer = Mamba(4, d_state=4)
+    for bad in (2.0, "3", True, None):
+        with raises_naming(TypeError, "batch_size"):
+            layer.initial_state(bad)
+    with raises_naming(ValueError, "batch_size"):
+        layer.initial_state(-1)
+    with raises_naming(TypeError, "dtype"):
+        layer.initial_state(2, dtype="float32")
+    assert layer.initial_state(0)[1].shape == (0, 8, 4)
+    for bad in (float("-inf"), float("nan"), -0.5):
+        with raises_naming(ValueError, "dt_init_floor"):
+            Mamba(4, dt_init_floor=bad)
+    for flag in ("bias", "conv_bias"):
+        with raises_naming(TypeError, flag):
+            Mamba(4, **{flag: 0})

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .._checks import (check_bool, check_int, check_mask, check_positive_int, check_sequence_input, check_state,
-                       check_step_input, right_padding_lengths, trusted_inputs)
+                       check_step_input, match_parameter_dtype, right_padding_lengths, trusted_inputs)
 from ..kernels.state import ssm_final_state, ssm_initial_response
 from ..ops.fftconv import fftconv
 from .base import SequenceLayer
@@ -148,9 +148,10 @@ class LTILayer(SequenceLayer):
         self._refuse_bidirectional("step")
         check_step_input(x_t, self.d_model)
         self._check_state("state", state, x_t.shape[0])
+        dtype, x_t = x_t.dtype, match_parameter_dtype(x_t, self.D.dtype)
         with trusted_inputs():
             state = self._advance(state, x_t)
-            return (self._readout(state) + self.D * x_t).to(x_t.dtype), state
+            return (self._readout(state) + self.D * x_t).to(dtype), state
 
     def _final_state(self, u: torch.Tensor, state0: Optional[torch.Tensor], lengths: Optional[torch.Tensor]):
         Ad, Bd = self._dense_AB()
@@ -165,6 +166,7 @@ class LTILayer(SequenceLayer):
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
         check_bool("return_state", return_state)
+        dtype, x = x.dtype, match_parameter_dtype(x, self.D.dtype)  # docs/reliability.md
         if initial_state is not None:
             self._refuse_bidirectional("initial_state")
         if return_state:
@@ -188,7 +190,7 @@ class LTILayer(SequenceLayer):
                 y = y + self._initial_response(initial_state, L).to(y.dtype)
             if mask is not None:
                 y = y * mask[..., None]
-            y = y.to(x.dtype)  # half-precision inputs: computed in the parameters' precision, returned as given
+            y = y.to(dtype)  # computed in the parameters' dtype, returned in the input's
             if not return_state:
                 return y
             return y, self._final_state(x, initial_state, lengths)

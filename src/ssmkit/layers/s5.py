@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import (check_bool, check_dt_range, check_even_int, check_finite, check_int, check_mask, check_positive,
-                       check_positive_int, check_sequence_input, check_state, check_step_input, right_padding_lengths,
+                       check_positive_int, check_sequence_input, check_state, check_step_input, match_parameter_dtype,
+                       right_padding_lengths,
                        trusted_inputs)
 from ..hippo.nplr import nplr
 from ..ops.scan import linear_scan
@@ -84,6 +85,7 @@ class S5(SequenceLayer):
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
         check_bool("return_state", return_state)
+        dtype, x = x.dtype, match_parameter_dtype(x, self.D.dtype)  # docs/reliability.md
         mask = check_mask(mask, x)
         right_padding_lengths(mask, x.shape[1])  # (refuses any other mask pattern, as the other layers do)
         if initial_state is not None:
@@ -112,13 +114,14 @@ class S5(SequenceLayer):
         y = F.gelu(y)
         if mask is not None:
             y = y * mask[..., None]
-        y = y.to(x.dtype)
+        y = y.to(dtype)
         return (y, h[:, -1]) if return_state else y
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor):
         """One token in O(P·H): ``x = Λ̄ x + B̄ u``, ``y = GELU(2 Re(C̃ x) + D u)``."""
         check_step_input(x_t, self.d_model)
         check_state("state", state, (x_t.shape[0], self.d_state // 2))
+        dtype, x_t = x_t.dtype, match_parameter_dtype(x_t, self.D.dtype)
         dA, dB, C = self._discrete()
         state = dA * state.to(dB.dtype) + x_t.to(dB.dtype) @ dB.T  # (the state is cast as in forward)
-        return F.gelu(2 * (state @ C.T).real + self.D * x_t).to(x_t.dtype), state
+        return F.gelu(2 * (state @ C.T).real + self.D * x_t).to(dtype), state

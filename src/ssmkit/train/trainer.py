@@ -148,6 +148,8 @@ def validation_split(task: Task, seed: int = 0, fraction: float = VAL_FRACTION) 
 def load_model(path, which: str = "best"):
     """Rebuild a trained model from a run folder or checkpoint: ``(model, config, task)``.
     ``which``: ``"best"`` (the best-by-validation checkpoint when the run has one) or ``"latest"``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a run or checkpoint folder (a str or os.PathLike), got {type(path).__name__}")
     weights, _, cfg = load_checkpoint(path, load_trainer_state=False, which=which)
     config = TrainConfig.from_dict(cfg)
     task = build_task(config.task, seed=config.seed, **config.task_options)
