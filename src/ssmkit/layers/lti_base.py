@@ -136,7 +136,14 @@ class LTILayer(SequenceLayer):
                            device=device if device is not None else self.D.device)
 
     def _check_state(self, name: str, state, batch: int) -> torch.Tensor:
-        return check_state(name, state, (batch, self.d_model, self.state_width), complex_ok=True)
+        """A finite state of the right shape, cast to the dtype the layer computes its state in (the
+        parameters' precision: complex for S4 and S4D, real for RTF), as forward and step return it."""
+        check_state(name, state, (batch, self.d_model, self.state_width), complex_ok=True)
+        real = self.D.dtype
+        want = (torch.complex128 if real == torch.float64 else torch.complex64) if self.complex_state else real
+        if not self.complex_state and state.is_complex():
+            raise TypeError(f"{name} must be real for this layer (its state is {want}), got {state.dtype}")
+        return state.to(want)
 
     def _refuse_bidirectional(self, what: str) -> None:
         if self.bidirectional:
@@ -147,7 +154,7 @@ class LTILayer(SequenceLayer):
         """One token: ``x_t`` (batch, H) -> ``(y_t, state)``."""
         self._refuse_bidirectional("step")
         check_step_input(x_t, self.d_model)
-        self._check_state("state", state, x_t.shape[0])
+        state = self._check_state("state", state, x_t.shape[0])
         dtype, x_t = x_t.dtype, match_parameter_dtype(x_t, self.D.dtype)
         with trusted_inputs():
             state = self._advance(state, x_t)
@@ -175,7 +182,7 @@ class LTILayer(SequenceLayer):
         mask = check_mask(mask, x)
         lengths = right_padding_lengths(mask, L)
         if initial_state is not None:
-            self._check_state("initial_state", initial_state, bsz)
+            initial_state = self._check_state("initial_state", initial_state, bsz)
         with trusted_inputs():
             if mask is not None:
                 x = x * mask[..., None]
