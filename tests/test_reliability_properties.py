@@ -902,6 +902,14 @@ TRAIN_BAD = dict(
 )
 
 
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
 @entry("TrainConfig", examples=40)
 def _train_config(draw):
     valid = dict(task=pick(draw, ("copying", "adding", "smnist")), layer=pick(draw, ("s4d", "mamba", "s4")),
@@ -909,8 +917,11 @@ def _train_config(draw):
                  d_state=pick(draw, (None, 2, 4, 16)), lr=draw(st.floats(1e-5, 1e-1)), seed=draw(st.integers(0, 9)),
                  dropout=draw(st.floats(0, 0.5)), precision=pick(draw, ("fp32", "bf16")))
     if draw(st.booleans()):
+        # from_dict reads config files, where YAML leaves numbers such as 1e-3 as strings: it takes
+        # numeric strings for numeric fields by design (docs/training.md), so they are not bad there
+        bad = {k: tuple(v for v in vals if not (isinstance(v, str) and _is_number(v))) for k, vals in TRAIN_BAD.items()}
         return tensor_case(draw, "TrainConfig.from_dict", lambda **kw: ssmkit.TrainConfig.from_dict(kw), {}, valid,
-                           bad_scalars=TRAIN_BAD, modes=("valid", "scalar", "scalar", "scalar", "scalar"))
+                           bad_scalars=bad, modes=("valid", "scalar", "scalar", "scalar", "scalar"))
     return tensor_case(draw, "TrainConfig", lambda **kw: ssmkit.TrainConfig(**kw).validate(), {}, valid,
                        bad_scalars=TRAIN_BAD, modes=("valid", "scalar", "scalar", "scalar", "scalar"))
 
