@@ -16,7 +16,7 @@ from ssmkit.layers.base import run_steps
 
 def rel_err(actual, expected) -> float:
     """max |actual - expected| / max |expected| (absolute error when the reference is all zero)."""
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    actual, expected = torch.as_tensor(actual).detach(), torch.as_tensor(expected).detach()
     err = float((actual - expected).abs().max()) if actual.numel() else 0.0
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     return err / scale if scale > 0 else err

@@ -27,7 +27,7 @@ def test_hippo_reads_csv(tmp_path):
 
 
 def test_hippo_cli_errors(tmp_path):
-    with pytest.raises(ValueError, match="signal"):
+    with raises_naming(ValueError, "signal"):
         make_signal("square", 100)
     with pytest.raises(FileNotFoundError):
         make_signal(str(tmp_path / "missing.csv"), 100)
@@ -35,7 +35,7 @@ def test_hippo_cli_errors(tmp_path):
     bad.write_text("1\nnan\n")
     with pytest.raises(ValueError, match="NaN"):
         make_signal(str(bad), 100)
-    with pytest.raises(ValueError, match="measure"):
+    with raises_naming(ValueError, "measure"):
         hippo_figure(tmp_path, ("legq",), progress=False)
 
 

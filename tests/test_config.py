@@ -89,5 +89,5 @@ def test_yaml_file_numbers_and_bad_files(tmp_path):
 def test_from_dict_needs_a_mapping_and_known_keys():
     with raises_naming(TypeError, "config"):
         TrainConfig.from_dict([("lr", 1)])
-    with pytest.raises(ValueError, match="d_modle"):
+    with raises_naming(ValueError, "d_modle"):
         TrainConfig.from_dict({"d_modle": 8})

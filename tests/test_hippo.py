@@ -465,3 +465,37 @@ def test_documented_example_runs_and_prints_what_it_claims(doc, heading, capsys)
     printed = float(capsys.readouterr().out.strip().splitlines()[-1])
     claimed = float(claim.group(1))
     assert claimed / 3 < printed < claimed * 3, (printed, claimed)
+
+
+# ---------------------------------------------------------------- reliability regressions
+def test_step_refuses_a_non_numeric_u_t_and_checks_times_on_an_empty_batch():
+    from helpers import raises_naming
+
+    mem = HiPPO("lagt", 2, dt=0.1)
+    with raises_naming(TypeError, "u_t"):
+        mem.step(torch.zeros(0, 2, dtype=f64), "a string", t=4.9, t_prev=4.4)
+    for bad in (True, [1.0, 2.0, 3.0], None):  # a number or a tensor only
+        with raises_naming(TypeError, "u_t"):
+            mem.step(torch.zeros(3, 2, dtype=f64), bad, 1)
+    empty = torch.zeros(0, 6, dtype=f64)
+    legt = HiPPO("legt", 6, dt=0.1)
+    for t_prev in (float("-inf"), float("nan")):  # t - t_prev = inf: refused even with nothing to advance
+        with raises_naming(ValueError, "t_prev"):
+            legt.step(empty, torch.zeros(0, dtype=f64), t=4.4, t_prev=t_prev)
+    with raises_naming(ValueError, "k"):
+        HiPPO("legs", 6).step(empty, 0.0, -1)
+    assert legt.step(empty, torch.zeros(0, dtype=f64), t=4.4, t_prev=4.0).shape == (0, 6)
+
+
+@pytest.mark.parametrize("measure", ["fout", "legs", "lagt"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_reconstruct_half_precision_is_computed_in_float32(measure, dtype, tol):
+    """Half precision costs only the final rounding (~2^-11 / 2^-8 relative), not ~3 digits per
+    operation: the float64 reconstruction of the same (rounded) coefficients is the reference."""
+    mem = HiPPO(measure, 8, dt=0.01)
+    c = torch.randn(3, 8, dtype=f64, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for P in (1, 37):
+        got = mem.reconstruct(c, P)
+        want = mem.reconstruct(c.to(f64), P)
+        assert got.dtype == dtype
+        assert float((got.to(f64) - want).norm() / want.norm()) < tol

@@ -8,11 +8,9 @@ from ssmkit.kernels import fold, naive_kernel, rational_kernel, vandermonde_kern
 from ssmkit.lti import companion, poly_from_roots, ss_to_tf, tf_to_ss
 from ssmkit.ops import causal_conv_ref, fftconv
 
+from helpers import raises_naming, rel_err
+
 f64, c128 = torch.float64, torch.complex128
-
-
-def rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.mark.parametrize("M,L", [(1, 1), (3, 17), (8, 100), (5, 1000)])
@@ -27,8 +25,8 @@ def test_vandermonde_equals_naive(M, L):
     Ad = torch.diag_embed(torch.cat([dA, dA.conj()], -1))
     Bd = torch.cat([CB, CB.conj()], -1)
     Kn = naive_kernel(Ad, Bd, torch.ones_like(Bd), L)
-    assert rel(K, Kn.real) < 1e-10
-    assert rel(vandermonde_kernel_ref(dA, CB, L), Kn.real) < 1e-10
+    assert rel_err(K, Kn.real) < 1e-10
+    assert rel_err(vandermonde_kernel_ref(dA, CB, L), Kn.real) < 1e-10
 
 
 @pytest.mark.parametrize("N,L", [(1, 1), (3, 5), (4, 16), (7, 33), (6, 3)])
@@ -40,7 +38,7 @@ def test_rational_kernel_equals_companion_impulse_response(N, L):
     K = rational_kernel(a, b, L)
     Ad, Bd, C = tf_to_ss(a, b, L)
     Kn = naive_kernel(Ad, Bd, C, L)
-    assert rel(K, Kn) < 1e-10
+    assert rel_err(K, Kn) < 1e-10
     # also the plain recurrence of the AR filter: lag 0 .. L-1
     h0 = torch.randn(2, generator=g, dtype=f64)
     Kh = rational_kernel(a, b, L, h0=h0)
@@ -73,7 +71,7 @@ def test_fold_handles_order_above_length():
     a = 0.5 * a / a.abs().sum()
     b = torch.randn(1, N, generator=g, dtype=f64)
     Ad, Bd, C = tf_to_ss(a, b, L)
-    assert rel(rational_kernel(a, b, L), naive_kernel(Ad, Bd, C, L)) < 1e-10
+    assert rel_err(rational_kernel(a, b, L), naive_kernel(Ad, Bd, C, L)) < 1e-10
 
 
 @pytest.mark.parametrize("N,L", [(3, 8), (5, 13), (4, 1)])
@@ -84,11 +82,11 @@ def test_ss_to_tf_round_trip(N, L):
     C = torch.randn(2, N, generator=g, dtype=f64)
     a, b = ss_to_tf(Ad, Bd, C, L)
     K = naive_kernel(Ad, Bd, C, L)
-    assert rel(rational_kernel(a, b, L), K) < 1e-10
+    assert rel_err(rational_kernel(a, b, L), K) < 1e-10
     # characteristic polynomial against numpy
     np.testing.assert_allclose(a[0].numpy(), np.poly(Ad[0].numpy())[1:], rtol=1e-9, atol=1e-12)
     A2, B2, C2 = tf_to_ss(a, b, L)
-    assert rel(naive_kernel(A2, B2, C2, L), K) < 1e-10
+    assert rel_err(naive_kernel(A2, B2, C2, L), K) < 1e-10
 
 
 @pytest.mark.parametrize("L", [1, 2, 7, 64, 100])
@@ -106,15 +104,15 @@ def test_fftconv_is_linear_causal_convolution(L):
 
 
 def test_kernel_bad_input():
-    with pytest.raises(ValueError, match="L"):
+    with raises_naming(ValueError, "L"):
         rational_kernel(torch.zeros(2, 3), torch.zeros(2, 3), 0)
-    with pytest.raises(ValueError, match="N"):
+    with raises_naming(ValueError, "N"):
         rational_kernel(torch.zeros(2, 3), torch.zeros(2, 4), 8)
-    with pytest.raises(ValueError, match="K"):
+    with raises_naming(ValueError, "K"):
         fftconv(torch.zeros(1, 5, 3), torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="u"):
+    with raises_naming(ValueError, "u"):
         fftconv(torch.zeros(5, 3), torch.zeros(3, 5))
-    with pytest.raises(ValueError, match="Ad"):
+    with raises_naming(ValueError, "Ad"):
         naive_kernel(torch.zeros(3, 4), torch.zeros(4), torch.zeros(4), 5)
     with pytest.raises(ValueError, match="NaN"):
         vandermonde_kernel(torch.full((2,), float("nan"), dtype=c128), torch.ones(2, dtype=c128), 4)
@@ -140,7 +138,7 @@ def test_vandermonde_general_modes_odd_N(N, L):
         K = vandermonde_kernel(torch.log(mu), CB, L, lag_block=lag_block, conj_pairs=False)
         assert K.shape == (L,) and K.is_complex()
         assert float(K.imag.abs().max()) < 1e-10 * float(Kn.abs().max())
-        assert rel(K.real, Kn) < 1e-10
+        assert rel_err(K.real, Kn) < 1e-10
 
 
 def test_vandermonde_long_and_batched():
@@ -150,7 +148,7 @@ def test_vandermonde_long_and_batched():
     CB = torch.randn(2, 4, generator=g, dtype=c128)
     K = vandermonde_kernel(w, CB, 5000)
     assert K.shape == (3, 2, 5000)
-    assert rel(K, vandermonde_kernel_ref(torch.exp(w), CB, 5000)) < 1e-10
+    assert rel_err(K, vandermonde_kernel_ref(torch.exp(w), CB, 5000)) < 1e-10
 
 
 def _impulse_response(a, b, n):
@@ -208,17 +206,17 @@ def test_fftconv_against_numpy_convolve(L, Lk):
 
 
 def test_kernel_bad_input_more():
-    with pytest.raises(ValueError, match="L"):
+    with raises_naming(ValueError, "L"):
         vandermonde_kernel(torch.ones(2, dtype=c128), torch.ones(2, dtype=c128), 0)
-    with pytest.raises(ValueError, match="lag_block"):
+    with raises_naming(ValueError, "lag_block"):
         vandermonde_kernel(torch.ones(2, dtype=c128), torch.ones(2, dtype=c128), 4, lag_block=0)
-    with pytest.raises(ValueError, match="L"):
+    with raises_naming(ValueError, "L"):
         naive_kernel(torch.eye(2), torch.ones(2), torch.ones(2), 0)
     with pytest.raises(ValueError, match="NaN"):
         fftconv(torch.full((1, 4, 2), float("nan")), torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="Bd"):
+    with raises_naming(ValueError, "Bd"):
         ss_to_tf(torch.eye(3), torch.ones(4), torch.ones(3), 5)
-    with pytest.raises(ValueError, match="b"):
+    with raises_naming(ValueError, "b"):
         tf_to_ss(torch.zeros(2, 3), torch.zeros(2, 4), 5)
 
 
@@ -233,7 +231,51 @@ def test_rational_kernel_equals_reference_and_aliased_impulse_response(N, L):
     a = 0.6 * a / a.abs().sum()  # Σ|a| < 1: poles inside the unit disk
     b = torch.randn(N, generator=g, dtype=f64)
     ref = rational_kernel_ref(a, b, L)
-    assert rel(rational_kernel(a, b, L), ref) < 1e-10
+    assert rel_err(rational_kernel(a, b, L), ref) < 1e-10
     n = L * (2000 // L + 3)
     h = _impulse_response(a.numpy(), b.numpy(), n)
-    assert rel(ref, torch.from_numpy(h.reshape(-1, L).sum(0))) < 1e-10
+    assert rel_err(ref, torch.from_numpy(h.reshape(-1, L).sum(0))) < 1e-10
+
+
+def test_kernels_reliability_regressions():
+    """conj_pairs takes a bool only; an empty batch of channels gives an empty kernel."""
+    from helpers import raises_naming
+    from ssmkit.kernels import dplr_kernel
+
+    w = -0.1 + 1j * torch.randn(2, 3, dtype=torch.float64)
+    CB = torch.randn(2, 3, dtype=torch.complex128)
+    for bad in (0, 1, "yes", None):
+        with raises_naming(TypeError, "conj_pairs"):
+            vandermonde_kernel(w, CB, 8, conj_pairs=bad)
+        with raises_naming(TypeError, "conj_pairs"):
+            dplr_kernel(w, torch.zeros(1, 2, 3, dtype=torch.complex128), CB, CB, torch.ones(2, dtype=torch.float64) * 0.1,
+                        8, conj_pairs=bad)
+    for cd, rd in ((torch.complex64, torch.float32), (torch.complex128, torch.float64)):
+        z = torch.zeros(0, 3, dtype=cd)
+        for conj, out_dtype in ((True, rd), (False, cd)):
+            for method in ("vandermonde", "cauchy"):
+                K = dplr_kernel(z, torch.zeros(1, 0, 3, dtype=cd), z, z, torch.zeros(0, dtype=rd), 6, conj_pairs=conj,
+                                method=method)
+                assert K.shape == (0, 6) and K.dtype == out_dtype
+    for rd in (torch.float32, torch.float64):
+        a = torch.zeros(0, 4, dtype=rd)
+        for L in (1, 17):
+            K = rational_kernel(a, a, L, h0=torch.zeros(0, dtype=rd))
+            assert K.shape == (0, L) and K.dtype == rd
+        assert rational_kernel(torch.zeros(2, 0, 3, dtype=rd), torch.zeros(1, 3, dtype=rd), 5).shape == (2, 0, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rational_kernel_refuses_a_pole_on_the_circle_in_float32_too(dtype):
+    """(1 - z)(stable factor): the denominator at z = 1 is zero only up to rounding (~1e-7 in
+    float32), which must still be read as a pole on the unit circle."""
+    from helpers import raises_naming
+
+    stable = poly_from_roots(torch.tensor([0.5 + 0.3j, 0.5 - 0.3j, -0.4], dtype=torch.complex128)).real
+    full = torch.cat([torch.ones(1, dtype=torch.float64), stable])  # 1 + a_1 z + ...
+    with_unit = torch.cat([full, torch.zeros(1, dtype=torch.float64)]) - torch.cat([torch.zeros(1, dtype=torch.float64), full])
+    a = with_unit[1:].unsqueeze(0).to(dtype)
+    for L in (1, 13, 64):
+        with raises_naming(ValueError, "a"):
+            rational_kernel(a, torch.ones_like(a), L)
+    assert torch.isfinite(rational_kernel(stable.unsqueeze(0).to(dtype), torch.ones(1, 3, dtype=dtype), 13)).all()

@@ -5,13 +5,9 @@ import torch
 from ssmkit.layers import Mamba2
 from ssmkit.layers.base import run_steps
 
-from helpers import assert_pieces_equal_one_pass
+from helpers import assert_pieces_equal_one_pass, raises_naming, rel_err
 
 f64 = torch.float64
-
-
-def _rel(a, b):
-    return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
 @pytest.mark.parametrize("d_state,ngroups,headdim", [(8, 2, 8), (64, 1, 4), (128, 2, 4)])
@@ -24,9 +20,9 @@ def test_mamba2_forward_equals_step(d_state, ngroups, headdim, dtype, tol):
     y, (cs, hs) = layer(x, return_state=True)
     ys, (cs2, hs2) = run_steps(layer, x)
     assert hs.shape == (2, layer.nheads, headdim, d_state)
-    assert _rel(y, ys) < tol
-    assert _rel(hs, hs2) < tol
-    assert _rel(cs, cs2) < tol  # in_proj of a batch and of one token round differently
+    assert rel_err(y, ys) < tol
+    assert rel_err(hs, hs2) < tol
+    assert rel_err(cs, cs2) < tol  # in_proj of a batch and of one token round differently
 
 
 def test_mamba2_padding_continuation_gradcheck():
@@ -53,32 +49,64 @@ def test_mamba2_padding_continuation_gradcheck():
 
 
 def test_mamba2_bad_input():
-    with pytest.raises(ValueError, match="headdim"):
+    with raises_naming(ValueError, "headdim"):
         Mamba2(16, headdim=7)
-    with pytest.raises(ValueError, match="ngroups"):
+    with raises_naming(ValueError, "ngroups"):
         Mamba2(16, headdim=8, ngroups=3)
     layer = Mamba2(16, d_state=8, headdim=8)
-    with pytest.raises(ValueError, match="x"):
+    with raises_naming(ValueError, "x"):
         layer(torch.randn(2, 5, 15))
-    with pytest.raises(ValueError, match="x .*NaN"):
+    with pytest.raises(ValueError, match=r"\bx .*NaN"):
         layer(torch.full((2, 5, 16), float("nan")))
-    with pytest.raises(ValueError, match="x_t .*NaN"):
+    with pytest.raises(ValueError, match=r"\bx_t .*NaN"):
         layer.step(torch.full((2, 16), float("nan")), layer.initial_state(2))
-    with pytest.raises(ValueError, match="x_t"):
+    with raises_naming(ValueError, "x_t"):
         layer.step(torch.randn(2, 15), layer.initial_state(2))
-    with pytest.raises(ValueError, match="initial_state"):
+    with raises_naming(ValueError, "initial_state"):
         layer(torch.randn(2, 5, 16), initial_state=layer.initial_state(3))
     bad = layer.initial_state(2)
     bad[1][0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="state .*NaN"):
+    with pytest.raises(ValueError, match=r"\bstate .*NaN"):
         layer.step(torch.randn(2, 16), bad)
-    with pytest.raises(ValueError, match="mask"):
+    with raises_naming(ValueError, "mask"):
         layer(torch.randn(2, 5, 16), mask=torch.tensor([[True, False, True, True, True]] * 2))
     with torch.no_grad():
         layer.A_log[0] = float("inf")  # A = -inf
-    with pytest.raises(ValueError, match="A_log"):
+    with raises_naming(ValueError, "A_log"):
         layer(torch.randn(2, 5, 16))
     with torch.no_grad():
         layer.A_log[0] = float("nan")
-    with pytest.raises(ValueError, match="A_log"):
+    with raises_naming(ValueError, "A_log"):
         layer.step(torch.randn(2, 16), layer.initial_state(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_mamba2_other_input_dtype_is_computed_in_the_parameters_dtype(dtype):
+    torch.manual_seed(0)
+    layer = Mamba2(8, d_state=4, headdim=4, chunk_size=4).eval()
+    x = torch.randn(2, 5, 8).to(dtype)
+    with torch.no_grad():
+        y, (c, h) = layer(x, return_state=True)
+        want, (cw, hw) = layer(x.float(), return_state=True)
+        yt, _ = layer.step(x[:, 0], layer.initial_state(2))
+        want_t, _ = layer.step(x[:, 0].float(), layer.initial_state(2))
+    assert y.dtype == dtype and yt.dtype == dtype
+    assert torch.equal(y, want.to(dtype)) and torch.equal(yt, want_t.to(dtype))
+    assert torch.equal(c, cw) and torch.equal(h, hw)
+
+
+def test_mamba2_initial_state_and_constructor_arguments_are_named():
+    layer = Mamba2(8, d_state=4, headdim=4)
+    for bad in (2.0, "3", None):
+        with raises_naming(TypeError, "batch_size"):
+            layer.initial_state(bad)
+    with raises_naming(ValueError, "batch_size"):
+        layer.initial_state(-2)
+    for bad in (float("-inf"), -1):
+        with raises_naming(ValueError, "dt_init_floor"):
+            Mamba2(8, headdim=4, dt_init_floor=bad)
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0, float("inf"))):
+        with raises_naming(ValueError, "A_init_range"):
+            Mamba2(8, headdim=4, A_init_range=bad)
+    with raises_naming(TypeError, "A_init_range"):
+        Mamba2(8, headdim=4, A_init_range=3.0)

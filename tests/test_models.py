@@ -209,3 +209,65 @@ def test_top_p_keeps_only_the_nucleus():
     assert draws == {0, 1}  # 0.5 < 0.7 <= 0.5 + 0.3: the two most likely tokens
     draws = {int(LanguageModel._sample(logits, 1.0, None, g, top_p=0.4)) for _ in range(50)}
     assert draws == {0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_real_features_in_another_dtype_are_cast_at_the_encoder(dtype):
+    torch.manual_seed(5)
+    clf = SequenceClassifier(Backbone(8, 2, "mamba2", {"d_state": 4, "headdim": 4}, d_input=2), 3).eval()
+    bb = clf.backbone
+    x = torch.randn(2, 4, 2).to(dtype)
+    with torch.no_grad():
+        # models compute and return in their parameters' dtype, as they do for token ids
+        assert torch.equal(clf(x), clf(x.float()))
+        h, _ = bb.step(x[:, 0], bb.initial_state(2))
+        want, _ = bb.step(x[:, 0].float(), bb.initial_state(2))
+    assert h.dtype == torch.float32 and torch.equal(h, want)
+
+
+def test_backbone_and_head_arguments_are_named():
+    with raises_naming(TypeError, "layer_kwargs"):
+        Backbone(8, 1, "s4d", layer_kwargs=[1])
+    for bad in (None, "s4d", 3):
+        with raises_naming(TypeError, "backbone"):
+            SequenceClassifier(bad, 3)
+        with raises_naming(TypeError, "backbone"):
+            LanguageModel(bad, 5)
+    # None is the documented default: the backbone's (padded) vocabulary
+    assert LanguageModel(Backbone(8, 1, "s4d", vocab_size=6, pad_vocab_size_multiple=4), None).num_classes == 8
+    with raises_naming(ValueError, "num_classes"):
+        LanguageModel(Backbone(8, 1, "s4d", d_input=2), None)
+    # each layer's state is checked by the model, named after `states`, even for an empty batch
+    bb = Backbone(4, 2, "mamba2", {"d_state": 4, "headdim": 4}, d_input=2)
+    good = bb.initial_state(0)
+    with raises_naming(ValueError, "states"):
+        bb(torch.zeros(0, 3, 2), states=[[1.0], good[1]])
+    states = bb.initial_state(3)
+    states[0] = (states[0][0], states[0][1].long())
+    with raises_naming(TypeError, "states"):
+        bb(torch.zeros(3, 3, 2), states=states)
+    with raises_naming(TypeError, "states"):
+        bb.step(torch.zeros(3, 2), states)
+    states = bb.initial_state(3)
+    states[1][1][0, 0, 0, 0] = float("nan")
+    with raises_naming(ValueError, "states"):
+        bb(torch.zeros(3, 3, 2), states=states)
+    for bad in (True, 2.0, float("nan")):  # d_input is checked even when a vocabulary makes it unused
+        with pytest.raises((TypeError, ValueError), match="d_input"):
+            Backbone(4, 1, "s4d", vocab_size=4, d_input=bad)
+
+
+@pytest.mark.parametrize("name,kw", [("s4d", {"d_state": 4}), ("s4", {"d_state": 4, "l_max": 8}),
+                                     ("rtf", {"d_state": 4, "l_max": 8}), ("s5", {"d_state": 4}),
+                                     ("mamba", {"d_state": 4}), ("mamba2", {"d_state": 4, "headdim": 4})])
+def test_every_layer_computes_another_input_dtype_in_its_parameters_dtype(name, kw):
+    # the one rule (docs/reliability.md): cast to the parameters' dtype, returned in the input's
+    from ssmkit.layers import get_layer
+    torch.manual_seed(6)
+    layer = get_layer(name)(8, **kw).eval()
+    x = torch.randn(2, 6, 8, dtype=f64)
+    with torch.no_grad():
+        y, yt = layer(x), layer.step(x[:, 0], layer.initial_state(2))[0]
+        assert y.dtype == f64 and yt.dtype == f64
+        assert torch.equal(y, layer(x.float()).double())
+        assert torch.equal(yt, layer.step(x[:, 0].float(), layer.initial_state(2))[0].double())

@@ -10,13 +10,9 @@ from ssmkit.layers.base import run_steps
 from ssmkit.ops import linear_scan, linear_scan_ref
 from ssmkit.ops import scan as scan_mod
 
-from helpers import raises_naming
+from helpers import raises_naming, rel_err
 
 f64, c128 = torch.float64, torch.complex128
-
-
-def _rel(a, b):
-    return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
 # L = 17, 9: the plain step loop; L = 64, 150: the blocked two-level scan (150 is not a square)
@@ -54,6 +50,27 @@ def test_linear_scan_broadcast_a_and_dtype_promotion(L):
     assert ga1.shape == a.shape and gb1.dtype == f64
     torch.testing.assert_close(ga1, ga2, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(gb1, gb2, rtol=1e-10, atol=1e-12)
+
+
+# a step shared by every time and batch entry: the time-invariant path (powers computed once)
+@pytest.mark.parametrize("a_shape", [(3,), (1, 1, 2, 3), (2, 1), (1, 3)])
+@pytest.mark.parametrize("L", [9, 150])
+@pytest.mark.parametrize("use_h0", [True, False])
+def test_linear_scan_time_invariant_step_equals_reference(a_shape, L, use_h0):
+    g = torch.Generator().manual_seed(L + len(a_shape))
+    shape = (3, L, 2, 3)
+    a = 0.97 * torch.rand(a_shape, generator=g, dtype=f64) * torch.exp(1j * torch.rand(a_shape, generator=g, dtype=f64))
+    a.requires_grad_()
+    b = torch.randn(shape, generator=g, dtype=c128, requires_grad=True)
+    h0 = torch.randn((3, 2, 3), generator=g, dtype=c128, requires_grad=True) if use_h0 else None
+    h1, h2 = linear_scan(a, b, h0), linear_scan_ref(a, b, h0)
+    torch.testing.assert_close(h1, h2, rtol=1e-12, atol=1e-12)
+    w = torch.randn(shape, generator=g, dtype=c128)
+    inputs = (a, b) + ((h0,) if use_h0 else ())
+    loss = lambda h: (h * w).real.sum()
+    for x, y in zip(torch.autograd.grad(loss(h1), inputs), torch.autograd.grad(loss(h2), inputs)):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
 
 
 def test_linear_scan_blocked_threshold_is_exercised():
@@ -95,9 +112,9 @@ def test_linear_scan_bad_input():
         linear_scan(torch.full((2, 5, 3), float("inf")), torch.ones(2, 5, 3))
     with pytest.raises(ValueError, match="^initial_state .*NaN"):
         linear_scan(torch.ones(2, 5, 3), torch.ones(2, 5, 3), torch.full((2, 3), float("nan")))
-    with pytest.raises(ValueError, match="b must have shape"):
+    with pytest.raises(ValueError, match=r"\bb must have shape"):
         linear_scan(torch.ones(2, 0, 3), torch.ones(2, 0, 3))
-    with pytest.raises(TypeError, match="b"):
+    with raises_naming(TypeError, "b"):
         linear_scan(torch.ones(2, 5), torch.ones(2, 5, dtype=torch.long))
     with raises_naming(TypeError, "a"):
         linear_scan(torch.ones(2, 5, dtype=torch.complex32), torch.ones(2, 5))
@@ -153,8 +170,8 @@ def test_s5_forward_equals_step(dtype, tol):
     x = torch.randn(2, 90, 6, dtype=dtype)  # long enough for the blocked scan
     y, s = layer(x, return_state=True)
     ys, ss = run_steps(layer, x)
-    assert _rel(y, ys) < tol
-    assert _rel(s, ss) < tol
+    assert rel_err(y, ys) < tol
+    assert rel_err(s, ss) < tol
 
 
 def test_s5_padding_continuation_gradcheck():
@@ -181,22 +198,47 @@ def test_s5_padding_continuation_gradcheck():
 
 
 def test_s5_bad_input():
-    with pytest.raises(ValueError, match="d_state"):
+    with raises_naming(ValueError, "d_state"):
         S5(4, 5)
     layer = S5(4, 6)
-    with pytest.raises(ValueError, match="x"):
+    with raises_naming(ValueError, "x"):
         layer(torch.randn(2, 5, 3))
-    with pytest.raises(ValueError, match="x .*NaN"):
+    with pytest.raises(ValueError, match=r"\bx .*NaN"):
         layer(torch.full((2, 5, 4), float("nan")))
-    with pytest.raises(ValueError, match="x_t .*NaN"):
+    with pytest.raises(ValueError, match=r"\bx_t .*NaN"):
         layer.step(torch.full((2, 4), float("nan")), layer.initial_state(2))
-    with pytest.raises(ValueError, match="initial_state"):
+    with raises_naming(ValueError, "initial_state"):
         layer(torch.randn(2, 5, 4), initial_state=layer.initial_state(3))
-    with pytest.raises(ValueError, match="initial_state .*NaN"):
+    with pytest.raises(ValueError, match=r"\binitial_state .*NaN"):
         layer(torch.randn(2, 5, 4), initial_state=torch.full((2, 3), float("nan"), dtype=torch.complex64))
-    with pytest.raises(ValueError, match="mask"):
+    with raises_naming(ValueError, "mask"):
         layer(torch.randn(2, 5, 4), mask=torch.ones(2, 4, dtype=torch.bool))
     with torch.no_grad():
         layer.log_dt[0] = float("nan")
-    with pytest.raises(ValueError, match="log_dt"):
+    with raises_naming(ValueError, "log_dt"):
         layer(torch.randn(2, 5, 4))
+
+
+def test_s5_initial_state_of_another_dtype_is_cast_and_mask_must_be_right_padding():
+    """A complex128 (or real) initial state on a float32 layer runs in the layer's precision: it
+    matches the float64 layer from the same state to float32 accuracy; a mask with a gap is refused."""
+    torch.manual_seed(0)
+    layer = S5(4, 4)
+    x = torch.randn(2, 6, 4)
+    h0 = torch.randn(2, 2, dtype=torch.complex128) * 0.5
+    y, h = layer(x, initial_state=h0, return_state=True)
+    y64, h64 = layer.double()(x.double(), initial_state=h0, return_state=True)
+    layer.float()
+    assert y.dtype == torch.float32 and h.dtype == torch.complex64
+    assert rel_err(y.double(), y64) < 1e-5 and rel_err(h.to(torch.complex128), h64) < 1e-5
+    y_real = layer(x, initial_state=h0.real.float())  # a real state is a complex one with zero imaginary part
+    assert rel_err(y_real, layer(x, initial_state=h0.real.to(torch.complex64))) < 1e-6
+    layer(x, initial_state=layer.initial_state(2, dtype=torch.float64))  # the layer's own float64 state
+    y1, h1 = layer.step(x[:, 0], h0)  # step casts its state the same way
+    assert h1.dtype == torch.complex64 and rel_err(y1, y[:, 0]) < 1e-6
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 2] = False
+    with raises_naming(ValueError, "mask"):
+        layer(x, mask=mask)
+    mask[0, 2:] = False  # right padding is accepted
+    assert layer(x, mask=mask).shape == (2, 6, 4)

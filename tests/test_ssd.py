@@ -118,17 +118,17 @@ def test_bad_input_is_named():
 
 def test_ssd_and_reference_name_the_argument():
     x, dt, A, B, C, h0 = (t.detach() for t in _ssd_inputs())
-    with pytest.raises(ValueError, match="dt"):
+    with raises_naming(ValueError, "dt"):
         ssd(x, dt[:, :5], A, B, C)
     with pytest.raises(ValueError, match="^A must be <= 0"):
         ssd(x, dt, A.abs(), B, C)
     with pytest.raises(ValueError, match="^dt must be >= 0"):
         ssd(x, -dt, A, B, C)
-    with pytest.raises(ValueError, match="^B"):
+    with raises_naming(ValueError, "B"):
         ssd(x, dt, A, torch.zeros(2, 23, 3, 5, dtype=f64), C)  # 3 groups do not divide 4 heads
-    with pytest.raises(ValueError, match="^C"):
+    with raises_naming(ValueError, "C"):
         ssd(x, dt, A, B, C[..., :2])
-    with pytest.raises(ValueError, match="initial_state"):
+    with raises_naming(ValueError, "initial_state"):
         ssd(x, dt, A, B, C, initial_state=h0[:1])
     x_nan = x.clone()
     x_nan[0, 3, 1, 2] = float("nan")

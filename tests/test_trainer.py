@@ -335,3 +335,11 @@ def test_autocast_follows_the_model_device(monkeypatch):
     meta = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=1), 3)
     assert trainer._device_of(meta.to("meta")).type == "meta"
     assert devices == ["cpu"]
+
+
+def test_load_model_names_a_path_of_the_wrong_type(tmp_path):
+    for bad in (3, None, ["run"]):
+        with raises_naming(TypeError, "path"):
+            load_model(bad)
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "missing")

@@ -13,7 +13,8 @@ The vocabulary (docs/reliability.md lists what each public entry point checks):
   :func:`check_float`, :func:`check_positive`, :func:`check_fraction`, :func:`check_bool`,
   :func:`check_choice`, :func:`check_dt_range`;
 - tensors: :func:`check_tensor` (rank, shape, dtype family, allowed dtypes, finite values),
-  :func:`check_finite`, :func:`check_dtype`, :func:`check_state` (a recurrent state).
+  :func:`check_finite`, :func:`check_dtype`, :func:`check_state` (a recurrent state);
+- an input whose dtype differs from the parameters': :func:`match_parameter_dtype`.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ __all__ = [
     "check_step_input",
     "check_mask",
     "right_padding_lengths",
+    "match_parameter_dtype",
     "trusted_inputs",
     "value_checks_enabled",
     "REAL_DTYPES",
@@ -275,6 +277,23 @@ def right_padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torc
     if not bool((torch.arange(L, device=mask.device)[None, :] < lengths[:, None]).eq(mask).all()):
         raise ValueError("mask must be right padding (True for real tokens, then False)")
     return lengths
+
+
+def match_parameter_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The one rule for a floating input whose dtype differs from the parameters' ``dtype``: it
+    is cast to ``dtype`` (so a float32 model computes in float32 whatever it is given), and
+    the caller returns its output in the input's dtype (layers) or the model's dtype (models).
+
+    Inside ``torch.autocast`` on the input's device, an input in the autocast dtype is left as
+    it is: mixed precision is expected there and autocast chooses each operation's dtype (other
+    dtypes, e.g. float64, which autocast does not convert, are still cast). Non-floating inputs
+    (token ids) are returned unchanged."""
+    if x.dtype == dtype or not x.is_floating_point() or not dtype.is_floating_point:
+        return x
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.dtype == torch.get_autocast_dtype(device):
+        return x
+    return x.to(dtype)
 
 
 def check_step_input(x_t, d_model: int) -> torch.Tensor:

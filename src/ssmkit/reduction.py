@@ -365,7 +365,7 @@ def _to_s4d(layer, truncs, dt: np.ndarray, n_modes: int):
 
 def _to_rtf(layer, truncs, order: int, l_max: int):
     from .layers import RTF
-    from .lti import ss_to_tf
+    from .kernels.transfer import ss_to_tf
 
     H = len(truncs)
     a = torch.zeros(H, max(1, order), dtype=torch.float64)

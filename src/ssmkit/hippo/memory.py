@@ -14,7 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_finite, check_int, check_positive, check_positive_int, check_tensor
+from .._checks import (check_choice, check_finite, check_float, check_int, check_positive, check_positive_int,
+                       check_tensor)
 from .basis import basis
 from .discretize import METHODS, discretize
 from .legs import legs_scan, legs_step
@@ -197,33 +198,42 @@ class HiPPO:
         check_tensor("c", c, floating=True)
         if c.shape[-1] != self.N:
             raise ValueError(f"c must have shape (..., {self.N}), got {tuple(c.shape)}")
-        u_t = torch.as_tensor(u_t, dtype=c.dtype, device=c.device)
+        if not isinstance(u_t, torch.Tensor):  # a real number (not a bool, a string or a list)
+            u_t = torch.tensor(check_float("u_t", u_t), dtype=c.dtype, device=c.device)
+        elif u_t.is_complex():
+            raise TypeError(f"u_t must be real, got dtype {u_t.dtype}")
+        else:
+            u_t = u_t.to(c)
         check_finite("u_t", u_t)
         if u_t.shape != c.shape[:-1]:
             try:
                 u_t = u_t.expand(c.shape[:-1])
             except RuntimeError:
                 raise ValueError(f"u_t must be a number or have shape {tuple(c.shape[:-1])}, got {tuple(u_t.shape)}") from None
-        if c.numel() == 0:  # an empty batch
-            return c.clone()
+        # every scalar is checked before the empty-batch shortcut: an empty batch accepts no more
         irregular = t is not None or t_prev is not None
         if irregular:
             if t is None or t_prev is None:
                 raise ValueError("irregular steps need both t and t_prev")
-            check_positive("t - t_prev", float(t) - float(t_prev))
-        if self.measure == "legs":
-            if irregular:
-                check_positive("t_prev", float(t_prev))
-                dlt = float(t) - float(t_prev)
-                return legs_step(c, u_t, dlt / (2 * float(t_prev)), dlt / (2 * float(t)))
+            t, t_prev = check_float("t", t), check_float("t_prev", t_prev)
+            check_positive("t - t_prev", t - t_prev)
+            if self.measure == "legs":
+                check_positive("t_prev", t_prev)
+        elif self.measure == "legs":
             if k is None:
                 raise ValueError("LegS needs the 0-based sample index k (or t and t_prev)")
             k = check_int("k", k, minimum=0)
+        if c.numel() == 0:  # an empty batch
+            return c.clone()
+        if self.measure == "legs":
+            if irregular:
+                dlt = t - t_prev
+                return legs_step(c, u_t, dlt / (2 * t_prev), dlt / (2 * t))
             if k == 0:
                 return u_t[..., None] * torch.eye(self.N, dtype=c.dtype, device=c.device)[0]
             return legs_step(c, u_t, 1 / (2 * k), 1 / (2 * (k + 1)))
         if irregular:
-            Ad, Bd = discretize(self.A, self.B, float(t) - float(t_prev), self.method)
+            Ad, Bd = discretize(self.A, self.B, t - t_prev, self.method)
         else:
             Ad, Bd = self.Ad, self.Bd
         Ad, Bd = Ad.to(c), Bd.to(c)
@@ -240,10 +250,13 @@ class HiPPO:
         check_tensor("c", c, floating=True)
         if c.shape[-1] != self.N:
             raise ValueError(f"c must have shape (..., {self.N}), got {tuple(c.shape)}")
+        # half precision (float16/bfloat16) is evaluated in float32 and rounded once at the end:
+        # the positions, the basis values and the sum over N terms would otherwise each lose ~3 digits
+        work = torch.promote_types(c.dtype, torch.float32)
         if s is None:
             check_positive_int("num_points", num_points)
-            s = (torch.arange(num_points, dtype=c.dtype, device=c.device) + 0.5) / num_points
+            s = (torch.arange(num_points, dtype=work, device=c.device) + 0.5) / num_points
         else:
             check_tensor("s", s, ndim=1, floating=True)
-        G = basis(self.measure, self.N, s.to(c.dtype), theta=self.theta)  # (P, N)
-        return c @ G.T
+        G = basis(self.measure, self.N, s.to(work), theta=self.theta)  # (P, N)
+        return (c.to(work) @ G.T).to(c.dtype)

@@ -43,7 +43,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import FULL_PRECISION, check_choice, check_positive, check_positive_int, check_tensor
+from .._checks import FULL_PRECISION, check_bool, check_choice, check_positive, check_positive_int, check_tensor
 from .naive import naive_kernel
 from .vandermonde import vandermonde_kernel
 
@@ -136,9 +136,12 @@ def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torc
     H, M, Q = _check_dplr(Lambda, P, B, Ct, dt, L, Q)
     check_positive_int("freq_block", freq_block)
     check_choice("method", method, ("vandermonde", "cauchy"))
+    check_bool("conj_pairs", conj_pairs)
     r = P.shape[0]
     rdtype = dt.dtype
     cdtype = torch.complex128 if rdtype == torch.float64 else torch.complex64
+    if H == 0:  # an empty batch: no kernel to compute (the FFT refuses 0 rows)
+        return torch.zeros(0, L, dtype=rdtype if conj_pairs else cdtype, device=Lambda.device)
     Lambda, P, B, Ct, Q = (t.to(cdtype) for t in (Lambda, P, B, Ct, Q))
     # Cauchy numerators, stacked: k(C̃,B), k(C̃,P_a), k(Q̄_a,B), k(Q̄_a,P_b)
     Qc = Q.conj()

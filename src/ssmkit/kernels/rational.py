@@ -51,9 +51,15 @@ def rational_kernel(a: torch.Tensor, b: torch.Tensor, L: int, h0: Optional[torch
     except RuntimeError:
         raise ValueError(f"a and b must have broadcastable leading dimensions, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}") from None
+    if h0 is not None:
+        check_tensor("h0", h0, shape=tuple(lead), dtypes=FULL_PRECISION)
+    if lead.numel() == 0:  # an empty batch: no kernel to compute (the FFT refuses 0 rows)
+        return torch.zeros(*lead, L, dtype=dtype, device=a.device)
     one = torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)
     den = torch.fft.rfft(fold(torch.cat([one, a], -1), L), n=L)
-    if value_checks_enabled() and den.numel() and bool((den.abs() <= torch.finfo(dtype).tiny).any()):
+    # a zero of the denominator up to its rounding error (~(N+1) eps Σ|coefficients|): a pole on the circle
+    tol = (a.shape[-1] + 1) * torch.finfo(dtype).eps * (1 + a.detach().abs().sum(-1, keepdim=True))
+    if value_checks_enabled() and den.numel() and bool((den.detach().abs() <= tol).any()):
         raise ValueError("a: the denominator 1 + a_1 z + … + a_N z^N vanishes at an L-th root of unity (a pole on "
                          "the unit circle), so the kernel is not finite; keep the poles inside the unit circle")
     num = torch.fft.rfft(fold(b, L), n=L)
@@ -61,7 +67,6 @@ def rational_kernel(a: torch.Tensor, b: torch.Tensor, L: int, h0: Optional[torch
     if value_checks_enabled() and K.numel() and not bool(torch.isfinite(K).all()):
         raise ValueError("a: the kernel is not finite (a pole on or next to the unit circle)")
     if h0 is not None:
-        check_tensor("h0", h0, shape=tuple(lead), dtypes=FULL_PRECISION)
         K = K.clone()
         K[..., 0] = K[..., 0] + h0
     return K

@@ -86,13 +86,13 @@ def ssm_final_state(Ad: torch.Tensor, Bd: torch.Tensor, u: torch.Tensor, x0: Opt
     None: all L). Returns (B, H, N) in the promoted dtype of ``Ad``, ``Bd`` and ``x0``.
     """
     H, N = _check_system(Ad, Bd, u, x0)
-    Bsz, L, _ = u.shape
+    bsz, L, _ = u.shape
     dtype = torch.promote_types(Ad.dtype, Bd.dtype)
     if x0 is not None:
         dtype = torch.promote_types(dtype, x0.dtype)
     Ad, Bd = Ad.to(dtype), Bd.to(dtype)
-    if Bsz == 0 or L == 0:
-        return (x0.to(dtype).clone() if x0 is not None else torch.zeros(Bsz, H, N, dtype=dtype, device=u.device))
+    if bsz == 0 or L == 0:
+        return (x0.to(dtype).clone() if x0 is not None else torch.zeros(bsz, H, N, dtype=dtype, device=u.device))
     if lengths is not None:  # rotate each row so that its real tokens end at L - 1
         idx = (torch.arange(L, device=u.device)[None, :] + lengths[:, None]) % L
         u = torch.gather(u, 1, idx[..., None].expand(-1, -1, H))
@@ -100,7 +100,7 @@ def ssm_final_state(Ad: torch.Tensor, Bd: torch.Tensor, u: torch.Tensor, x0: Opt
     Q = -(-L // T)
     S = _powers_doubling(Ad, Bd.unsqueeze(-1), T)  # (H, N, T): S_j = Ā^j B̄
     u = torch.nn.functional.pad(u, (0, 0, Q * T - L, 0))  # zeros in front
-    r = u.reshape(Bsz, Q, T, H).flip(2).to(dtype)  # r[b, q, j] = u[(q+1)T - 1 - j]
+    r = u.reshape(bsz, Q, T, H).flip(2).to(dtype)  # r[b, q, j] = u[(q+1)T - 1 - j]
     s = torch.einsum("bqjh,hnj->bqhn", r, S)  # (B, Q, H, N)
     P = torch.linalg.matrix_power(Ad, T) if Q > 1 else None
     while s.shape[1] > 1:
@@ -111,7 +111,7 @@ def ssm_final_state(Ad: torch.Tensor, Bd: torch.Tensor, u: torch.Tensor, x0: Opt
             P = P @ P
     x = s[:, 0]
     if x0 is not None:
-        exps = torch.full((Bsz,), L, device=u.device, dtype=torch.long) if lengths is None else lengths.long()
+        exps = torch.full((bsz,), L, device=u.device, dtype=torch.long) if lengths is None else lengths.long()
         x = x + _apply_power(Ad, x0.to(dtype), exps)
     return x
 
@@ -127,7 +127,7 @@ def ssm_initial_response(Ad: torch.Tensor, C: torch.Tensor, x0: torch.Tensor, L:
     check_positive_int("L", L)
     dtype = torch.promote_types(torch.promote_types(Ad.dtype, C.dtype), x0.dtype)
     Ad, C, x0 = Ad.to(dtype), C.to(dtype), x0.to(dtype)
-    Bsz = x0.shape[0]
+    bsz = x0.shape[0]
     T = _block_length(L, N)
     Q = -(-L // T)
     Crow = _powers_doubling(Ad.transpose(-1, -2), C.unsqueeze(-1), T)  # (H, N, T): (C Ā^j)ᵀ
@@ -139,15 +139,15 @@ def ssm_initial_response(Ad: torch.Tensor, C: torch.Tensor, x0: torch.Tensor, L:
             P = P @ P
     X = X[..., :Q]
     y = torch.einsum("hnj,bhnq->bqjh", Crow, X)  # (B, Q, T, H)
-    return y.reshape(Bsz, Q * T, H)[:, :L]
+    return y.reshape(bsz, Q * T, H)[:, :L]
 
 
 def ssm_final_state_ref(Ad, Bd, u, x0=None, lengths=None):
     """Reference for :func:`ssm_final_state`: the recurrence, token by token."""
-    Bsz, L, H = u.shape
+    bsz, L, H = u.shape
     dtype = torch.promote_types(Ad.dtype, Bd.dtype) if x0 is None else torch.promote_types(
         torch.promote_types(Ad.dtype, Bd.dtype), x0.dtype)
-    x = torch.zeros(Bsz, H, Ad.shape[-1], dtype=dtype) if x0 is None else x0.to(dtype)
+    x = torch.zeros(bsz, H, Ad.shape[-1], dtype=dtype) if x0 is None else x0.to(dtype)
     for k in range(L):
         new = torch.einsum("hnm,bhm->bhn", Ad.to(dtype), x) + Bd.to(dtype) * u[:, k, :, None].to(dtype)
         x = new if lengths is None else torch.where((k < lengths)[:, None, None], new, x)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import FULL_PRECISION, check_positive_int, check_tensor
+from .._checks import FULL_PRECISION, check_bool, check_positive_int, check_tensor
 
 # real or complex, full precision: half precision is refused by name (the kernels' parameters are float32/64)
 KERNEL_DTYPES = FULL_PRECISION + (torch.complex64, torch.complex128)
@@ -37,7 +37,14 @@ def default_block(L: int) -> int:
 def _exp_outer(w: torch.Tensor, idx: torch.Tensor, scale: int) -> torch.Tensor:
     """``exp(w_n · scale · idx_i)`` (..., M, len(idx)) computed in complex128."""
     k = idx.to(torch.float64) * scale
-    return torch.exp(w.to(torch.complex128).unsqueeze(-1) * k)
+    if not w.is_complex():
+        return torch.exp(w.to(torch.float64).unsqueeze(-1) * k).to(torch.complex128)
+    # e^{x + iy} = e^x (cos y + i sin y) in real arithmetic: the same values as a complex exp,
+    # and cheaper forward and backward on the CPU
+    w = w.to(torch.complex128)
+    x, y = w.real.unsqueeze(-1) * k, w.imag.unsqueeze(-1) * k
+    m = torch.exp(x)
+    return torch.complex(m * torch.cos(y), m * torch.sin(y))
 
 
 def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block: Optional[int] = None,
@@ -54,6 +61,7 @@ def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block
         if t.dim() == 0:
             raise ValueError(f"{name} must have shape (..., M), got a 0-dimensional tensor")
     check_positive_int("L", L)
+    check_bool("conj_pairs", conj_pairs)
     c = default_block(L) if lag_block is None else check_positive_int("lag_block", lag_block)
     c = min(c, L)
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, CB.dtype), torch.complex64)
@@ -102,14 +110,14 @@ def vandermonde_reduce(log_dA: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     H, M = log_dA.shape
     if v.shape[1] != H:
         raise ValueError(f"v must have shape (batch, {H}, length), got {tuple(v.shape)}")
-    Bsz, _, L = v.shape
+    bsz, _, L = v.shape
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, v.dtype), torch.complex64)
     w = log_dA.to(cdtype)
-    if L == 0 or Bsz == 0:
-        return torch.zeros(Bsz, H, M, dtype=cdtype, device=v.device)
+    if L == 0 or bsz == 0:
+        return torch.zeros(bsz, H, M, dtype=cdtype, device=v.device)
     c = default_block(L)
     Q = -(-L // c)
-    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(Bsz, H, Q, c)
+    v = torch.nn.functional.pad(v, (0, Q * c - L)).reshape(bsz, H, Q, c)
     T = _exp_outer(w, torch.arange(c, device=w.device), 1).to(cdtype).transpose(-1, -2)  # (H, c, M)
     Wq = _exp_outer(w, torch.arange(Q, device=w.device), c).to(cdtype).transpose(-1, -2)  # (H, Q, M)
     if v.is_complex():

@@ -5,7 +5,7 @@ A subclass provides
 - ``kernel(L) -> (n_kernels, L)``: the real convolution kernel ``K_k = C Ā^k B̄``
   (``n_kernels = d_model``, or ``2 d_model`` for a bidirectional layer: forward kernels first);
 - ``discrete_ssm() -> (Ad, Bd, C, D)``: the dense recurrence it steps with;
-- ``_advance(state, u_t) -> state`` (``x_k = Ā x_{k-1} + B̄ u_k``) and ``_readout(state) -> (B, H)``
+- ``_advance(state, u_t) -> state`` (``x_k = Ā x_{k-1} + B̄ u_k``) and ``_readout(state) -> (batch, H)``
   (``C x_k``), from which :meth:`step` is built;
 - the class attributes ``complex_state`` and the property ``state_width`` (the state is
   (batch, d_model, state_width), complex when ``complex_state``),
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .._checks import (check_bool, check_int, check_mask, check_positive_int, check_sequence_input, check_state,
-                       check_step_input, right_padding_lengths, trusted_inputs)
+                       check_step_input, match_parameter_dtype, right_padding_lengths, trusted_inputs)
 from ..kernels.state import ssm_final_state, ssm_initial_response
 from ..ops.fftconv import fftconv
 from .base import SequenceLayer
@@ -136,7 +136,14 @@ class LTILayer(SequenceLayer):
                            device=device if device is not None else self.D.device)
 
     def _check_state(self, name: str, state, batch: int) -> torch.Tensor:
-        return check_state(name, state, (batch, self.d_model, self.state_width), complex_ok=True)
+        """A finite state of the right shape, cast to the dtype the layer computes its state in (the
+        parameters' precision: complex for S4 and S4D, real for RTF), as forward and step return it."""
+        check_state(name, state, (batch, self.d_model, self.state_width), complex_ok=True)
+        real = self.D.dtype
+        want = (torch.complex128 if real == torch.float64 else torch.complex64) if self.complex_state else real
+        if not self.complex_state and state.is_complex():
+            raise TypeError(f"{name} must be real for this layer (its state is {want}), got {state.dtype}")
+        return state.to(want)
 
     def _refuse_bidirectional(self, what: str) -> None:
         if self.bidirectional:
@@ -144,13 +151,14 @@ class LTILayer(SequenceLayer):
                              "output at a position depends on later inputs, so it has no causal recurrence")
 
     def step(self, x_t: torch.Tensor, state) -> Tuple[torch.Tensor, Any]:
-        """One token: ``x_t`` (B, H) -> ``(y_t, state)``."""
+        """One token: ``x_t`` (batch, H) -> ``(y_t, state)``."""
         self._refuse_bidirectional("step")
         check_step_input(x_t, self.d_model)
-        self._check_state("state", state, x_t.shape[0])
+        state = self._check_state("state", state, x_t.shape[0])
+        dtype, x_t = x_t.dtype, match_parameter_dtype(x_t, self.D.dtype)
         with trusted_inputs():
             state = self._advance(state, x_t)
-            return (self._readout(state) + self.D * x_t).to(x_t.dtype), state
+            return (self._readout(state) + self.D * x_t).to(dtype), state
 
     def _final_state(self, u: torch.Tensor, state0: Optional[torch.Tensor], lengths: Optional[torch.Tensor]):
         Ad, Bd = self._dense_AB()
@@ -165,15 +173,16 @@ class LTILayer(SequenceLayer):
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
         check_bool("return_state", return_state)
+        dtype, x = x.dtype, match_parameter_dtype(x, self.D.dtype)  # docs/reliability.md
         if initial_state is not None:
             self._refuse_bidirectional("initial_state")
         if return_state:
             self._refuse_bidirectional("return_state")
-        B, L, H = x.shape
+        bsz, L, H = x.shape
         mask = check_mask(mask, x)
         lengths = right_padding_lengths(mask, L)
         if initial_state is not None:
-            self._check_state("initial_state", initial_state, B)
+            initial_state = self._check_state("initial_state", initial_state, bsz)
         with trusted_inputs():
             if mask is not None:
                 x = x * mask[..., None]
@@ -188,7 +197,7 @@ class LTILayer(SequenceLayer):
                 y = y + self._initial_response(initial_state, L).to(y.dtype)
             if mask is not None:
                 y = y * mask[..., None]
-            y = y.to(x.dtype)  # half-precision inputs: computed in the parameters' precision, returned as given
+            y = y.to(dtype)  # computed in the parameters' dtype, returned in the input's
             if not return_state:
                 return y
             return y, self._final_state(x, initial_state, lengths)

@@ -15,6 +15,8 @@ handled by the model, :class:`ssmkit.models.Backbone`). A non-finite ``A_log`` (
 skipped inside ``trusted_inputs``, where a model has checked its input once).
 
 Half-precision weights (bfloat16, float16): the scan and the recurrent SSM state are float32.
+An input in another floating dtype than the weights is cast to theirs and the output returned
+in the input's dtype (left alone inside autocast; docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_dt_range, check_mask, check_positive_int, check_sequence_input, check_step_input
+from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
+                       check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
@@ -50,6 +53,9 @@ class Mamba(SequenceLayer):
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand).items():
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
+        check_float("dt_init_floor", dt_init_floor, low=0.0)
+        check_bool("bias", bias)
+        check_bool("conv_bias", conv_bias)
         fk = dict(device=device, dtype=dtype)
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = E = expand * d_model
@@ -76,6 +82,9 @@ class Mamba(SequenceLayer):
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Zeros: the conv window (B, E, d_conv - 1) in ``dtype`` (default: the weights' dtype)
         and the SSM state (B, E, N), float32 for half-precision weights."""
+        check_int("batch_size", batch_size, minimum=0)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = device or self.in_proj.weight.device
         dtype = dtype or self.in_proj.weight.dtype
         return (torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
@@ -92,11 +101,12 @@ class Mamba(SequenceLayer):
 
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
-        Bsz, L, _ = x.shape
+        x_in, x = x, match_parameter_dtype(x, self.in_proj.weight.dtype)  # docs/reliability.md
+        bsz, L, _ = x.shape
         mask = check_mask(mask, x)
         lengths = padding_lengths(mask, L)
         if initial_state is not None:
-            self._check_state(initial_state, Bsz, "initial_state")
+            self._check_state(initial_state, bsz, "initial_state")
             conv0, h0 = initial_state
         else:
             conv0, h0 = None, None
@@ -114,6 +124,8 @@ class Mamba(SequenceLayer):
         y, h = selective_scan(u, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D, z=z.transpose(1, 2),
                               return_last_state=True, initial_state=h0)
         out = self.out_proj(y.transpose(1, 2))
+        if x is not x_in:  # returned in the input's dtype
+            out = out.to(x_in.dtype)
         if mask is not None:
             out = out * mask[..., None]
         if not return_state:
@@ -123,6 +135,7 @@ class Mamba(SequenceLayer):
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
         check_step_input(x_t, self.d_model)
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
         xi, z = rows_linear(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E)
@@ -141,4 +154,5 @@ class Mamba(SequenceLayer):
             h = dA.mul_(h).addcmul_((dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
         y = torch.addcmul(torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1), self.D.to(sd), uf)
         y = (y * F.silu(z.to(sd))).to(x_t.dtype)
-        return rows_linear(self.out_proj, y), (window, h)
+        out = rows_linear(self.out_proj, y)
+        return (out if x_t is x_in else out.to(x_in.dtype)), (window, h)

@@ -16,7 +16,9 @@ The SSD scan is computed in chunks of at most ``chunk_size`` steps, evened out o
 chunks. ``A_log`` must be finite (ValueError otherwise), so ``A`` is finite and negative. ``step`` decodes one token in O(1), carrying the conv
 window and the (heads, headdim, d_state) state. Padding: right padding only; padded positions
 get Δ = 0 and zero conv input, so they leave the state unchanged (left-padded batches are
-handled by the model). Half-precision weights: the SSD scan and the state are float32.
+handled by the model). Half-precision weights: the SSD scan and the state are float32. An input
+in another floating dtype than the weights is cast to theirs and the output returned in the
+input's dtype (left alone inside autocast; docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_bool, check_dt_range, check_float, check_mask, check_positive_int, check_sequence_input,
-                       check_step_input)
+from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
+                       check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
@@ -83,6 +85,11 @@ class Mamba2(SequenceLayer):
                          ngroups=ngroups, chunk_size=chunk_size).items():
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
+        check_float("dt_init_floor", dt_init_floor, low=0.0)
+        if not isinstance(A_init_range, (tuple, list)) or len(A_init_range) != 2:
+            raise TypeError(f"A_init_range must be a (low, high) pair, got {A_init_range!r}")
+        a_lo = check_float("A_init_range", A_init_range[0], low=0.0, low_open=True)
+        a_hi = check_float("A_init_range", A_init_range[1], low=a_lo)  # A = -exp(A_log) in -[low, high]
         check_bool("bias", bias)
         check_bool("conv_bias", conv_bias)
         check_bool("norm_before_gate", norm_before_gate)
@@ -108,7 +115,7 @@ class Mamba2(SequenceLayer):
         to = {k: v for k, v in fk.items() if v is not None}
         dt = torch.exp(log_uniform_dt(H, dt_min, dt_max)).clamp(min=dt_init_floor)
         self.dt_bias = nn.Parameter((dt + torch.log(-torch.expm1(-dt))).to(**to))  # softplus⁻¹(dt)
-        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(*A_init_range)).to(**to))
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(a_lo, a_hi)).to(**to))
         self.D = nn.Parameter(torch.ones(H, **fk))
         for p in (self.dt_bias, self.A_log, self.D):
             set_optim_hints(p, weight_decay=0.0)
@@ -119,6 +126,9 @@ class Mamba2(SequenceLayer):
     def initial_state(self, batch_size: int, device=None, dtype=None):
         """Zeros: the conv window (B, conv_dim, d_conv - 1) in ``dtype`` (default: the weights')
         and the SSM state (B, heads, headdim, d_state), float32 for half-precision weights."""
+        check_int("batch_size", batch_size, minimum=0)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
         device = device or self.in_proj.weight.device
         dtype = dtype or self.in_proj.weight.dtype
         return (torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
@@ -150,6 +160,7 @@ class Mamba2(SequenceLayer):
 
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
+        x_in, x = x, match_parameter_dtype(x, self.in_proj.weight.dtype)  # docs/reliability.md
         b, L, _ = x.shape
         mask = check_mask(mask, x)
         lengths = padding_lengths(mask, L)
@@ -172,6 +183,8 @@ class Mamba2(SequenceLayer):
         y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk_size=self.chunk_size)
         y = y + self.D.to(sd)[:, None] * xs
         out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z).to(x.dtype))
+        if x is not x_in:  # returned in the input's dtype
+            out = out.to(x_in.dtype)
         if mask is not None:
             out = out * mask[..., None]
         if not return_state:
@@ -181,6 +194,7 @@ class Mamba2(SequenceLayer):
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1)."""
         check_step_input(x_t, self.d_model)
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         self._check_state(state, x_t.shape[0])
         conv_state, h = state
         sd = h.dtype
@@ -198,4 +212,4 @@ class Mamba2(SequenceLayer):
         hg = torch.addcmul(dA * hg, dx, Bm.unsqueeze(2))
         y = torch.addcmul(torch.matmul(hg, Cm.unsqueeze(-1)).view(b, self.nheads, self.headdim), self.D.to(sd)[:, None], xs)
         out = rows_linear(self.out_proj, self.norm(y.reshape(b, self.d_inner), z).to(x_t.dtype))
-        return out, (window, hg.view(b, self.nheads, self.headdim, N))
+        return (out if x_t is x_in else out.to(x_in.dtype)), (window, hg.view(b, self.nheads, self.headdim, N))

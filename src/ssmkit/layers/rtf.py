@@ -20,7 +20,7 @@ import torch
 
 from .._checks import check_positive, check_choice, check_positive_int
 from ..kernels.rational import rational_kernel
-from ..lti import companion, ss_to_tf, tf_to_ss
+from ..kernels.transfer import companion, ss_to_tf, tf_to_ss
 from .base import register_layer, set_optim_hints
 from .lti_base import LTILayer
 

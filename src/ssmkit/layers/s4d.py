@@ -143,19 +143,19 @@ class S4D(LTILayer):
     def _final_state(self, u, state0, lengths):
         # x_b = Ā^{l_b} x0 + B̄ Σ_{k<l_b} Ā^{l_b-1-k} u_k: each row's real tokens rotated to the end of
         # the window (zeros in front add nothing), reversed, then one transposed Vandermonde product.
-        B, L, H = u.shape
+        bsz, L, H = u.shape
         log_dA, dB, _ = self._discrete()
         if lengths is not None:
             idx = (torch.arange(L, device=u.device)[None, :] + lengths[:, None]) % L
             u = torch.gather(u, 1, idx[..., None].expand(-1, -1, H))
         state = vandermonde_reduce(log_dA, u.flip(1).transpose(1, 2)) * dB
         if state0 is not None:
-            lens = torch.full((B,), L, device=u.device) if lengths is None else lengths
+            lens = torch.full((bsz,), L, device=u.device) if lengths is None else lengths
             state = state + torch.exp(lens.to(log_dA.real.dtype)[:, None, None] * log_dA) * state0
         return state
 
     def _initial_response(self, state0, L):
         # y_k = 2 Re Σ_n C_n Ā_n^{k+1} x0_n, k = 0..L-1: a Vandermonde product per (batch, channel)
         log_dA, _, C = self._discrete()
-        CB = C * torch.exp(log_dA) * state0  # (B, H, M)
-        return vandermonde_kernel(log_dA, CB, L).transpose(1, 2)  # (B, L, H)
+        CB = C * torch.exp(log_dA) * state0  # (batch, H, M)
+        return vandermonde_kernel(log_dA, CB, L).transpose(1, 2)  # (batch, L, H)

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import (check_bool, check_dt_range, check_even_int, check_finite, check_int, check_mask, check_positive,
-                       check_positive_int, check_sequence_input, check_state, check_step_input, trusted_inputs)
+                       check_positive_int, check_sequence_input, check_state, check_step_input, match_parameter_dtype,
+                       right_padding_lengths,
+                       trusted_inputs)
 from ..hippo.nplr import nplr
 from ..ops.scan import linear_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
@@ -83,30 +85,43 @@ class S5(SequenceLayer):
     def forward(self, x: torch.Tensor, initial_state=None, return_state: bool = False, mask: Optional[torch.Tensor] = None):
         check_sequence_input(x, self.d_model)
         check_bool("return_state", return_state)
+        dtype, x = x.dtype, match_parameter_dtype(x, self.D.dtype)  # docs/reliability.md
         mask = check_mask(mask, x)
+        right_padding_lengths(mask, x.shape[1])  # (refuses any other mask pattern, as the other layers do)
         if initial_state is not None:
             check_state("initial_state", initial_state, (x.shape[0], self.d_state // 2))
         dA, dB, C = self._discrete()
-        Bu = torch.einsum("mh,blh->blm", dB, x.to(dB.dtype))  # (B, L, M)
-        a = dA.expand_as(Bu)
+        if initial_state is not None:  # computed in the parameters' precision: the state is cast to it
+            initial_state = initial_state.to(dB.dtype)
+        bsz, L, H = x.shape
+        M = dA.shape[0]
+        # B̄ u as one real product: x (batch L, H) @ [Re B̄ᵀ, Im B̄ᵀ] interleaved (H, 2M) -> complex (batch, L, M)
+        WB = torch.view_as_real(dB.T).reshape(H, 2 * M)
+        Bu = torch.view_as_complex((x.reshape(-1, H).to(WB.dtype) @ WB).reshape(bsz, L, M, 2))
+        a = dA  # one step for every token: the scan computes its powers once
         if mask is not None:  # padded positions: a = 1, b = 0, the state passes through unchanged
-            a = torch.where(mask[..., None], a, torch.ones_like(a))
+            a = torch.where(mask[..., None], dA.expand_as(Bu), torch.ones_like(Bu))
             Bu = Bu * mask[..., None]
         if x.shape[0] == 0:
             h = Bu
         else:
             with trusted_inputs():
                 h = linear_scan(a, Bu, initial_state)
-        y = F.gelu(2 * torch.einsum("hm,blm->blh", C, h).real + self.D * x)
+        # 2 Re(C̃ h) as one real product: [Re h, Im h] interleaved (batch L, 2M) @ [2 Re C̃ᵀ; -2 Im C̃ᵀ] (2M, H)
+        WC = torch.stack([2 * C.real.T, -2 * C.imag.T], dim=1).reshape(2 * M, H)
+        hr = torch.view_as_real(h).reshape(-1, 2 * M)
+        y = torch.addmm((self.D * x).reshape(-1, H).to(WC.dtype), hr, WC).reshape(bsz, L, H)
+        y = F.gelu(y)
         if mask is not None:
             y = y * mask[..., None]
-        y = y.to(x.dtype)
+        y = y.to(dtype)
         return (y, h[:, -1]) if return_state else y
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor):
         """One token in O(P·H): ``x = Λ̄ x + B̄ u``, ``y = GELU(2 Re(C̃ x) + D u)``."""
         check_step_input(x_t, self.d_model)
         check_state("state", state, (x_t.shape[0], self.d_state // 2))
+        dtype, x_t = x_t.dtype, match_parameter_dtype(x_t, self.D.dtype)
         dA, dB, C = self._discrete()
-        state = dA * state + x_t.to(dB.dtype) @ dB.T
-        return F.gelu(2 * (state @ C.T).real + self.D * x_t).to(x_t.dtype), state
+        state = dA * state.to(dB.dtype) + x_t.to(dB.dtype) @ dB.T  # (the state is cast as in forward)
+        return F.gelu(2 * (state @ C.T).real + self.D * x_t).to(dtype), state

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_bool, check_choice, check_float, check_fraction, check_mask, check_positive_int,
-                       trusted_inputs, value_checks_enabled)
+from .._checks import (check_bool, check_choice, check_finite, check_float, check_fraction, check_mask, check_positive_int,
+                       match_parameter_dtype, trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
+from .mixer import ChannelMixer
 
 __all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
 
@@ -72,8 +73,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm = make_norm(norm, d_model, norm_eps, device=device, dtype=dtype)
         self.layer = layer
-        self.mixer = (nn.Sequential(nn.GELU(), nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype),
-                                    nn.GLU(dim=-1))
+        self.mixer = (ChannelMixer(d_model, device=device, dtype=dtype)
                       if getattr(layer, "needs_channel_mixer", False) else nn.Identity())
         self.dropout = nn.Dropout(dropout)
         self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
@@ -143,6 +143,7 @@ class Backbone(nn.Module):
         self.d_model, self.layer_name, self.vocab_size = d_model, layer, vocab_size
         self.norm_kind, self.norm_eps, self.prenorm, self.residual_in_fp32 = norm, norm_eps, prenorm, residual_in_fp32
         self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        check_positive_int("d_input", d_input)  # (unused with a vocabulary, but still an int >= 1)
         if vocab_size is not None:
             check_positive_int("vocab_size", vocab_size)
             m = pad_vocab_size_multiple
@@ -153,6 +154,8 @@ class Backbone(nn.Module):
             self.padded_vocab_size = None
             self.encoder = nn.Linear(d_input, d_model, **fk)
         self.d_input = d_input
+        if layer_kwargs is not None and not isinstance(layer_kwargs, dict):
+            raise TypeError(f"layer_kwargs must be a dict of the layer's options (or None), got {type(layer_kwargs).__name__}")
         kw = dict(layer_kwargs or {})
         self.layer_kwargs = dict(kw)
         self.blocks = nn.ModuleList([
@@ -188,6 +191,8 @@ class Backbone(nn.Module):
         if not isinstance(states, (list, tuple)) or len(states) != len(self.blocks):
             got = f"{len(states)} entries" if isinstance(states, (list, tuple)) else type(states).__name__
             raise ValueError(f"{name} must be a list of one state per layer ({len(self.blocks)}), got {got}")
+        for i, (given, block) in enumerate(zip(states, self.blocks)):
+            _check_state_like(f"{name}[{i}]", given, block.layer.initial_state(batch, device="meta"))
 
     # --- forward ---------------------------------------------------------------------------
     def forward(self, x, mask=None, states: Optional[List[Any]] = None, return_state: bool = False):
@@ -222,7 +227,8 @@ class Backbone(nn.Module):
         return torch.zeros(b, L, self.d_model, device=p.device, dtype=dtype)
 
     def _embed(self, x):
-        h = self.encoder(x)
+        # real features in another floating dtype are cast to the encoder's (docs/reliability.md)
+        h = self.encoder(match_parameter_dtype(x, self.encoder.weight.dtype))
         return h.float() if self.residual_in_fp32 else h
 
     def _final(self, h):
@@ -266,6 +272,26 @@ class Backbone(nn.Module):
             h, s = block.step(h, s)
             new.append(s)
         return self._final(h), new
+
+
+def _check_state_like(name: str, given, template) -> None:
+    """``given`` has the structure of ``template`` (a layer's ``initial_state``): a tensor, or a
+    tuple of tensors, of the same shapes, floating (complex where the template is complex)."""
+    parts = template if isinstance(template, tuple) else (template,)
+    if isinstance(template, tuple):
+        if not isinstance(given, (tuple, list)) or len(given) != len(parts):
+            raise ValueError(f"{name} must be a tuple of {len(parts)} tensors like the layer's initial_state, "
+                             f"got {type(given).__name__}")
+        got = tuple(given)
+    else:
+        got = (given,)
+    for g, t in zip(got, parts):
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != tuple(t.shape):
+            raise ValueError(f"{name} must hold tensors of shape {tuple(t.shape)}, got "
+                             f"{tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__}")
+        if not (g.is_floating_point() or (t.is_complex() and g.is_complex())):
+            raise TypeError(f"{name} must hold {'complex' if t.is_complex() else 'floating-point'} tensors, got {g.dtype}")
+        check_finite(name, g)
 
 
 def _left_padding_shift(mask: torch.Tensor) -> Optional[torch.Tensor]:

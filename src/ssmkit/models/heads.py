@@ -14,12 +14,18 @@ from .backbone import Backbone
 __all__ = ["SequenceClassifier", "TokenModel", "LanguageModel"]
 
 
+def _check_backbone(backbone) -> None:
+    if not isinstance(backbone, Backbone):
+        raise TypeError(f"backbone must be an ssmkit Backbone, got {type(backbone).__name__}")
+
+
 class SequenceClassifier(nn.Module):
     """One output per sequence: pooled backbone features -> linear (``num_classes`` logits, or 1
     value for regression). ``pooling``: ``mean`` over real tokens or ``last`` real token."""
 
     def __init__(self, backbone: Backbone, num_classes: int, pooling: str = "mean", device=None, dtype=None):
         super().__init__()
+        _check_backbone(backbone)
         check_positive_int("num_classes", num_classes)
         check_choice("pooling", pooling, ("mean", "last"))
         self.backbone, self.pooling = backbone, pooling
@@ -50,6 +56,7 @@ class TokenModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: Optional[int] = None, *, tie_embeddings: bool = False,
                  head_bias: bool = True, device=None, dtype=None):
         super().__init__()
+        _check_backbone(backbone)
         check_bool("tie_embeddings", tie_embeddings)
         check_bool("head_bias", head_bias)
         if num_classes is None:

@@ -14,6 +14,11 @@ by the same code on the reversed sequence: ``g_t = ∂L/∂h_t + conj(a_{t+1}) g
 ``∂L/∂b_t = g_t``, ``∂L/∂a_t = g_t conj(h_{t-1})``, ``∂L/∂h0 = conj(a_1) g_1`` (PyTorch's
 conjugate-Wirtinger convention for complex inputs). ``linear_scan_ref`` is the plain loop.
 
+When ``a`` has no batch or time dimension (a time-invariant step, e.g. S5 without padding), a
+second function runs the same blocked scan with the powers ``a^t`` computed once instead of
+the per-chunk products, and its gradient for ``a`` is the reduction ``Σ g_t conj(h_{t-1})``
+without a full-size tensor for ``a`` or its gradient.
+
 Inputs: real or complex float32/float64 (and complex64/complex128); float16/bfloat16 are
 computed in float32 and returned in the promoted input dtype; complex32 is refused by name.
 A batch of 0 gives an empty result; the length must be >= 1. The finite-value checks are
@@ -105,6 +110,69 @@ def _scan_time_first(aT: torch.Tensor, bT: torch.Tensor, h0: Optional[torch.Tens
     return hs[:L] if pad else hs
 
 
+def _scan_time_first_lti(a: torch.Tensor, bT: torch.Tensor, h0: Optional[torch.Tensor]) -> torch.Tensor:
+    """As :func:`_scan_time_first` for a step ``a`` that is the same at every time and batch entry
+    (``a`` broadcasts to ``bT.shape[2:]``): the within-chunk products are the powers ``a^t``,
+    computed once (T, ...) instead of over every chunk and batch entry."""
+    L = bT.shape[0]
+    inner = tuple(bT.shape[1:])
+    if L < _BLOCKED_MIN_LENGTH:
+        hs = bT.clone(memory_format=torch.contiguous_format)
+        if h0 is not None:
+            hs[0].addcmul_(a, h0)
+        for t in range(1, L):
+            hs[t].addcmul_(a, hs[t - 1])
+        return hs
+    T = math.isqrt(L - 1) + 1
+    nc = -(-L // T)
+    pad = nc * T - L
+    if pad:
+        bT = torch.cat([bT, bT.new_zeros((pad,) + inner)])
+    hs = bT.reshape((nc, T) + inner).transpose(0, 1).contiguous()  # (T, nc, ...)
+    for t in range(1, T):
+        hs[t].addcmul_(a, hs[t - 1])
+    # P_t = a^{t+1}, t = 0..T-1, by repeated products (the same rounding as the general scan)
+    P = torch.cumprod(a.unsqueeze(0).expand((T,) + tuple(a.shape)), dim=0)
+    ends = _scan_time_first_lti(P[-1], hs[-1], h0)  # chunk boundaries: c_k = a^T c_{k-1} + h_T^(k)
+    Pb = P.reshape((T, 1) + (1,) * (len(inner) - a.dim()) + tuple(a.shape))
+    if h0 is not None:
+        hs[:, 0].addcmul_(Pb[:, 0], h0)
+    hs[:, 1:].addcmul_(Pb, ends[:-1].unsqueeze(0))
+    hs = hs.transpose(0, 1).reshape((nc * T,) + inner)
+    return hs[:L] if pad else hs
+
+
+class _LinearScanLTI(torch.autograd.Function):
+    """``h_t = a ⊙ h_{t-1} + b_t`` with one ``a`` for every step and batch entry (``a``
+    broadcasts to ``b.shape[2:]``); its gradient is ``Σ_{batch, t} g_t conj(h_{t-1})``."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        hs = _scan_time_first_lti(a, b.transpose(0, 1), h0)
+        ctx.save_for_backward(a, hs, h0)
+        return hs.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, gh):
+        a, hs, h0 = ctx.saved_tensors
+        ac = a.conj()
+        # g_t = gh_t + conj(a) g_{t+1}, g_{L-1} = gh_{L-1}: a forward scan of the reversed sequence
+        g = _scan_time_first_lti(ac, gh.transpose(0, 1).flip(0), None).flip(0)  # (L, batch, ...)
+        # Σ_t g_t conj(h_{t-1}), h_{-1} = h0
+        da = (g[1:] * hs[:-1].conj()).sum(0)
+        if h0 is not None:
+            da = da + g[0] * h0.conj()
+        da = da.sum(0)
+        extra = da.dim() - a.dim()
+        if extra:
+            da = da.sum(tuple(range(extra)))
+        for i, n in enumerate(a.shape):
+            if n == 1 and da.shape[i] != 1:
+                da = da.sum(i, keepdim=True)
+        dh0 = ac * g[0] if h0 is not None else None
+        return da, g.transpose(0, 1), dh0
+
+
 class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, h0):
@@ -143,5 +211,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.
         h0 = h0.to(ct)
     if b.shape[0] == 0:  # an empty batch: an empty result
         return b.to(dtype) * 0
+    if a.dim() <= b.dim() - 2 or (a.dim() == b.dim() and a.shape[0] == 1 and a.shape[1] == 1):
+        # one step for every time and batch entry (e.g. a time-invariant system)
+        a_inner = a.reshape(a.shape[2:]) if a.dim() == b.dim() else a
+        return _LinearScanLTI.apply(a_inner.to(ct), b.to(ct), h0).to(dtype)
     a = a.to(ct).expand_as(b)
     return _LinearScan.apply(a, b.to(ct), h0).to(dtype)

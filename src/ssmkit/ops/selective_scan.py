@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_int, check_tensor, value_checks_enabled
+from .._checks import check_bool, check_int, check_tensor, value_checks_enabled
 from . import _native
 
 __all__ = ["selective_scan", "selective_scan_fn", "selective_scan_ref"]
@@ -102,6 +102,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                        return_last_state=False, initial_state=None):
     """Reference: the recurrence as written, one step at a time, through autograd."""
     bsz, d, L, N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_bool("delta_softplus", delta_softplus)
+    check_bool("return_last_state", return_last_state)
     dt = delta + delta_bias[:, None] if delta_bias is not None else delta
     if delta_softplus:
         dt = F.softplus(dt)
@@ -246,8 +248,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (RuntimeError if it cannot be used)."""
     bsz, d, L, N = _check(u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_int("checkpoint_every", checkpoint_every, minimum=1)
-    if native not in (None, True, False):
-        raise TypeError(f"native must be None, True or False, got {native!r}")
+    check_bool("delta_softplus", delta_softplus)
+    check_bool("return_last_state", return_last_state)
+    if native is not None:  # (0 == False: a membership test would let 0 and 1 through)
+        check_bool("native", native)
     if value_checks_enabled() and A.numel() and bool((A > 0).any()):
         raise ValueError("A must be <= 0 (A = -exp(A_log) in Mamba); positive entries make the state grow without bound")
     B4 = B if B.dim() == 4 else B.unsqueeze(1)

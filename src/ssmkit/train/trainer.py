@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from .._io import atomic_write_json
+from .._checks import check_bool, check_int
 from ..layers import get_optim_hints
 from ..models import Backbone, LanguageModel, SequenceClassifier
 from ..tasks import IGNORE_INDEX, Task, build_task, pad_collate
@@ -148,6 +149,8 @@ def validation_split(task: Task, seed: int = 0, fraction: float = VAL_FRACTION) 
 def load_model(path, which: str = "best"):
     """Rebuild a trained model from a run folder or checkpoint: ``(model, config, task)``.
     ``which``: ``"best"`` (the best-by-validation checkpoint when the run has one) or ``"latest"``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a run or checkpoint folder (a str or os.PathLike), got {type(path).__name__}")
     weights, _, cfg = load_checkpoint(path, load_trainer_state=False, which=which)
     config = TrainConfig.from_dict(cfg)
     task = build_task(config.task, seed=config.seed, **config.task_options)
@@ -441,7 +444,7 @@ def fit(config, out_dir, resume: bool = False, progress=True, task: Optional[Tas
     otherwise), False (silent), or one of ``"auto"``, ``"bar"``, ``"lines"``, ``"none"``.
     ``pause_at``: stop after that many steps with a checkpoint, as an interruption would, without
     changing the schedule (unlike ``max_steps``); ``resume=True`` continues the run exactly.
-    ``threads``: None (keep the current setting), an int, or ``"auto"`` (the idle cores).
+    ``threads``: None (keep the current setting), an int, or ``"auto"`` (every CPU the process may use, ssmkit.runtime).
     """
     if isinstance(config, Mapping):
         config = TrainConfig.from_dict(config)
@@ -451,8 +454,9 @@ def fit(config, out_dir, resume: bool = False, progress=True, task: Optional[Tas
         raise TypeError(f"config must be a TrainConfig or a mapping of its fields, got {type(config).__name__}")
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a path, got {type(out_dir).__name__}")
-    if pause_at is not None and (isinstance(pause_at, bool) or not isinstance(pause_at, int) or pause_at < 1):
-        raise ValueError(f"pause_at must be an int >= 1, got {pause_at!r}")
+    check_bool("resume", resume)
+    if pause_at is not None:
+        check_int("pause_at", pause_at, minimum=1)
     mode = {True: "auto", False: "none"}.get(progress, progress) if isinstance(progress, bool) else progress
     with contextlib.ExitStack() as stack:
         rank, world = stack.enter_context(process_group())

@@ -1,0 +1,93 @@
+"""The position-wise channel mixer of the LTI blocks, fused: ``GLU(Linear(GELU(h)))``.
+
+For ``h`` (..., H), weight ``W`` (2H, H) and bias ``b`` (2H,):
+
+    g = GELU(h),   z = g Wᵀ + b = [a, s],   y = a ⊙ σ(s)          (y: (..., H))
+
+(the S4 papers' mixer; GELU is the exact, erf-based one). :class:`ChannelMixer` is an
+``nn.Sequential(GELU(), Linear(H, 2H), GLU(-1))`` — same children, same parameter names
+(``1.weight``, ``1.bias``), so state dicts load either way — whose ``forward`` runs the three
+steps as one autograd function with a written-out backward:
+
+    ∂a = ∂y ⊙ σ(s),   ∂s = ∂a ⊙ a ⊙ (1 - σ(s)),   ∂z = [∂a, ∂s]
+    ∂W = ∂zᵀ g,   ∂b = Σ ∂z,   ∂h = GELU'(h) ⊙ (∂z W)
+
+It computes the two halves ``a`` and ``s`` as two ``addmm`` products (contiguous rows for the
+elementwise work) and saves ``h``, ``g``, ``a`` and ``σ(s)`` (no sigmoid recomputed in the
+backward). Same arithmetic as the unfused modules up to rounding order.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .._checks import check_positive_int
+
+__all__ = ["ChannelMixer", "channel_mixer"]
+
+
+class _FusedMixer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        H = weight.shape[1]
+        h2 = h.reshape(-1, H)
+        g = torch.nn.functional.gelu(h2)
+        # the two halves of z as two contiguous products (elementwise work on contiguous rows)
+        a = torch.addmm(bias[:H], g, weight[:H].t())
+        sig = torch.sigmoid(torch.addmm(bias[H:], g, weight[H:].t()))
+        y = a * sig
+        ctx.save_for_backward(h2, g, a, sig, weight)
+        ctx.shape = h.shape
+        return y.reshape(h.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        h2, g, a, sig, weight = ctx.saved_tensors
+        H = a.shape[1]
+        gy = gy.reshape(-1, H)
+        ga = gy * sig
+        gs = ga * a
+        gs.addcmul_(gs, sig, value=-1.0)  # ∂a ⊙ a ⊙ (1 - σ)
+        gh = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gg = torch.addmm(ga @ weight[:H], gs, weight[H:])
+            gh = torch.ops.aten.gelu_backward(gg, h2).reshape(ctx.shape)
+        if ctx.needs_input_grad[1]:
+            gW = torch.cat([ga.t() @ g, gs.t() @ g])
+        if ctx.needs_input_grad[2]:
+            gb = torch.cat([ga.sum(0), gs.sum(0)])
+        return gh, gW, gb
+
+
+def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``GLU(GELU(h) Wᵀ + b)`` over the last dimension: h (..., H), weight (2H, H), bias (2H,) -> (..., H)."""
+    if weight.dim() != 2 or weight.shape[0] != 2 * weight.shape[1] or h.shape[-1] != weight.shape[1]:
+        raise ValueError(f"weight must have shape (2H, H) with H = h.shape[-1] = {h.shape[-1]}, got "
+                         f"{tuple(weight.shape)}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if not (h.dtype == weight.dtype == bias.dtype):
+        raise TypeError(f"h, weight and bias must share one dtype, got {h.dtype}, {weight.dtype}, {bias.dtype}")
+    return _FusedMixer.apply(h, weight, bias)
+
+
+class ChannelMixer(nn.Sequential):
+    """``nn.Sequential(nn.GELU(), nn.Linear(d_model, 2 d_model), nn.GLU(dim=-1))`` computed fused.
+
+    Parameters ``1.weight`` (2H, H) and ``1.bias`` (2H,), initialised as ``nn.Linear`` does; a
+    state dict of the plain Sequential loads into it and back. Inputs whose dtype differs from
+    the parameters' (e.g. under autocast) fall back to the unfused modules.
+    """
+
+    def __init__(self, d_model: int, device=None, dtype=None):
+        check_positive_int("d_model", d_model)
+        super().__init__(nn.GELU(), nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype), nn.GLU(dim=-1))
+        self.d_model = d_model
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        lin = self[1]
+        if h.dtype != lin.weight.dtype or torch.is_autocast_enabled(h.device.type):
+            return super().forward(h)
+        return channel_mixer(h, lin.weight, lin.bias)
