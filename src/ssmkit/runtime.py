@@ -129,11 +129,9 @@ def resolve_threads(threads: Union[str, int, None]) -> int:
             threads = int(threads.strip())
         except ValueError:
             raise ValueError(f"threads must be 'auto' or a positive integer, got {threads!r}") from None
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise TypeError(f"threads must be 'auto' or a positive integer, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be 'auto' or a positive integer, got {threads!r}")
-    return threads
+    from ._checks import check_positive_int  # here, not at the top: this module loads before torch
+
+    return check_positive_int("threads", threads)
 
 
 def configure(threads: Union[str, int, None] = "auto") -> Dict[str, object]:

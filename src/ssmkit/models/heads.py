@@ -1,8 +1,7 @@
 """Task heads on the backbone: sequence classification/regression and language modelling."""
 from __future__ import annotations
 
-import math
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -121,10 +120,7 @@ class LanguageModel(TokenModel):
             raise ValueError(f"prompt must be a (batch, length >= 1) tensor of token ids, got "
                              f"{tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__}")
         check_int("max_new_tokens", max_new_tokens, minimum=0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(f"temperature must be a number >= 0, got {type(temperature).__name__}")
-        if not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+        check_float("temperature", temperature, low=0.0)  # 0: greedy
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
         if top_p is not None:
