@@ -258,9 +258,9 @@ class Backbone(nn.Module):
         if not isinstance(x_t, torch.Tensor) or x_t.dim() != want:
             raise ValueError(f"x_t must have {want} dimension(s), got "
                              f"{tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__}")
-        if value_checks_enabled():  # (a decoding loop inside trusted_inputs has checked its tokens)
+        if value_checks_enabled():  # a decoding loop inside trusted_inputs checked its tokens and made its states
             self._check_input(x_t.unsqueeze(1), "x_t")
-        self._check_states(states, x_t.shape[0])
+            self._check_states(states, x_t.shape[0])
         with trusted_inputs():
             return self._step(x_t, states)
 
