@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import assert_close_to_reference, raises_naming
+from helpers import assert_close_to_reference, raises_naming, rel_err
 from ssmkit.models.mixer import ChannelMixer, channel_mixer
 
 
@@ -57,3 +57,14 @@ def test_bad_shapes_named():
         channel_mixer(torch.randn(2, 3), torch.randn(6, 3), torch.randn(5))
     with raises_naming(ValueError, "d_model"):
         ChannelMixer(0)
+
+
+def test_mixer_module_casts_other_dtypes_and_names_a_wrong_width():
+    torch.manual_seed(0)
+    m = ChannelMixer(4).double()
+    h = torch.randn(2, 3, 4, dtype=torch.float64)
+    y32 = m.float()(h.float())
+    y16 = m(h.half())  # computed in the parameters' float32, returned in float16
+    assert y16.dtype == torch.float16 and rel_err(y16.double(), y32.double()) < 2e-3
+    with raises_naming(ValueError, "h"):
+        m(torch.randn(2, 3, 5))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, check_tensor, match_parameter_dtype
 
 __all__ = ["ChannelMixer", "channel_mixer"]
 
@@ -77,8 +77,9 @@ class ChannelMixer(nn.Sequential):
     """``nn.Sequential(nn.GELU(), nn.Linear(d_model, 2 d_model), nn.GLU(dim=-1))`` computed fused.
 
     Parameters ``1.weight`` (2H, H) and ``1.bias`` (2H,), initialised as ``nn.Linear`` does; a
-    state dict of the plain Sequential loads into it and back. Inputs whose dtype differs from
-    the parameters' (e.g. under autocast) fall back to the unfused modules.
+    state dict of the plain Sequential loads into it and back. An input of another floating dtype
+    is computed in the parameters' dtype and returned in its own; under autocast the unfused
+    modules run, whose products autocast handles.
     """
 
     def __init__(self, d_model: int, device=None, dtype=None):
@@ -87,7 +88,11 @@ class ChannelMixer(nn.Sequential):
         self.d_model = d_model
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        check_tensor("h", h, floating=True, finite=False)
+        if h.dim() < 1 or h.shape[-1] != self.d_model:
+            raise ValueError(f"h must have last dimension {self.d_model}, got shape {tuple(h.shape)}")
         lin = self[1]
-        if h.dtype != lin.weight.dtype or torch.is_autocast_enabled(h.device.type):
-            return super().forward(h)
-        return channel_mixer(h, lin.weight, lin.bias)
+        x = match_parameter_dtype(h, lin.weight.dtype)  # the layers' dtype rule (docs/reliability.md)
+        if torch.is_autocast_enabled(x.device.type):  # autocast picks each product's precision
+            return super().forward(x)
+        return channel_mixer(x, lin.weight, lin.bias).to(h.dtype)
