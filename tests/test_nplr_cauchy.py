@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ssmkit.hippo import nplr, transition
-from ssmkit.kernels import cauchy_conj, dplr_kernel, dplr_kernel_ref, naive_kernel
+from ssmkit.kernels import cauchy, cauchy_conj, dplr_kernel, dplr_kernel_ref, naive_kernel
 
 from helpers import raises_naming
 
@@ -165,3 +165,25 @@ def test_dplr_kernel_float32_accuracy_at_training_length(method):
         K = dplr_kernel(*p32, 1024, method=method)
     assert K.dtype == torch.float32
     assert float((K.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_a_mode_on_a_pole_is_refused_by_name_not_returned_as_nan():
+    # λ = 0 puts a pole at frequency 0 (x_0 = 1 - z_0 = 0): the sum is infinite there
+    lam = torch.tensor([[0 + 0j, -0.5 + 1j]], dtype=c128)
+    v = torch.ones(1, 1, 2, dtype=c128)
+    z = torch.exp(-2j * torch.pi * torch.arange(4, dtype=torch.float64) / 4)
+    x, s = 1 - z, ((1 + z) / 2).unsqueeze(0)
+    for fn in (cauchy, cauchy_conj):
+        with raises_naming(ValueError, "lam"):
+            fn(v, x, s, lam)
+    ones = torch.ones(1, 2, dtype=c128)
+    for method in ("vandermonde", "cauchy"):
+        with raises_naming(ValueError, "Lambda"):
+            dplr_kernel(lam, torch.zeros(1, 1, 2, dtype=c128), ones, ones, torch.ones(1, dtype=torch.float64), 8,
+                        method=method)
+    # off the pole the same call is finite and agrees with the dense reference
+    lam_ok = torch.tensor([[0.1 + 0j, -0.5 + 1j]], dtype=c128)
+    args = (lam_ok, torch.zeros(1, 1, 2, dtype=c128), ones, ones, torch.ones(1, dtype=torch.float64), 8)
+    want = dplr_kernel_ref(*args)
+    for method in ("vandermonde", "cauchy"):
+        torch.testing.assert_close(dplr_kernel(*args, method=method), want, rtol=1e-10, atol=1e-10)

@@ -43,7 +43,8 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import FULL_PRECISION, check_bool, check_choice, check_positive, check_positive_int, check_tensor
+from .._checks import (FULL_PRECISION, check_bool, check_choice, check_positive, check_positive_int, check_tensor,
+                       value_checks_enabled)
 from .naive import naive_kernel
 from .vandermonde import vandermonde_kernel
 
@@ -53,18 +54,43 @@ DEFAULT_FREQ_BLOCK = 512
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
 
-def cauchy(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``Σ_n v_n/(x_j - s_j λ_n)``: ``v`` (H, K, M), ``lam`` (H, M), ``x`` (J,), ``s`` (H, J) -> (H, K, J)."""
+def _refuse_poles(bad: torch.Tensor, name: str, where: str) -> None:
+    """Raise if ``bad`` (H, M, J) marks a mode ``name[h, n]`` whose Cauchy term is infinite at frequency j.
+
+    A full-tensor check (one host read): skipped inside :func:`ssmkit._checks.trusted_inputs`.
+    """
+    if value_checks_enabled() and bool(bad.any()):
+        h, n, j = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}[{h}, {n}] lies on a pole of the Cauchy sum ({where.format(j=j)}): the sum is infinite "
+            "there; the modes must stay off the contour (for the S4 kernel: Re(Lambda) < 0)")
+
+
+def _cauchy_sum(v, x, s, lam, name: str):
     den = x - s.unsqueeze(1) * lam.unsqueeze(-1)  # (H, M, J)
+    _refuse_poles(den == 0, name, "x_j = s_j " + name + "_n at frequency index {j}")
     return torch.einsum("hkm,hmj->hkj", v, 1 / den)
+
+
+def _cauchy_conj_sum(v, x, s, lam, name: str):
+    return _cauchy_sum(v, x, s, lam, name) + _cauchy_sum(v.conj(), x, s, lam.conj(), name)
+
+
+def cauchy(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``Σ_n v_n/(x_j - s_j λ_n)``: ``v`` (H, K, M), ``lam`` (H, M), ``x`` (J,), ``s`` (H, J) -> (H, K, J).
+
+    A mode with ``x_j = s_j λ_n`` (a pole of the sum) is refused with a ValueError naming it.
+    """
+    return _cauchy_sum(v, x, s, lam, "lam")
 
 
 def cauchy_conj(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """``Σ_n v_n/(x_j - s_j λ_n) + conj(v_n)/(x_j - s_j conj(λ_n))``.
 
-    ``v`` (H, K, M), ``lam`` (H, M), ``x`` (J,), ``s`` (H, J) -> (H, K, J).
+    ``v`` (H, K, M), ``lam`` (H, M), ``x`` (J,), ``s`` (H, J) -> (H, K, J). Poles are refused as in
+    :func:`cauchy`.
     """
-    return cauchy(v, x, s, lam) + cauchy(v.conj(), x, s, lam.conj())
+    return _cauchy_conj_sum(v, x, s, lam, "lam")
 
 
 def _woodbury(k, s, dt, r: int):
@@ -88,7 +114,7 @@ def _khat_block(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
     z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # (J,)
     x = 1 - z
     s = (dt.unsqueeze(-1) / 2) * (1 + z)  # (H, J)
-    k = (cauchy_conj if conj_pairs else cauchy)(V, x, s, lam)  # (H, 1 + 2r + r², J)
+    k = (_cauchy_conj_sum if conj_pairs else _cauchy_sum)(V, x, s, lam, "Lambda")  # (H, 1 + 2r + r², J)
     return _woodbury(k, s, dt, r)
 
 
@@ -97,7 +123,9 @@ def _khat_vandermonde(V, lam, dt, L: int, r: int, conj_pairs: bool):
     h = (dt / 2).unsqueeze(-1) * lam  # (H, M): Δλ/2
     a = 1 - h
     log_r = torch.log((1 + h) / a)
-    coef = V / (a * -torch.expm1(L * log_r)).unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
+    den = a * -torch.expm1(L * log_r)  # (H, M): a (1 - r^L); zero when a pole sits on the L-th roots of unity
+    _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
+    coef = V / den.unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
     seq = vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)  # (H, K, L)
     k = torch.fft.rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)
     J = k.shape[-1]
