@@ -33,6 +33,10 @@
  * bit-identical for any thread count and any schedule (tasks are still scheduled dynamically,
  * so a descheduled thread on a shared machine does not hold the others back).
  *
+ * The second half of the file holds the fused Mamba block kernels (mi_* and cv_*), which work
+ * in the channels-last layout of the block's projections, (b, L, E) rows, vectorised over
+ * blocks of MI_CB channels (see ssmkit.ops.mamba_fused for the formulas).
+ *
  * The file is a template: it includes itself twice, once per scalar type.
  */
 #ifndef SSM_SCALAR
@@ -45,6 +49,7 @@
 #endif
 
 #define SSM_BLOCK 8
+#define MI_CB 32 /* channels per vector block in the fused Mamba kernels */
 
 /* exp for float32, inlined so that the loops over N vectorise without a library call:
  * exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two for an exact
@@ -97,20 +102,24 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #define SSM_SCALAR float
 #define SSM_SFX f32
 #define SSM_EXP ssm_expf
+#define SSM_LOG1P log1pf
 #include __FILE__
 #undef SSM_SCALAR
 #undef SSM_SFX
 #undef SSM_EXP
+#undef SSM_LOG1P
 
 #define SSM_SCALAR double
 #define SSM_SFX f64
 #define SSM_EXP exp
+#define SSM_LOG1P log1p
 #include __FILE__
 #undef SSM_SCALAR
 #undef SSM_SFX
 #undef SSM_EXP
+#undef SSM_LOG1P
 
-int ssm_abi_version(void) { return 3; }
+int ssm_abi_version(void) { return 4; }
 
 #else /* template body */
 
@@ -291,6 +300,405 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
     }
     if (dh0) memcpy(dh0, gcar, (size_t)nb * D * N * sizeof(S));
 }
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Fused Mamba block kernels, channels-last. Rows are (b, t) pairs, row = b * L + t; a tensor
+ * "(b, L, E) with row stride s" has element (row, c) at row * s + c. Work is cut into tasks of
+ * one batch element and one block of MI_CB channels (the last block may be shorter); inside a
+ * task the channel loops are the vector loops and B_t[n], C_t[n] are scalars.
+ *
+ * mi_fwd:  v = dtr + dbias, dt = softplus(v), h_t[n] = exp(dt A[n]) h_{t-1}[n] + dt u B_t[n],
+ *          out = (sum_n C_t[n] h_t[n] + D u) * silu(z)
+ * mi_bwd:  its reverse scan (the formulas of ssm_bwd plus the gate, the D skip and the softplus).
+ * cv_fwd:  u = silu(bias + sum_k w[k] x_{t-K+1+k}) (x_{<0} from the window, else 0)
+ * cv_bwd:  its gradients.
+ * A is passed transposed, At (N, E), so that a state index n reads E contiguous values.
+ * --------------------------------------------------------------------------------------------- */
+
+static inline S SSM_CAT(mi_sig, SSM_SFX)(S x) {
+    x = x < (S)-80 ? (S)-80 : (x > (S)80 ? (S)80 : x);
+    return (S)1 / ((S)1 + SSM_EXP(-x));
+}
+
+static inline S SSM_CAT(mi_softplus, SSM_SFX)(S v) {
+    return v > (S)20 ? v : SSM_LOG1P(SSM_EXP(v < (S)-80 ? (S)-80 : v));
+}
+
+#define MI_SIG SSM_CAT(mi_sig, SSM_SFX)
+#define MI_SOFTPLUS SSM_CAT(mi_softplus, SSM_SFX)
+
+/* Forward. dbias, Dv, z, h0, states may be NULL. xdbl: rows of stride sxd holding B_t at offB
+ * and C_t at offB + N. z has row stride sz. out (b, L, E) contiguous; h_last (b, E, N);
+ * states (b, K, N, E), the state before step k*T. work: nthreads * N * MI_CB scalars. */
+void SSM_CAT(mi_fwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const S *restrict dbias,
+                              const S *restrict At, const S *restrict xdbl, long sxd, long offB,
+                              const S *restrict Dv, const S *restrict z, long sz, const S *restrict h0,
+                              S *restrict out, S *restrict h_last, S *restrict states, S *restrict work,
+                              long nb, long E, long L, long N, long T, int nthreads) {
+    const long K = (L + T - 1) / T;
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *h = work + tid * N * MI_CB;
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < nb * nblk; task++) {
+            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+            for (long n = 0; n < N; n++)
+                for (long c = 0; c < cw; c++) h[n * MI_CB + c] = h0 ? h0[(bi * E + c0 + c) * N + n] : (S)0;
+            for (long t = 0; t < L; t++) {
+                const long row = bi * L + t;
+                if (states && t % T == 0)
+                    for (long n = 0; n < N; n++)
+                        memcpy(states + ((bi * K + t / T) * N + n) * E + c0, h + n * MI_CB, cw * sizeof(S));
+                S dtv[MI_CB], xu[MI_CB], acc[MI_CB];
+                const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) {
+                    const S d = MI_SOFTPLUS(dr[c] + (dbias ? dbias[c0 + c] : (S)0));
+                    dtv[c] = d;
+                    xu[c] = d * ur[c];
+                    acc[c] = 0;
+                }
+                const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
+                for (long n = 0; n < N; n++) {
+                    const S bn = Bt[n], cn = Ct[n];
+                    const S *a = At + n * E + c0;
+                    S *hn = h + n * MI_CB;
+#pragma omp simd
+                    for (long c = 0; c < cw; c++) {
+                        const S hv = SSM_EXP(dtv[c] * a[c]) * hn[c] + xu[c] * bn;
+                        hn[c] = hv;
+                        acc[c] += cn * hv;
+                    }
+                }
+                S *o = out + row * E + c0;
+                const S *zr = z ? z + row * sz + c0 : NULL;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) {
+                    S yv = acc[c] + (Dv ? Dv[c0 + c] * ur[c] : (S)0);
+                    if (zr) yv *= zr[c] * MI_SIG(zr[c]);
+                    o[c] = yv;
+                }
+            }
+            for (long c = 0; c < cw; c++)
+                for (long n = 0; n < N; n++) h_last[(bi * E + c0 + c) * N + n] = h[n * MI_CB + c];
+        }
+    }
+}
+
+/* Backward of mi_fwd. Tasks are (batch element, group of ngrp channel blocks) (ngrp is chosen
+ * from the shapes only); each task writes its dB, dC terms into its own slot of part, and the
+ * slots, like the per-block dA, dD, dbias slots in acc, are summed in index order: gradients do
+ * not depend on the thread count. Inputs as in mi_fwd plus states (required), dout (b, L, E) and dh_last
+ * (b, E, N) or NULL. Outputs: du, ddtr (b, L, E) contiguous (ddtr is the gradient of dtr, i.e.
+ * of v); dz (row stride sdz; only if z); dxdbl's B and C columns (row stride sdx, at offB and
+ * offB + N); dAt (N, E); dD (E) if Dv; ddbias (E) if dbias; dh0 (b, E, N) or NULL.
+ * Scratch: part 2 * nb * ngrp * L * N; acc nb * nblk * (N + 2) * MI_CB;
+ * work nthreads * (2 * T * N + 2 * T + 3 * N) * MI_CB. */
+void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const S *restrict dbias,
+                              const S *restrict At, const S *restrict xdbl, long sxd, long offB,
+                              const S *restrict Dv, const S *restrict z, long sz,
+                              const S *restrict states, const S *restrict dout, const S *restrict dh_last,
+                              S *restrict du, S *restrict ddtr, S *restrict dz, long sdz,
+                              S *restrict dxdbl, long sdx, S *restrict dAt, S *restrict dD,
+                              S *restrict ddbias, S *restrict dh0, S *restrict part, S *restrict acc,
+                              S *restrict work, long nb, long E, long L, long N, long T, long ngrp,
+                              int nthreads) {
+    const long K = (L + T - 1) / T;
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+    const long bpg = (nblk + ngrp - 1) / ngrp; /* blocks per group */
+    const long ntask = nb * ngrp;
+    S *partB = part, *partC = part + ntask * L * N;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *H = work + tid * (2 * T * N + 2 * T + 3 * N) * MI_CB;
+        S *Eb = H + T * N * MI_CB, *dts = Eb + T * N * MI_CB, *sgs = dts + T * MI_CB;
+        S *hs = sgs + T * MI_CB, *gv = hs + N * MI_CB;
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < ntask; task++) {
+            const long bi = task / ngrp, gi = task % ngrp;
+            S *pB = partB + task * L * N, *pC = partC + task * L * N;
+            memset(pB, 0, L * N * sizeof(S));
+            memset(pC, 0, L * N * sizeof(S));
+            const long b0 = gi * bpg, b1 = (b0 + bpg < nblk) ? b0 + bpg : nblk;
+            for (long blk = b0; blk < b1; blk++) {
+                const long c0 = blk * MI_CB;
+                const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+                S *dAacc = acc + (bi * nblk + blk) * (N + 2) * MI_CB;
+                S *dDacc = dAacc + N * MI_CB, *dbacc = dDacc + MI_CB;
+                memset(dAacc, 0, (N + 2) * MI_CB * sizeof(S));
+                for (long n = 0; n < N; n++)
+                    for (long c = 0; c < cw; c++)
+                        gv[n * MI_CB + c] = dh_last ? dh_last[(bi * E + c0 + c) * N + n] : (S)0;
+                for (long k = K - 1; k >= 0; k--) {
+                    const long s = k * T, e = (s + T < L) ? s + T : L;
+                    for (long n = 0; n < N; n++)
+                        memcpy(hs + n * MI_CB, states + ((bi * K + k) * N + n) * E + c0, cw * sizeof(S));
+                    /* recompute the chunk: Eb[i] = exp(dt A), H[i] = h_{s+i} */
+                    for (long i = 0; i < e - s; i++) {
+                        const long row = bi * L + s + i;
+                        const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
+                        S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
+                        S xu[MI_CB];
+#pragma omp simd
+                        for (long c = 0; c < cw; c++) {
+                            const S v = dr[c] + (dbias ? dbias[c0 + c] : (S)0);
+                            const S d = MI_SOFTPLUS(v);
+                            dti[c] = d;
+                            sgi[c] = MI_SIG(v);
+                            xu[c] = d * ur[c];
+                        }
+                        const S *Bt = xdbl + row * sxd + offB;
+                        for (long n = 0; n < N; n++) {
+                            const S bn = Bt[n];
+                            const S *a = At + n * E + c0;
+                            const S *hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
+                            S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
+#pragma omp simd
+                            for (long c = 0; c < cw; c++) {
+                                const S en = SSM_EXP(dti[c] * a[c]);
+                                Ein[c] = en;
+                                Hin[c] = en * hp[c] + xu[c] * bn;
+                            }
+                        }
+                    }
+                    for (long i = e - s - 1; i >= 0; i--) {
+                        const long t = s + i, row = bi * L + t;
+                        const S *ur = u + row * E + c0, *dor = dout + row * E + c0;
+                        const S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
+                        const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
+                        S dy[MI_CB], dtu[MI_CB], sB[MI_CB], sA[MI_CB], yc[MI_CB];
+                        for (long c = 0; c < cw; c++) yc[c] = 0;
+                        if (z) {
+                            for (long n = 0; n < N; n++) {
+                                const S cn = Ct[n];
+                                const S *Hin = H + (i * N + n) * MI_CB;
+#pragma omp simd
+                                for (long c = 0; c < cw; c++) yc[c] += cn * Hin[c];
+                            }
+                        }
+                        const S *zr = z ? z + row * sz + c0 : NULL;
+                        S *dzr = z ? dz + row * sdz + c0 : NULL;
+#pragma omp simd
+                        for (long c = 0; c < cw; c++) {
+                            const S Dc = Dv ? Dv[c0 + c] : (S)0;
+                            S dyv = dor[c];
+                            if (zr) {
+                                const S zz = zr[c], sg = MI_SIG(zz);
+                                dzr[c] = dyv * (yc[c] + Dc * ur[c]) * sg * ((S)1 + zz * ((S)1 - sg));
+                                dyv *= zz * sg;
+                            }
+                            dy[c] = dyv;
+                            dDacc[c] += dyv * ur[c];
+                            dtu[c] = dti[c] * ur[c];
+                            sB[c] = 0;
+                            sA[c] = 0;
+                        }
+                        for (long n = 0; n < N; n++) {
+                            const S bn = Bt[n], cn = Ct[n];
+                            const S *a = At + n * E + c0;
+                            const S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
+                            const S *Hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
+                            S *gn = gv + n * MI_CB, *dAn = dAacc + n * MI_CB;
+                            S rb = 0, rc = 0;
+#pragma omp simd reduction(+ : rb, rc)
+                            for (long c = 0; c < cw; c++) {
+                                const S g = cn * dy[c] + gn[c];
+                                const S q = g * Ein[c] * Hp[c];
+                                sB[c] += g * bn;
+                                sA[c] += a[c] * q;
+                                dAn[c] += dti[c] * q;
+                                rb += g * dtu[c];
+                                rc += dy[c] * Hin[c];
+                                gn[c] = Ein[c] * g;
+                            }
+                            pB[t * N + n] += rb;
+                            pC[t * N + n] += rc;
+                        }
+                        S *dur = du + row * E + c0, *ddr = ddtr + row * E + c0;
+#pragma omp simd
+                        for (long c = 0; c < cw; c++) {
+                            const S Dc = Dv ? Dv[c0 + c] : (S)0;
+                            dur[c] = dy[c] * Dc + dti[c] * sB[c];
+                            const S dv = (sA[c] + ur[c] * sB[c]) * sgi[c];
+                            ddr[c] = dv;
+                            dbacc[c] += dv;
+                        }
+                    }
+                }
+                if (dh0)
+                    for (long c = 0; c < cw; c++)
+                        for (long n = 0; n < N; n++) dh0[(bi * E + c0 + c) * N + n] = gv[n * MI_CB + c];
+            }
+        }
+        /* (implicit barrier) reductions in a fixed order */
+        long r;
+#pragma omp for schedule(static)
+        for (r = 0; r < nb * L; r++) {
+            const long bi = r / L, t = r % L;
+            S *ob = dxdbl + r * sdx + offB, *oc = ob + N;
+            for (long n = 0; n < N; n++) {
+                S sb = 0, sc = 0;
+                for (long g = 0; g < ngrp; g++) {
+                    sb += partB[((bi * ngrp + g) * L + t) * N + n];
+                    sc += partC[((bi * ngrp + g) * L + t) * N + n];
+                }
+                ob[n] = sb;
+                oc[n] = sc;
+            }
+        }
+#pragma omp for schedule(static)
+        for (r = 0; r < E; r++) {
+            const long blk = r / MI_CB, c = r % MI_CB;
+            for (long n = 0; n < N + 2; n++) {
+                S sum = 0;
+                for (long bi = 0; bi < nb; bi++) sum += acc[((bi * nblk + blk) * (N + 2) + n) * MI_CB + c];
+                if (n < N) dAt[n * E + r] = sum;
+                else if (n == N) { if (dD) dD[r] = sum; }
+                else if (ddbias) ddbias[r] = sum;
+            }
+        }
+    }
+}
+
+/* Causal depthwise conv + SiLU, forward. x: rows of stride sx; wt (K, E); bias (E) or NULL;
+ * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous. */
+void SSM_CAT(cv_fwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
+                              const S *restrict win, S *restrict u, long nb, long E, long L, long K,
+                              int nthreads) {
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+    long task;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+    for (task = 0; task < nb * nblk; task++) {
+        const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+        const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+        for (long t = 0; t < L; t++) {
+            S a[MI_CB];
+            for (long c = 0; c < cw; c++) a[c] = bias ? bias[c0 + c] : (S)0;
+            for (long k = 0; k < K; k++) {
+                const long tt = t - K + 1 + k;
+                const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0
+                                       : (win ? win + (bi * (K - 1) + tt + K - 1) * E + c0 : NULL);
+                if (!src) continue;
+                const S *w = wt + k * E + c0;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) a[c] += w[c] * src[c];
+            }
+            S *o = u + (bi * L + t) * E + c0;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) o[c] = a[c] * MI_SIG(a[c]);
+        }
+    }
+}
+
+/* Backward of cv_fwd. du (b, L, E) contiguous; dx rows of stride sdx; dwin (b, K-1, E) or NULL.
+ * dwt (K, E) and dbias (E) (may be NULL) are summed over the batch in index order from per-task
+ * slots in part (nb * nblk * (K + 1) * MI_CB scalars). work: nthreads * K * MI_CB. */
+void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
+                              const S *restrict win, const S *restrict du, S *restrict dx, long sdx,
+                              S *restrict dwin, S *restrict dwt, S *restrict dbias, S *restrict part,
+                              S *restrict work, long nb, long E, long L, long K, int nthreads) {
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *ring = work + tid * K * MI_CB; /* dpre of the last K steps, step t at slot t % K */
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < nb * nblk; task++) {
+            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+            S *pw = part + task * (K + 1) * MI_CB, *pb = pw + K * MI_CB;
+            memset(pw, 0, (K + 1) * MI_CB * sizeof(S));
+            for (long t = 0; t < L + K - 1; t++) {
+                S *rt = ring + (t % K) * MI_CB;
+                if (t < L) {
+                    S a[MI_CB];
+                    const S *srcs[64];
+                    for (long c = 0; c < cw; c++) a[c] = bias ? bias[c0 + c] : (S)0;
+                    for (long k = 0; k < K; k++) {
+                        const long tt = t - K + 1 + k;
+                        const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0
+                                               : (win ? win + (bi * (K - 1) + tt + K - 1) * E + c0 : NULL);
+                        if (k < 64) srcs[k] = src;
+                        if (!src) continue;
+                        const S *w = wt + k * E + c0;
+#pragma omp simd
+                        for (long c = 0; c < cw; c++) a[c] += w[c] * src[c];
+                    }
+                    const S *dur = du + (bi * L + t) * E + c0;
+#pragma omp simd
+                    for (long c = 0; c < cw; c++) {
+                        const S sg = MI_SIG(a[c]);
+                        const S dp = dur[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
+                        rt[c] = dp;
+                        pb[c] += dp;
+                    }
+                    for (long k = 0; k < K; k++) {
+                        const long tt = t - K + 1 + k;
+                        const S *src = k < 64 ? srcs[k]
+                                              : (tt >= 0 ? x + (bi * L + tt) * sx + c0
+                                                         : (win ? win + (bi * (K - 1) + tt + K - 1) * E + c0 : NULL));
+                        if (!src) continue;
+                        S *pwk = pw + k * MI_CB;
+#pragma omp simd
+                        for (long c = 0; c < cw; c++) pwk[c] += rt[c] * src[c];
+                    }
+                } else {
+                    for (long c = 0; c < cw; c++) rt[c] = 0;
+                }
+                /* input step tp = t - K + 1 now has all its terms: dx_tp = sum_k w[k] dpre_{tp+K-1-k} */
+                const long tp = t - K + 1;
+                S *o = tp >= 0 ? dx + (bi * L + tp) * sdx + c0
+                               : (dwin ? dwin + (bi * (K - 1) + tp + K - 1) * E + c0 : NULL);
+                if (!o) continue;
+                S a[MI_CB];
+                for (long c = 0; c < cw; c++) a[c] = 0;
+                for (long k = 0; k < K; k++) {
+                    const long tm = tp + K - 1 - k; /* in [tp, t] */
+                    if (tm < 0) continue;
+                    const S *r = ring + (tm % K) * MI_CB, *w = wt + k * E + c0;
+#pragma omp simd
+                    for (long c = 0; c < cw; c++) a[c] += w[c] * r[c];
+                }
+                for (long c = 0; c < cw; c++) o[c] = a[c];
+            }
+        }
+        /* (implicit barrier) sum the slots over the batch in index order */
+        long r;
+#pragma omp for schedule(static)
+        for (r = 0; r < E; r++) {
+            const long blk = r / MI_CB, c = r % MI_CB;
+            for (long k = 0; k < K + 1; k++) {
+                S sum = 0;
+                for (long bi = 0; bi < nb; bi++) sum += part[((bi * nblk + blk) * (K + 1) + k) * MI_CB + c];
+                if (k < K) dwt[k * E + r] = sum;
+                else if (dbias) dbias[r] = sum;
+            }
+        }
+    }
+}
+
+#undef MI_SIG
+#undef MI_SOFTPLUS
 
 #undef S
 #undef SSM_CAT
