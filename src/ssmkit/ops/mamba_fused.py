@@ -189,8 +189,10 @@ class _MambaInnerFn(torch.autograd.Function):
                                   dxdbl.data_ptr(), R + 2 * N, dAt.data_ptr(), _p(dD), _p(ddtb), _p(dh0),
                                   part.data_ptr(), acc.data_ptr(), work.data_ptr(), bsz, E, L, N, T, ngrp, threads)
         # the two small projections: δ -> Δ (W_Δ), u -> [δ, B, C] (W_x)
-        dxdbl[:, :R] = torch.mm(ddtr, Wdt)
-        dWdt = torch.mm(ddtr.t(), xdbl[:, :R])
+        # (the operand orders below are the fast ones for these thin shapes, measured: the
+        # long inner dimension b·L on the right-hand operand's rows, W_Δ read column-major)
+        dxdbl[:, :R] = torch.mm(ddtr, Wdt.t().contiguous().t())
+        dWdt = torch.mm(xdbl[:, :R].t(), ddtr).t()
         dWx = torch.mm(dxdbl.t(), u.view(-1, E))
         du2 = du.view(-1, E).addmm_(dxdbl, Wx)
         dwt = xz.new_empty(K, E)

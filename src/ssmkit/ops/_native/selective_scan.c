@@ -328,6 +328,54 @@ static inline S SSM_CAT(mi_softplus, SSM_SFX)(S v) {
 #define MI_SIG SSM_CAT(mi_sig, SSM_SFX)
 #define MI_SOFTPLUS SSM_CAT(mi_softplus, SSM_SFX)
 
+/* One task of mi_fwd: batch element bi, channels c0 .. c0 + cw - 1 (inlined twice, once with
+ * cw = MI_CB known at compile time, so that full blocks run fixed-length vector loops). */
+static inline __attribute__((always_inline)) void SSM_CAT(mi_fwd_task, SSM_SFX)(
+        const S *restrict u, const S *restrict dtr, const S *restrict dbias, const S *restrict At,
+        const S *restrict xdbl, long sxd, long offB, const S *restrict Dv, const S *restrict z, long sz,
+        const S *restrict h0, S *restrict out, S *restrict h_last, S *restrict states, S *restrict h,
+        long E, long L, long N, long T, long K, long bi, long c0, const long cw) {
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < cw; c++) h[n * MI_CB + c] = h0 ? h0[(bi * E + c0 + c) * N + n] : (S)0;
+    for (long t = 0; t < L; t++) {
+        const long row = bi * L + t;
+        if (states && t % T == 0)
+            for (long n = 0; n < N; n++)
+                memcpy(states + ((bi * K + t / T) * N + n) * E + c0, h + n * MI_CB, cw * sizeof(S));
+        S dtv[MI_CB], xu[MI_CB], acc[MI_CB];
+        const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
+#pragma omp simd
+        for (long c = 0; c < cw; c++) {
+            const S d = MI_SOFTPLUS(dr[c] + (dbias ? dbias[c0 + c] : (S)0));
+            dtv[c] = d;
+            xu[c] = d * ur[c];
+            acc[c] = 0;
+        }
+        const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
+        for (long n = 0; n < N; n++) {
+            const S bn = Bt[n], cn = Ct[n];
+            const S *a = At + n * E + c0;
+            S *hn = h + n * MI_CB;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                const S hv = SSM_EXP(dtv[c] * a[c]) * hn[c] + xu[c] * bn;
+                hn[c] = hv;
+                acc[c] += cn * hv;
+            }
+        }
+        S *o = out + row * E + c0;
+        const S *zr = z ? z + row * sz + c0 : NULL;
+#pragma omp simd
+        for (long c = 0; c < cw; c++) {
+            S yv = acc[c] + (Dv ? Dv[c0 + c] * ur[c] : (S)0);
+            if (zr) yv *= zr[c] * MI_SIG(zr[c]);
+            o[c] = yv;
+        }
+    }
+    for (long c = 0; c < cw; c++)
+        for (long n = 0; n < N; n++) h_last[(bi * E + c0 + c) * N + n] = h[n * MI_CB + c];
+}
+
 /* Forward. dbias, Dv, z, h0, states may be NULL. xdbl: rows of stride sxd holding B_t at offB
  * and C_t at offB + N. z has row stride sz. out (b, L, E) contiguous; h_last (b, E, N);
  * states (b, K, N, E), the state before step k*T. work: nthreads * N * MI_CB scalars. */
@@ -351,47 +399,130 @@ void SSM_CAT(mi_fwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
         for (task = 0; task < nb * nblk; task++) {
             const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
             const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
-            for (long n = 0; n < N; n++)
-                for (long c = 0; c < cw; c++) h[n * MI_CB + c] = h0 ? h0[(bi * E + c0 + c) * N + n] : (S)0;
-            for (long t = 0; t < L; t++) {
-                const long row = bi * L + t;
-                if (states && t % T == 0)
-                    for (long n = 0; n < N; n++)
-                        memcpy(states + ((bi * K + t / T) * N + n) * E + c0, h + n * MI_CB, cw * sizeof(S));
-                S dtv[MI_CB], xu[MI_CB], acc[MI_CB];
-                const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
-#pragma omp simd
-                for (long c = 0; c < cw; c++) {
-                    const S d = MI_SOFTPLUS(dr[c] + (dbias ? dbias[c0 + c] : (S)0));
-                    dtv[c] = d;
-                    xu[c] = d * ur[c];
-                    acc[c] = 0;
-                }
-                const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
-                for (long n = 0; n < N; n++) {
-                    const S bn = Bt[n], cn = Ct[n];
-                    const S *a = At + n * E + c0;
-                    S *hn = h + n * MI_CB;
-#pragma omp simd
-                    for (long c = 0; c < cw; c++) {
-                        const S hv = SSM_EXP(dtv[c] * a[c]) * hn[c] + xu[c] * bn;
-                        hn[c] = hv;
-                        acc[c] += cn * hv;
-                    }
-                }
-                S *o = out + row * E + c0;
-                const S *zr = z ? z + row * sz + c0 : NULL;
-#pragma omp simd
-                for (long c = 0; c < cw; c++) {
-                    S yv = acc[c] + (Dv ? Dv[c0 + c] * ur[c] : (S)0);
-                    if (zr) yv *= zr[c] * MI_SIG(zr[c]);
-                    o[c] = yv;
-                }
-            }
-            for (long c = 0; c < cw; c++)
-                for (long n = 0; n < N; n++) h_last[(bi * E + c0 + c) * N + n] = h[n * MI_CB + c];
+            if (cw == MI_CB)
+                SSM_CAT(mi_fwd_task, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, h0, out, h_last, states, h,
+                                              E, L, N, T, K, bi, c0, MI_CB);
+            else
+                SSM_CAT(mi_fwd_task, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, h0, out, h_last, states, h,
+                                              E, L, N, T, K, bi, c0, cw);
         }
     }
+}
+
+/* One channel block of mi_bwd (inlined twice, as mi_fwd_task). */
+static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)(
+        const S *restrict u, const S *restrict dtr, const S *restrict dbias, const S *restrict At,
+        const S *restrict xdbl, long sxd, long offB, const S *restrict Dv, const S *restrict z, long sz,
+        const S *restrict states, const S *restrict dout, const S *restrict dh_last, S *restrict du,
+        S *restrict ddtr, S *restrict dz, long sdz, S *restrict dh0, S *restrict acc, S *restrict H,
+        S *restrict Eb, S *restrict dts, S *restrict sgs, S *restrict hs, S *restrict gv, S *restrict pB,
+        S *restrict pC, long E, long L, long N, long T, long K, long nblk, long bi, long blk, long c0,
+        const long cw) {
+    S *dAacc = acc + (bi * nblk + blk) * (N + 2) * MI_CB;
+    S *dDacc = dAacc + N * MI_CB, *dbacc = dDacc + MI_CB;
+    memset(dAacc, 0, (N + 2) * MI_CB * sizeof(S));
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < cw; c++)
+            gv[n * MI_CB + c] = dh_last ? dh_last[(bi * E + c0 + c) * N + n] : (S)0;
+    for (long k = K - 1; k >= 0; k--) {
+        const long s = k * T, e = (s + T < L) ? s + T : L;
+        for (long n = 0; n < N; n++)
+            memcpy(hs + n * MI_CB, states + ((bi * K + k) * N + n) * E + c0, cw * sizeof(S));
+        /* recompute the chunk: Eb[i] = exp(dt A), H[i] = h_{s+i} */
+        for (long i = 0; i < e - s; i++) {
+            const long row = bi * L + s + i;
+            const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
+            S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
+            S xu[MI_CB];
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                const S v = dr[c] + (dbias ? dbias[c0 + c] : (S)0);
+                const S d = MI_SOFTPLUS(v);
+                dti[c] = d;
+                sgi[c] = MI_SIG(v);
+                xu[c] = d * ur[c];
+            }
+            const S *Bt = xdbl + row * sxd + offB;
+            for (long n = 0; n < N; n++) {
+                const S bn = Bt[n];
+                const S *a = At + n * E + c0;
+                const S *hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
+                S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) {
+                    const S en = SSM_EXP(dti[c] * a[c]);
+                    Ein[c] = en;
+                    Hin[c] = en * hp[c] + xu[c] * bn;
+                }
+            }
+        }
+        for (long i = e - s - 1; i >= 0; i--) {
+            const long t = s + i, row = bi * L + t;
+            const S *ur = u + row * E + c0, *dor = dout + row * E + c0;
+            const S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
+            const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
+            S dy[MI_CB], dtu[MI_CB], sB[MI_CB], sA[MI_CB], yc[MI_CB];
+            for (long c = 0; c < cw; c++) yc[c] = 0;
+            if (z) {
+                for (long n = 0; n < N; n++) {
+                    const S cn = Ct[n];
+                    const S *Hin = H + (i * N + n) * MI_CB;
+#pragma omp simd
+                    for (long c = 0; c < cw; c++) yc[c] += cn * Hin[c];
+                }
+            }
+            const S *zr = z ? z + row * sz + c0 : NULL;
+            S *dzr = z ? dz + row * sdz + c0 : NULL;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                const S Dc = Dv ? Dv[c0 + c] : (S)0;
+                S dyv = dor[c];
+                if (zr) {
+                    const S zz = zr[c], sg = MI_SIG(zz);
+                    dzr[c] = dyv * (yc[c] + Dc * ur[c]) * sg * ((S)1 + zz * ((S)1 - sg));
+                    dyv *= zz * sg;
+                }
+                dy[c] = dyv;
+                dDacc[c] += dyv * ur[c];
+                dtu[c] = dti[c] * ur[c];
+                sB[c] = 0;
+                sA[c] = 0;
+            }
+            for (long n = 0; n < N; n++) {
+                const S bn = Bt[n], cn = Ct[n];
+                const S *a = At + n * E + c0;
+                const S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
+                const S *Hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
+                S *gn = gv + n * MI_CB, *dAn = dAacc + n * MI_CB;
+                S rb = 0, rc = 0;
+#pragma omp simd reduction(+ : rb, rc)
+                for (long c = 0; c < cw; c++) {
+                    const S g = cn * dy[c] + gn[c];
+                    const S q = g * Ein[c] * Hp[c];
+                    sB[c] += g * bn;
+                    sA[c] += a[c] * q;
+                    dAn[c] += dti[c] * q;
+                    rb += g * dtu[c];
+                    rc += dy[c] * Hin[c];
+                    gn[c] = Ein[c] * g;
+                }
+                pB[t * N + n] += rb;
+                pC[t * N + n] += rc;
+            }
+            S *dur = du + row * E + c0, *ddr = ddtr + row * E + c0;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                const S Dc = Dv ? Dv[c0 + c] : (S)0;
+                dur[c] = dy[c] * Dc + dti[c] * sB[c];
+                const S dv = (sA[c] + ur[c] * sB[c]) * sgi[c];
+                ddr[c] = dv;
+                dbacc[c] += dv;
+            }
+        }
+    }
+    if (dh0)
+        for (long c = 0; c < cw; c++)
+            for (long n = 0; n < N; n++) dh0[(bi * E + c0 + c) * N + n] = gv[n * MI_CB + c];
 }
 
 /* Backward of mi_fwd. Tasks are (batch element, group of ngrp channel blocks) (ngrp is chosen
@@ -438,111 +569,14 @@ void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
             for (long blk = b0; blk < b1; blk++) {
                 const long c0 = blk * MI_CB;
                 const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
-                S *dAacc = acc + (bi * nblk + blk) * (N + 2) * MI_CB;
-                S *dDacc = dAacc + N * MI_CB, *dbacc = dDacc + MI_CB;
-                memset(dAacc, 0, (N + 2) * MI_CB * sizeof(S));
-                for (long n = 0; n < N; n++)
-                    for (long c = 0; c < cw; c++)
-                        gv[n * MI_CB + c] = dh_last ? dh_last[(bi * E + c0 + c) * N + n] : (S)0;
-                for (long k = K - 1; k >= 0; k--) {
-                    const long s = k * T, e = (s + T < L) ? s + T : L;
-                    for (long n = 0; n < N; n++)
-                        memcpy(hs + n * MI_CB, states + ((bi * K + k) * N + n) * E + c0, cw * sizeof(S));
-                    /* recompute the chunk: Eb[i] = exp(dt A), H[i] = h_{s+i} */
-                    for (long i = 0; i < e - s; i++) {
-                        const long row = bi * L + s + i;
-                        const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
-                        S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
-                        S xu[MI_CB];
-#pragma omp simd
-                        for (long c = 0; c < cw; c++) {
-                            const S v = dr[c] + (dbias ? dbias[c0 + c] : (S)0);
-                            const S d = MI_SOFTPLUS(v);
-                            dti[c] = d;
-                            sgi[c] = MI_SIG(v);
-                            xu[c] = d * ur[c];
-                        }
-                        const S *Bt = xdbl + row * sxd + offB;
-                        for (long n = 0; n < N; n++) {
-                            const S bn = Bt[n];
-                            const S *a = At + n * E + c0;
-                            const S *hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
-                            S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
-#pragma omp simd
-                            for (long c = 0; c < cw; c++) {
-                                const S en = SSM_EXP(dti[c] * a[c]);
-                                Ein[c] = en;
-                                Hin[c] = en * hp[c] + xu[c] * bn;
-                            }
-                        }
-                    }
-                    for (long i = e - s - 1; i >= 0; i--) {
-                        const long t = s + i, row = bi * L + t;
-                        const S *ur = u + row * E + c0, *dor = dout + row * E + c0;
-                        const S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
-                        const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
-                        S dy[MI_CB], dtu[MI_CB], sB[MI_CB], sA[MI_CB], yc[MI_CB];
-                        for (long c = 0; c < cw; c++) yc[c] = 0;
-                        if (z) {
-                            for (long n = 0; n < N; n++) {
-                                const S cn = Ct[n];
-                                const S *Hin = H + (i * N + n) * MI_CB;
-#pragma omp simd
-                                for (long c = 0; c < cw; c++) yc[c] += cn * Hin[c];
-                            }
-                        }
-                        const S *zr = z ? z + row * sz + c0 : NULL;
-                        S *dzr = z ? dz + row * sdz + c0 : NULL;
-#pragma omp simd
-                        for (long c = 0; c < cw; c++) {
-                            const S Dc = Dv ? Dv[c0 + c] : (S)0;
-                            S dyv = dor[c];
-                            if (zr) {
-                                const S zz = zr[c], sg = MI_SIG(zz);
-                                dzr[c] = dyv * (yc[c] + Dc * ur[c]) * sg * ((S)1 + zz * ((S)1 - sg));
-                                dyv *= zz * sg;
-                            }
-                            dy[c] = dyv;
-                            dDacc[c] += dyv * ur[c];
-                            dtu[c] = dti[c] * ur[c];
-                            sB[c] = 0;
-                            sA[c] = 0;
-                        }
-                        for (long n = 0; n < N; n++) {
-                            const S bn = Bt[n], cn = Ct[n];
-                            const S *a = At + n * E + c0;
-                            const S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
-                            const S *Hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
-                            S *gn = gv + n * MI_CB, *dAn = dAacc + n * MI_CB;
-                            S rb = 0, rc = 0;
-#pragma omp simd reduction(+ : rb, rc)
-                            for (long c = 0; c < cw; c++) {
-                                const S g = cn * dy[c] + gn[c];
-                                const S q = g * Ein[c] * Hp[c];
-                                sB[c] += g * bn;
-                                sA[c] += a[c] * q;
-                                dAn[c] += dti[c] * q;
-                                rb += g * dtu[c];
-                                rc += dy[c] * Hin[c];
-                                gn[c] = Ein[c] * g;
-                            }
-                            pB[t * N + n] += rb;
-                            pC[t * N + n] += rc;
-                        }
-                        S *dur = du + row * E + c0, *ddr = ddtr + row * E + c0;
-#pragma omp simd
-                        for (long c = 0; c < cw; c++) {
-                            const S Dc = Dv ? Dv[c0 + c] : (S)0;
-                            dur[c] = dy[c] * Dc + dti[c] * sB[c];
-                            const S dv = (sA[c] + ur[c] * sB[c]) * sgi[c];
-                            ddr[c] = dv;
-                            dbacc[c] += dv;
-                        }
-                    }
-                }
-                if (dh0)
-                    for (long c = 0; c < cw; c++)
-                        for (long n = 0; n < N; n++) dh0[(bi * E + c0 + c) * N + n] = gv[n * MI_CB + c];
+                if (cw == MI_CB)
+                    SSM_CAT(mi_bwd_block, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, states, dout, dh_last,
+                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, dts, sgs, hs, gv, pB, pC,
+                                                   E, L, N, T, K, nblk, bi, blk, c0, MI_CB);
+                else
+                    SSM_CAT(mi_bwd_block, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, states, dout, dh_last,
+                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, dts, sgs, hs, gv, pB, pC,
+                                                   E, L, N, T, K, nblk, bi, blk, c0, cw);
             }
         }
         /* (implicit barrier) reductions in a fixed order */
