@@ -129,7 +129,9 @@ def _fused_forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt
     At = A.detach().t().contiguous()  # (N, E)
     h0 = None if ssm_state is None else ssm_state.detach().contiguous()
     u = xz.new_empty(bsz, L, E)
-    _fn(lib, "cv_fwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _p(cb), _p(win), u.data_ptr(), bsz, E, L, K, threads)
+    cwork = xz.new_empty(threads * (L + 2 * K) * _CB)
+    _fn(lib, "cv_fwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _p(cb), _p(win), u.data_ptr(), cwork.data_ptr(),
+                              bsz, E, L, K, threads)
     xdbl = torch.mm(u.view(-1, E), Wx.t())  # (b L, R + 2N)
     dtr = torch.mm(xdbl[:, :R], Wdt.t())  # (b L, E)
     out = xz.new_empty(bsz, L, E)
@@ -199,7 +201,7 @@ class _MambaInnerFn(torch.autograd.Function):
         dcb = xz.new_empty(E) if has_cb else None
         dwin = xz.new_empty(bsz, K - 1, E) if has_win else None
         part2 = xz.new_empty(bsz * nblk * (K + 1) * _CB)
-        work2 = xz.new_empty(threads * K * _CB)
+        work2 = xz.new_empty(threads * (2 * L + 5 * K) * _CB)
         _fn(lib, "cv_bwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _p(cb), _p(win), du2.data_ptr(), dxz.data_ptr(), E2,
                                   _p(dwin), dwt.data_ptr(), _p(dcb), part2.data_ptr(), work2.data_ptr(),
                                   bsz, E, L, K, threads)

@@ -181,7 +181,7 @@ def _declare(lib: ctypes.CDLL) -> None:
                       + [L] * 6 + [I])
         f.restype = None
         f = getattr(lib, f"cv_fwd_{sfx}")
-        f.argtypes = [P] + [L] + [P] * 4 + [L] * 4 + [I]
+        f.argtypes = [P] + [L] + [P] * 5 + [L] * 4 + [I]
         f.restype = None
         f = getattr(lib, f"cv_bwd_{sfx}")
         f.argtypes = [P] + [L] + [P] * 5 + [L] + [P] * 5 + [L] * 4 + [I]

@@ -609,39 +609,80 @@ void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
     }
 }
 
+/* The conv kernels copy a task's inputs into a local buffer of full MI_CB-wide rows (lanes past
+ * the block's cw channels are zero and never written out), so that every vector loop has a
+ * fixed width: xb holds the K-1 window rows (or zeros) followed by the L input rows. */
+static void SSM_CAT(cv_load, SSM_SFX)(S *restrict xb, const S *restrict x, long sx, const S *restrict win,
+                                      long bi, long c0, long cw, long E, long L, long K) {
+    for (long j = 0; j < L + K - 1; j++) {
+        const long tt = j - (K - 1);
+        const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0 : (win ? win + (bi * (K - 1) + j) * E + c0 : NULL);
+        S *d = xb + j * MI_CB;
+        long c = 0;
+        if (src)
+            for (; c < cw; c++) d[c] = src[c];
+        for (; c < MI_CB; c++) d[c] = 0;
+    }
+}
+
+/* pre-activation of step t from the buffered inputs: bias + sum_k w[k] x_{t-K+1+k} */
+static inline void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *restrict xb, const S *restrict wb,
+                                            const S *restrict bb, long t, long K) {
+#pragma omp simd
+    for (long c = 0; c < MI_CB; c++) a[c] = bb[c];
+    for (long k = 0; k < K; k++) {
+        const S *w = wb + k * MI_CB, *xr = xb + (t + k) * MI_CB;
+#pragma omp simd
+        for (long c = 0; c < MI_CB; c++) a[c] += w[c] * xr[c];
+    }
+}
+
+/* the block's weights (K rows) and bias as full-width rows */
+static void SSM_CAT(cv_params, SSM_SFX)(S *restrict wb, S *restrict bb, const S *restrict wt, const S *restrict bias,
+                                        long c0, long cw, long E, long K) {
+    for (long k = 0; k < K; k++)
+        for (long c = 0; c < MI_CB; c++) wb[k * MI_CB + c] = c < cw ? wt[k * E + c0 + c] : (S)0;
+    for (long c = 0; c < MI_CB; c++) bb[c] = (c < cw && bias) ? bias[c0 + c] : (S)0;
+}
+
 /* Causal depthwise conv + SiLU, forward. x: rows of stride sx; wt (K, E); bias (E) or NULL;
- * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous. */
+ * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous.
+ * work: nthreads * (L + 2K) * MI_CB scalars. */
 void SSM_CAT(cv_fwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
-                              const S *restrict win, S *restrict u, long nb, long E, long L, long K,
-                              int nthreads) {
+                              const S *restrict win, S *restrict u, S *restrict work, long nb, long E, long L,
+                              long K, int nthreads) {
     const long nblk = (E + MI_CB - 1) / MI_CB;
-    long task;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (task = 0; task < nb * nblk; task++) {
-        const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
-        const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
-        for (long t = 0; t < L; t++) {
-            S a[MI_CB];
-            for (long c = 0; c < cw; c++) a[c] = bias ? bias[c0 + c] : (S)0;
-            for (long k = 0; k < K; k++) {
-                const long tt = t - K + 1 + k;
-                const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0
-                                       : (win ? win + (bi * (K - 1) + tt + K - 1) * E + c0 : NULL);
-                if (!src) continue;
-                const S *w = wt + k * E + c0;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *xb = work + tid * (L + 2 * K) * MI_CB, *wb = xb + (L + K - 1) * MI_CB;
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < nb * nblk; task++) {
+            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+            S bb[MI_CB];
+            SSM_CAT(cv_params, SSM_SFX)(wb, bb, wt, bias, c0, cw, E, K);
+            SSM_CAT(cv_load, SSM_SFX)(xb, x, sx, win, bi, c0, cw, E, L, K);
+            for (long t = 0; t < L; t++) {
+                S a[MI_CB];
+                SSM_CAT(cv_pre, SSM_SFX)(a, xb, wb, bb, t, K);
 #pragma omp simd
-                for (long c = 0; c < cw; c++) a[c] += w[c] * src[c];
+                for (long c = 0; c < MI_CB; c++) a[c] *= MI_SIG(a[c]);
+                S *o = u + (bi * L + t) * E + c0;
+                for (long c = 0; c < cw; c++) o[c] = a[c];
             }
-            S *o = u + (bi * L + t) * E + c0;
-#pragma omp simd
-            for (long c = 0; c < cw; c++) o[c] = a[c] * MI_SIG(a[c]);
         }
     }
 }
 
 /* Backward of cv_fwd. du (b, L, E) contiguous; dx rows of stride sdx; dwin (b, K-1, E) or NULL.
  * dwt (K, E) and dbias (E) (may be NULL) are summed over the batch in index order from per-task
- * slots in part (nb * nblk * (K + 1) * MI_CB scalars). work: nthreads * K * MI_CB. */
+ * slots in part (nb * nblk * (K + 1) * MI_CB scalars). work: nthreads * (2L + 5K) * MI_CB. */
 void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
                               const S *restrict win, const S *restrict du, S *restrict dx, long sdx,
                               S *restrict dwin, S *restrict dwt, S *restrict dbias, S *restrict part,
@@ -654,64 +695,60 @@ void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt
 #else
         const long tid = 0;
 #endif
-        S *ring = work + tid * K * MI_CB; /* dpre of the last K steps, step t at slot t % K */
+        S *xb = work + tid * (2 * L + 5 * K) * MI_CB;  /* L + K - 1 rows */
+        S *dp = xb + (L + K - 1) * MI_CB;              /* L + 2(K-1) rows: dpre_t at row t + K - 1 */
+        S *wb = dp + (L + 2 * K - 2) * MI_CB;          /* K rows */
         long task;
 #pragma omp for schedule(dynamic, 1)
         for (task = 0; task < nb * nblk; task++) {
             const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
             const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
             S *pw = part + task * (K + 1) * MI_CB, *pb = pw + K * MI_CB;
-            memset(pw, 0, (K + 1) * MI_CB * sizeof(S));
-            for (long t = 0; t < L + K - 1; t++) {
-                S *rt = ring + (t % K) * MI_CB;
-                if (t < L) {
-                    S a[MI_CB];
-                    const S *srcs[64];
-                    for (long c = 0; c < cw; c++) a[c] = bias ? bias[c0 + c] : (S)0;
-                    for (long k = 0; k < K; k++) {
-                        const long tt = t - K + 1 + k;
-                        const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0
-                                               : (win ? win + (bi * (K - 1) + tt + K - 1) * E + c0 : NULL);
-                        if (k < 64) srcs[k] = src;
-                        if (!src) continue;
-                        const S *w = wt + k * E + c0;
+            S bb[MI_CB];
+            SSM_CAT(cv_params, SSM_SFX)(wb, bb, wt, bias, c0, cw, E, K);
+            SSM_CAT(cv_load, SSM_SFX)(xb, x, sx, win, bi, c0, cw, E, L, K);
+            memset(dp, 0, (K - 1) * MI_CB * sizeof(S));
+            memset(dp + (L + K - 1) * MI_CB, 0, (K - 1) * MI_CB * sizeof(S));
+            S gb[MI_CB];
+            for (long c = 0; c < MI_CB; c++) gb[c] = 0;
+            for (long t = 0; t < L; t++) {
+                S a[MI_CB], g[MI_CB];
+                SSM_CAT(cv_pre, SSM_SFX)(a, xb, wb, bb, t, K);
+                const S *dur = du + (bi * L + t) * E + c0;
+                for (long c = 0; c < cw; c++) g[c] = dur[c];
+                for (long c = cw; c < MI_CB; c++) g[c] = 0;
+                S *dpt = dp + (t + K - 1) * MI_CB;
 #pragma omp simd
-                        for (long c = 0; c < cw; c++) a[c] += w[c] * src[c];
-                    }
-                    const S *dur = du + (bi * L + t) * E + c0;
-#pragma omp simd
-                    for (long c = 0; c < cw; c++) {
-                        const S sg = MI_SIG(a[c]);
-                        const S dp = dur[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
-                        rt[c] = dp;
-                        pb[c] += dp;
-                    }
-                    for (long k = 0; k < K; k++) {
-                        const long tt = t - K + 1 + k;
-                        const S *src = k < 64 ? srcs[k]
-                                              : (tt >= 0 ? x + (bi * L + tt) * sx + c0
-                                                         : (win ? win + (bi * (K - 1) + tt + K - 1) * E + c0 : NULL));
-                        if (!src) continue;
-                        S *pwk = pw + k * MI_CB;
-#pragma omp simd
-                        for (long c = 0; c < cw; c++) pwk[c] += rt[c] * src[c];
-                    }
-                } else {
-                    for (long c = 0; c < cw; c++) rt[c] = 0;
+                for (long c = 0; c < MI_CB; c++) {
+                    const S sg = MI_SIG(a[c]);
+                    const S v = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
+                    dpt[c] = v;
+                    gb[c] += v;
                 }
-                /* input step tp = t - K + 1 now has all its terms: dx_tp = sum_k w[k] dpre_{tp+K-1-k} */
-                const long tp = t - K + 1;
+            }
+            /* dw[k] = sum_t dpre_t x_{t-K+1+k}; the sums run over t in order for each k */
+            for (long k = 0; k < K; k++) {
+                S s[MI_CB];
+                for (long c = 0; c < MI_CB; c++) s[c] = 0;
+                for (long t = 0; t < L; t++) {
+                    const S *dpt = dp + (t + K - 1) * MI_CB, *xr = xb + (t + k) * MI_CB;
+#pragma omp simd
+                    for (long c = 0; c < MI_CB; c++) s[c] += dpt[c] * xr[c];
+                }
+                for (long c = 0; c < MI_CB; c++) pw[k * MI_CB + c] = s[c];
+            }
+            for (long c = 0; c < MI_CB; c++) pb[c] = gb[c];
+            /* dx_tp = sum_k w[k] dpre_{tp+K-1-k}, tp from -(K-1) (window rows) to L-1 */
+            for (long tp = -(K - 1); tp < L; tp++) {
                 S *o = tp >= 0 ? dx + (bi * L + tp) * sdx + c0
                                : (dwin ? dwin + (bi * (K - 1) + tp + K - 1) * E + c0 : NULL);
                 if (!o) continue;
                 S a[MI_CB];
-                for (long c = 0; c < cw; c++) a[c] = 0;
+                for (long c = 0; c < MI_CB; c++) a[c] = 0;
                 for (long k = 0; k < K; k++) {
-                    const long tm = tp + K - 1 - k; /* in [tp, t] */
-                    if (tm < 0) continue;
-                    const S *r = ring + (tm % K) * MI_CB, *w = wt + k * E + c0;
+                    const S *r = dp + (tp + 2 * (K - 1) - k) * MI_CB, *w = wb + k * MI_CB;
 #pragma omp simd
-                    for (long c = 0; c < cw; c++) a[c] += w[c] * r[c];
+                    for (long c = 0; c < MI_CB; c++) a[c] += w[c] * r[c];
                 }
                 for (long c = 0; c < cw; c++) o[c] = a[c];
             }
