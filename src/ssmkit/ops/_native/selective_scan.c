@@ -103,21 +103,25 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #define SSM_SFX f32
 #define SSM_EXP ssm_expf
 #define SSM_LOG1P log1pf
+#define SSM_EXPM1 expm1f
 #include __FILE__
 #undef SSM_SCALAR
 #undef SSM_SFX
 #undef SSM_EXP
 #undef SSM_LOG1P
+#undef SSM_EXPM1
 
 #define SSM_SCALAR double
 #define SSM_SFX f64
 #define SSM_EXP exp
 #define SSM_LOG1P log1p
+#define SSM_EXPM1 expm1
 #include __FILE__
 #undef SSM_SCALAR
 #undef SSM_SFX
 #undef SSM_EXP
 #undef SSM_LOG1P
+#undef SSM_EXPM1
 
 int ssm_abi_version(void) { return 4; }
 
@@ -309,8 +313,9 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
  * task the channel loops are the vector loops and B_t[n], C_t[n] are scalars.
  *
  * mi_fwd:  v = dtr + dbias, dt = softplus(v), h_t[n] = exp(dt A[n]) h_{t-1}[n] + dt u B_t[n],
- *          out = (sum_n C_t[n] h_t[n] + D u) * silu(z)
- * mi_bwd:  its reverse scan (the formulas of ssm_bwd plus the gate, the D skip and the softplus).
+ *          out = (sum_n C_t[n] h_t[n] + D u) * silu(z); dt is written back over dtr.
+ * mi_bwd:  its reverse scan (the formulas of ssm_bwd plus the gate, the D skip and the softplus,
+ *          whose derivative sigmoid(v) = 1 - exp(-dt) is computed from the stored dt).
  * cv_fwd:  u = silu(bias + sum_k w[k] x_{t-K+1+k}) (x_{<0} from the window, else 0)
  * cv_bwd:  its gradients.
  * A is passed transposed, At (N, E), so that a state index n reads E contiguous values.
@@ -331,10 +336,15 @@ static inline S SSM_CAT(mi_softplus, SSM_SFX)(S v) {
 /* One task of mi_fwd: batch element bi, channels c0 .. c0 + cw - 1 (inlined twice, once with
  * cw = MI_CB known at compile time, so that full blocks run fixed-length vector loops). */
 static inline __attribute__((always_inline)) void SSM_CAT(mi_fwd_task, SSM_SFX)(
-        const S *restrict u, const S *restrict dtr, const S *restrict dbias, const S *restrict At,
+        const S *restrict u, S *restrict dtr, const S *restrict dbias, const S *restrict At,
         const S *restrict xdbl, long sxd, long offB, const S *restrict Dv, const S *restrict z, long sz,
         const S *restrict h0, S *restrict out, S *restrict h_last, S *restrict states, S *restrict h,
         long E, long L, long N, long T, long K, long bi, long c0, const long cw) {
+    S bl[MI_CB], Dl[MI_CB]; /* the block's dt bias and D (zeros when absent) */
+    for (long c = 0; c < cw; c++) {
+        bl[c] = dbias ? dbias[c0 + c] : (S)0;
+        Dl[c] = Dv ? Dv[c0 + c] : (S)0;
+    }
     for (long n = 0; n < N; n++)
         for (long c = 0; c < cw; c++) h[n * MI_CB + c] = h0 ? h0[(bi * E + c0 + c) * N + n] : (S)0;
     for (long t = 0; t < L; t++) {
@@ -343,10 +353,12 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_fwd_task, SSM_SFX)(
             for (long n = 0; n < N; n++)
                 memcpy(states + ((bi * K + t / T) * N + n) * E + c0, h + n * MI_CB, cw * sizeof(S));
         S dtv[MI_CB], xu[MI_CB], acc[MI_CB];
-        const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
+        const S *ur = u + row * E + c0;
+        S *dr = dtr + row * E + c0;
 #pragma omp simd
         for (long c = 0; c < cw; c++) {
-            const S d = MI_SOFTPLUS(dr[c] + (dbias ? dbias[c0 + c] : (S)0));
+            const S d = MI_SOFTPLUS(dr[c] + bl[c]);
+            dr[c] = d; /* dtr now holds the step, read by the backward pass */
             dtv[c] = d;
             xu[c] = d * ur[c];
             acc[c] = 0;
@@ -364,12 +376,13 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_fwd_task, SSM_SFX)(
             }
         }
         S *o = out + row * E + c0;
-        const S *zr = z ? z + row * sz + c0 : NULL;
+        if (z) {
+            const S *zr = z + row * sz + c0;
 #pragma omp simd
-        for (long c = 0; c < cw; c++) {
-            S yv = acc[c] + (Dv ? Dv[c0 + c] * ur[c] : (S)0);
-            if (zr) yv *= zr[c] * MI_SIG(zr[c]);
-            o[c] = yv;
+            for (long c = 0; c < cw; c++) o[c] = (acc[c] + Dl[c] * ur[c]) * zr[c] * MI_SIG(zr[c]);
+        } else {
+#pragma omp simd
+            for (long c = 0; c < cw; c++) o[c] = acc[c] + Dl[c] * ur[c];
         }
     }
     for (long c = 0; c < cw; c++)
@@ -379,7 +392,7 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_fwd_task, SSM_SFX)(
 /* Forward. dbias, Dv, z, h0, states may be NULL. xdbl: rows of stride sxd holding B_t at offB
  * and C_t at offB + N. z has row stride sz. out (b, L, E) contiguous; h_last (b, E, N);
  * states (b, K, N, E), the state before step k*T. work: nthreads * N * MI_CB scalars. */
-void SSM_CAT(mi_fwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const S *restrict dbias,
+void SSM_CAT(mi_fwd, SSM_SFX)(const S *restrict u, S *restrict dtr, const S *restrict dbias,
                               const S *restrict At, const S *restrict xdbl, long sxd, long offB,
                               const S *restrict Dv, const S *restrict z, long sz, const S *restrict h0,
                               S *restrict out, S *restrict h_last, S *restrict states, S *restrict work,
@@ -421,6 +434,8 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
     S *dAacc = acc + (bi * nblk + blk) * (N + 2) * MI_CB;
     S *dDacc = dAacc + N * MI_CB, *dbacc = dDacc + MI_CB;
     memset(dAacc, 0, (N + 2) * MI_CB * sizeof(S));
+    S Dl[MI_CB];
+    for (long c = 0; c < cw; c++) Dl[c] = Dv ? Dv[c0 + c] : (S)0;
     for (long n = 0; n < N; n++)
         for (long c = 0; c < cw; c++)
             gv[n * MI_CB + c] = dh_last ? dh_last[(bi * E + c0 + c) * N + n] : (S)0;
@@ -431,17 +446,10 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
         /* recompute the chunk: Eb[i] = exp(dt A), H[i] = h_{s+i} */
         for (long i = 0; i < e - s; i++) {
             const long row = bi * L + s + i;
-            const S *ur = u + row * E + c0, *dr = dtr + row * E + c0;
-            S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
+            const S *ur = u + row * E + c0, *dti = dtr + row * E + c0; /* dtr holds the steps */
             S xu[MI_CB];
 #pragma omp simd
-            for (long c = 0; c < cw; c++) {
-                const S v = dr[c] + (dbias ? dbias[c0 + c] : (S)0);
-                const S d = MI_SOFTPLUS(v);
-                dti[c] = d;
-                sgi[c] = MI_SIG(v);
-                xu[c] = d * ur[c];
-            }
+            for (long c = 0; c < cw; c++) xu[c] = dti[c] * ur[c];
             const S *Bt = xdbl + row * sxd + offB;
             for (long n = 0; n < N; n++) {
                 const S bn = Bt[n];
@@ -459,7 +467,7 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
         for (long i = e - s - 1; i >= 0; i--) {
             const long t = s + i, row = bi * L + t;
             const S *ur = u + row * E + c0, *dor = dout + row * E + c0;
-            const S *dti = dts + i * MI_CB, *sgi = sgs + i * MI_CB;
+            const S *dti = dtr + row * E + c0;
             const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
             S dy[MI_CB], dtu[MI_CB], sB[MI_CB], sA[MI_CB], yc[MI_CB];
             for (long c = 0; c < cw; c++) yc[c] = 0;
@@ -471,18 +479,21 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
                     for (long c = 0; c < cw; c++) yc[c] += cn * Hin[c];
                 }
             }
-            const S *zr = z ? z + row * sz + c0 : NULL;
-            S *dzr = z ? dz + row * sdz + c0 : NULL;
+            if (z) {
+                const S *zr = z + row * sz + c0;
+                S *dzr = dz + row * sdz + c0;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) {
+                    const S zz = zr[c], sg = MI_SIG(zz);
+                    dzr[c] = dor[c] * (yc[c] + Dl[c] * ur[c]) * sg * ((S)1 + zz * ((S)1 - sg));
+                    dy[c] = dor[c] * zz * sg;
+                }
+            } else {
+                for (long c = 0; c < cw; c++) dy[c] = dor[c];
+            }
 #pragma omp simd
             for (long c = 0; c < cw; c++) {
-                const S Dc = Dv ? Dv[c0 + c] : (S)0;
-                S dyv = dor[c];
-                if (zr) {
-                    const S zz = zr[c], sg = MI_SIG(zz);
-                    dzr[c] = dyv * (yc[c] + Dc * ur[c]) * sg * ((S)1 + zz * ((S)1 - sg));
-                    dyv *= zz * sg;
-                }
-                dy[c] = dyv;
+                const S dyv = dy[c];
                 dDacc[c] += dyv * ur[c];
                 dtu[c] = dti[c] * ur[c];
                 sB[c] = 0;
@@ -512,9 +523,9 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
             S *dur = du + row * E + c0, *ddr = ddtr + row * E + c0;
 #pragma omp simd
             for (long c = 0; c < cw; c++) {
-                const S Dc = Dv ? Dv[c0 + c] : (S)0;
-                dur[c] = dy[c] * Dc + dti[c] * sB[c];
-                const S dv = (sA[c] + ur[c] * sB[c]) * sgi[c];
+                dur[c] = dy[c] * Dl[c] + dti[c] * sB[c];
+                /* d softplus(v) / dv = sigmoid(v) = 1 - exp(-softplus(v)) */
+                const S dv = (sA[c] + ur[c] * sB[c]) * -SSM_EXPM1(-dti[c]);
                 ddr[c] = dv;
                 dbacc[c] += dv;
             }
@@ -525,7 +536,7 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
             for (long n = 0; n < N; n++) dh0[(bi * E + c0 + c) * N + n] = gv[n * MI_CB + c];
 }
 
-/* Backward of mi_fwd. Tasks are (batch element, group of ngrp channel blocks) (ngrp is chosen
+/* Backward of mi_fwd (dtr: the steps dt as mi_fwd left them). Tasks are (batch element, group of ngrp channel blocks) (ngrp is chosen
  * from the shapes only); each task writes its dB, dC terms into its own slot of part, and the
  * slots, like the per-block dA, dD, dbias slots in acc, are summed in index order: gradients do
  * not depend on the thread count. Inputs as in mi_fwd plus states (required), dout (b, L, E) and dh_last
