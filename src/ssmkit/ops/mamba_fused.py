@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from . import _native
 from .selective_scan import CHECKPOINT_EVERY, selective_scan, selective_scan_ref
 
-__all__ = ["mamba_inner", "mamba_inner_ref", "fused_applies"]
+__all__ = ["mamba_inner", "mamba_inner_ref", "mamba2_conv", "mamba2_conv_ref", "fused_applies"]
 
 _CB = 32  # channels per vector block in the native kernels (MI_CB)
 _TASKS = 64  # about this many backward tasks (SSM_TASKS)
@@ -207,3 +207,127 @@ class _MambaInnerFn(torch.autograd.Function):
                                   bsz, E, L, K, threads)
         return (dxz, dwt.t().reshape(E, 1, K), dcb, dWx, dWdt, ddtb, dAt.t(), dD,
                 None if dwin is None else dwin.transpose(1, 2), dh0, None)
+
+
+# --- Mamba-2: the causal conv + SiLU of [x, B, C], split without copies between the ops ------
+
+def mamba2_conv_ref(zxbcdt, conv_weight, conv_bias, sizes, conv_state=None):
+    """Reference for :func:`mamba2_conv` (same arguments and results): ``torch.split``,
+    ``F.conv1d`` over the transposed channels and ``F.silu``."""
+    E, Ex, GN, H = sizes
+    z, xBC, dt = torch.split(zxbcdt, [E, Ex + 2 * GN, H], dim=-1)
+    Cd = Ex + 2 * GN
+    K = conv_weight.shape[-1]
+    xt = xBC.transpose(1, 2)
+    if conv_state is None:
+        conv_state = xt.new_zeros(xt.shape[0], Cd, K - 1)
+    u = F.silu(F.conv1d(torch.cat([conv_state, xt], dim=-1), conv_weight, conv_bias, groups=Cd)).transpose(1, 2)
+    x, Bm, Cm = torch.split(u, [Ex, GN, GN], dim=-1)
+    return z, x, Bm, Cm, dt
+
+
+def mamba2_conv(zxbcdt, conv_weight, conv_bias, sizes, conv_state=None):
+    """The input side of a Mamba-2 block: from the in-projection's output ``zxbcdt``
+    (b, L, E + Ex + 2·G·N + H) = [z, x, B, C, dt] to ``z``, ``silu(conv(x))``, ``silu(conv(B))``,
+    ``silu(conv(C))`` (the causal depthwise conv of width K over the [x, B, C] channels, with the
+    carried window ``conv_state`` (b, Ex + 2GN, K-1) or zeros) and ``dt``, each returned as its
+    own contiguous (b, L, ·) tensor. ``sizes`` = (E, Ex, G·N, H).
+
+    On CPU float32/float64 with the native library this is one autograd node whose backward
+    writes every gradient straight into one buffer of the in-projection's output layout (no
+    concatenation of the pieces, no transposes); elsewhere it is :func:`mamba2_conv_ref`."""
+    if not fused_applies(zxbcdt, conv_weight, conv_bias, conv_state):
+        return mamba2_conv_ref(zxbcdt, conv_weight, conv_bias, sizes, conv_state)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (zxbcdt, conv_weight, conv_bias, conv_state)):
+        return _Mamba2ConvFn.apply(zxbcdt, conv_weight, conv_bias, conv_state, tuple(sizes))
+    return _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, tuple(sizes))[0]
+
+
+def _m2_parts(sizes):
+    """Column offsets and widths of x, B, C inside zxbcdt and inside the conv channels."""
+    E, Ex, GN, H = sizes
+    return ((E, 0, Ex), (E + Ex, Ex, GN), (E + Ex + GN, Ex + GN, GN))
+
+
+def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
+    lib = _native.library()
+    dtype = zxbcdt.dtype
+    threads = torch.get_num_threads()
+    E, Ex, GN, H = sizes
+    zxbcdt = zxbcdt.detach().contiguous()
+    bsz, L, Din = zxbcdt.shape
+    K = conv_weight.shape[-1]
+    Cd = Ex + 2 * GN
+    wt = conv_weight.detach().reshape(Cd, K).t()  # (K, Cd)
+    cb = None if conv_bias is None else conv_bias.detach()
+    win = None if conv_state is None else conv_state.detach().transpose(1, 2)  # (b, K-1, Cd)
+    esz = zxbcdt.element_size()
+    cwork = zxbcdt.new_empty(threads * (L + 2 * K) * _CB)
+    outs, pieces = [], []
+    for col, ch, width in _m2_parts(sizes):
+        wpart = wt[:, ch:ch + width].contiguous()
+        bpart = None if cb is None else cb[ch:ch + width].contiguous()
+        wnp = None if win is None else win[..., ch:ch + width].contiguous()
+        u = zxbcdt.new_empty(bsz, L, width)
+        _fn(lib, "cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _p(bpart), _p(wnp),
+                                  u.data_ptr(), cwork.data_ptr(), bsz, width, L, K, threads)
+        outs.append(u)
+        pieces.append((wpart, bpart, wnp))
+    z = zxbcdt[..., :E].contiguous()
+    dt = zxbcdt[..., E + Cd:].contiguous()
+    return (z, *outs, dt), zxbcdt, pieces
+
+
+class _Mamba2ConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, zxbcdt, conv_weight, conv_bias, conv_state, sizes):
+        outs, zxbcdt_c, pieces = _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes)
+        flat = [t for piece in pieces for t in piece]
+        ctx.save_for_backward(zxbcdt_c, *flat)
+        ctx.sizes = sizes
+        ctx.has = (conv_bias is not None, conv_state is not None)
+        ctx.set_materialize_grads(False)
+        return outs
+
+    @staticmethod
+    def backward(ctx, dz, dx, dB, dC, ddt):
+        zxbcdt, *flat = ctx.saved_tensors
+        pieces = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+        lib = _native.library()
+        dtype = zxbcdt.dtype
+        threads = torch.get_num_threads()
+        E, Ex, GN, H = ctx.sizes
+        has_cb, has_win = ctx.has
+        bsz, L, Din = zxbcdt.shape
+        K = pieces[0][0].shape[0]
+        Cd = Ex + 2 * GN
+        esz = zxbcdt.element_size()
+        g = zxbcdt.new_empty(bsz, L, Din)
+        if dz is None:
+            g[..., :E].zero_()
+        else:
+            g[..., :E].copy_(dz)
+        if ddt is None:
+            g[..., E + Cd:].zero_()
+        else:
+            g[..., E + Cd:].copy_(ddt)
+        dw, db, dwin = [], [], []
+        work = zxbcdt.new_empty(threads * (2 * L + 5 * K) * _CB)
+        for (col, ch, width), (wpart, bpart, wnp), du in zip(_m2_parts(ctx.sizes), pieces, (dx, dB, dC)):
+            du = zxbcdt.new_zeros(bsz, L, width) if du is None else du.contiguous()
+            nblk = -(-width // _CB)
+            dwt = zxbcdt.new_empty(K, width)
+            dcb = zxbcdt.new_empty(width) if has_cb else None
+            dwn = zxbcdt.new_empty(bsz, K - 1, width) if has_win else None
+            part = zxbcdt.new_empty(bsz * nblk * (K + 1) * _CB)
+            _fn(lib, "cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _p(bpart), _p(wnp),
+                                      du.data_ptr(), g.data_ptr() + col * esz, Din, _p(dwn), dwt.data_ptr(), _p(dcb),
+                                      part.data_ptr(), work.data_ptr(), bsz, width, L, K, threads)
+            dw.append(dwt)
+            db.append(dcb)
+            dwin.append(dwn)
+        dconv_w = torch.cat(dw, dim=1).t().reshape(Cd, 1, K)
+        dconv_b = torch.cat(db) if has_cb else None
+        dstate = torch.cat(dwin, dim=-1).transpose(1, 2) if has_win else None
+        return g, dconv_w, dconv_b, dstate, None
