@@ -186,6 +186,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         f = getattr(lib, f"cv_bwd_{sfx}")
         f.argtypes = [P] + [L] + [P] * 5 + [L] + [P] * 5 + [L] * 4 + [I]
         f.restype = None
+        f = getattr(lib, f"lti_fwd_{sfx}")  # time-invariant diagonal scan (ssmkit.ops.scan)
+        f.argtypes = [P] * 4 + [L] * 3 + [I] * 2
+        f.restype = None
+        f = getattr(lib, f"lti_bwd_{sfx}")
+        f.argtypes = [P] * 8 + [L] * 3 + [I] * 2
+        f.restype = None
     lib.ssm_abi_version.restype = I
     lib.ssm_bwd_tasks.argtypes = [L] * 4
     lib.ssm_bwd_tasks.restype = L

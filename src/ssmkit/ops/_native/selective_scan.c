@@ -779,6 +779,126 @@ void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt
     }
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Time-invariant diagonal linear scan (ssmkit.ops.scan, S5): h_t = a ⊙ h_{t-1} + b_t over
+ * (b, L, M) with one step a (M) for every time and batch entry; complex values are interleaved
+ * (re, im) pairs when cplx is 1. lti_fwd: all states; lti_bwd: g_t = gh_t + conj(a) g_{t+1},
+ * da = sum_{b, t} g_t conj(h_{t-1}) (h_{-1} = h0 or 0), dh0 = conj(a) g_0. The batch sum of da
+ * is taken in index order from per-sequence slots (no dependence on the thread count).
+ * --------------------------------------------------------------------------------------------- */
+void SSM_CAT(lti_fwd, SSM_SFX)(const S *restrict a, const S *restrict b, const S *restrict h0, S *restrict hs,
+                               long nb, long L, long M, int cplx, int nthreads) {
+    const long W = cplx ? 2 * M : M;
+    long bi;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (bi = 0; bi < nb; bi++) {
+        const S *br = b + bi * L * W;
+        S *hr = hs + bi * L * W;
+        for (long t = 0; t < L; t++) {
+            const S *p = t ? hr + (t - 1) * W : (h0 ? h0 + bi * W : NULL);
+            const S *bt = br + t * W;
+            S *ht = hr + t * W;
+            if (!p) {
+                memcpy(ht, bt, W * sizeof(S));
+            } else if (cplx) {
+#pragma omp simd
+                for (long m = 0; m < M; m++) {
+                    const S ar = a[2 * m], ai = a[2 * m + 1], pr = p[2 * m], pi = p[2 * m + 1];
+                    ht[2 * m] = ar * pr - ai * pi + bt[2 * m];
+                    ht[2 * m + 1] = ar * pi + ai * pr + bt[2 * m + 1];
+                }
+            } else {
+#pragma omp simd
+                for (long m = 0; m < M; m++) ht[m] = a[m] * p[m] + bt[m];
+            }
+        }
+    }
+}
+
+/* gh, g: (b, L, M[, 2]); da (M[, 2]); dh0 (b, M[, 2]) or NULL; part: nb * W scratch. */
+void SSM_CAT(lti_bwd, SSM_SFX)(const S *restrict a, const S *restrict hs, const S *restrict h0,
+                               const S *restrict gh, S *restrict g, S *restrict da, S *restrict dh0,
+                               S *restrict part, long nb, long L, long M, int cplx, int nthreads) {
+    const long W = cplx ? 2 * M : M;
+#pragma omp parallel num_threads(nthreads)
+    {
+        long bi;
+#pragma omp for schedule(static)
+        for (bi = 0; bi < nb; bi++) {
+            const S *ghr = gh + bi * L * W, *hr = hs + bi * L * W;
+            S *gr = g + bi * L * W, *pa = part + bi * W;
+            memset(pa, 0, W * sizeof(S));
+            for (long t = L - 1; t >= 0; t--) {
+                const S *gt_in = ghr + t * W;
+                S *gt = gr + t * W;
+                if (t == L - 1 || t == 0) { /* the ends: no g_{t+1}, or maybe no h_{t-1} */
+                    const S *nx = t < L - 1 ? gr + (t + 1) * W : NULL;
+                    const S *p = t ? hr + (t - 1) * W : (h0 ? h0 + bi * W : NULL);
+                    for (long m = 0; m < M; m++) {
+                        if (cplx) {
+                            S xr = gt_in[2 * m], xi = gt_in[2 * m + 1];
+                            if (nx) { /* + conj(a) g_{t+1} */
+                                xr += a[2 * m] * nx[2 * m] + a[2 * m + 1] * nx[2 * m + 1];
+                                xi += a[2 * m] * nx[2 * m + 1] - a[2 * m + 1] * nx[2 * m];
+                            }
+                            gt[2 * m] = xr;
+                            gt[2 * m + 1] = xi;
+                            if (p) { /* + g conj(h_{t-1}) */
+                                pa[2 * m] += xr * p[2 * m] + xi * p[2 * m + 1];
+                                pa[2 * m + 1] += xi * p[2 * m] - xr * p[2 * m + 1];
+                            }
+                        } else {
+                            const S x = gt_in[m] + (nx ? a[m] * nx[m] : (S)0);
+                            gt[m] = x;
+                            if (p) pa[m] += x * p[m];
+                        }
+                    }
+                    continue;
+                }
+                const S *nx = gr + (t + 1) * W, *p = hr + (t - 1) * W;
+                if (cplx) {
+#pragma omp simd
+                    for (long m = 0; m < M; m++) {
+                        const S ar = a[2 * m], ai = a[2 * m + 1], nr = nx[2 * m], ni = nx[2 * m + 1];
+                        const S xr = gt_in[2 * m] + ar * nr + ai * ni, xi = gt_in[2 * m + 1] + ar * ni - ai * nr;
+                        gt[2 * m] = xr;
+                        gt[2 * m + 1] = xi;
+                        pa[2 * m] += xr * p[2 * m] + xi * p[2 * m + 1];
+                        pa[2 * m + 1] += xi * p[2 * m] - xr * p[2 * m + 1];
+                    }
+                } else {
+#pragma omp simd
+                    for (long m = 0; m < M; m++) {
+                        const S x = gt_in[m] + a[m] * nx[m];
+                        gt[m] = x;
+                        pa[m] += x * p[m];
+                    }
+                }
+            }
+            if (dh0) {
+                const S *g0 = gr;
+                S *d = dh0 + bi * W;
+                if (cplx) {
+                    for (long m = 0; m < M; m++) {
+                        const S ar = a[2 * m], ai = a[2 * m + 1];
+                        d[2 * m] = ar * g0[2 * m] + ai * g0[2 * m + 1];
+                        d[2 * m + 1] = ar * g0[2 * m + 1] - ai * g0[2 * m];
+                    }
+                } else {
+                    for (long m = 0; m < M; m++) d[m] = a[m] * g0[m];
+                }
+            }
+        }
+        long w;
+#pragma omp for schedule(static)
+        for (w = 0; w < W; w++) {
+            S s = 0;
+            for (long bi2 = 0; bi2 < nb; bi2++) s += part[bi2 * W + w];
+            da[w] = s;
+        }
+    }
+}
+
 #undef MI_SIG
 #undef MI_SOFTPLUS
 
