@@ -4,6 +4,7 @@ path against its composed path, and thread-count independence of the gradients."
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from ssmkit.ops.mamba_fused import fused_applies, mamba_inner, mamba_inner_ref
 
 from helpers import assert_close_to_reference
 
+TESTS = str(Path(__file__).resolve().parent)
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 needs_native = pytest.mark.skipif(not _native.available(),
                                   reason="native CPU kernel unavailable (no C compiler or SSMKIT_NATIVE=0)")
 f64 = torch.float64
@@ -106,7 +109,7 @@ def test_layer_fused_path_equals_composed_path(dtype, tol):
 
 
 @needs_native
-def test_fused_gradients_do_not_depend_on_thread_count():
+def test_fused_gradients_do_not_depend_on_thread_count(tmp_path):
     """The same backward on 1 and 2 threads (child processes) gives bit-identical gradients."""
     code = (
         "import sys, torch\n"
@@ -117,14 +120,12 @@ def test_fused_gradients_do_not_depend_on_thread_count():
         "args = _operands(2, 90, 72, 8, 3, 4, dtype=torch.float32)\n"
         "y, h, g = _grads(mamba_inner, args, 16)\n"
         "torch.save([y, h, *g], sys.argv[3])\n")
-    here = os.path.dirname(os.path.abspath(__file__))
     outs = []
     for threads in (1, 2):
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ssmkit_fused_{os.getpid()}_{threads}.pt")
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        subprocess.run([sys.executable, "-c", code, here, str(threads), path], check=True, env=env)
+        path = tmp_path / f"grads_{threads}.pt"
+        env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, "-c", code, TESTS, str(threads), str(path)], check=True, env=env)
         outs.append(torch.load(path))
-        os.remove(path)
     for a, b in zip(*outs):
         assert torch.equal(a, b)
 
