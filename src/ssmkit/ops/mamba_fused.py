@@ -183,7 +183,7 @@ class _MambaInnerFn(torch.autograd.Function):
         dh0 = xz.new_empty(bsz, E, N) if has_h0 else None
         part = xz.new_empty(2 * bsz * ngrp * L * N)
         acc = xz.new_empty(bsz * nblk * (N + 2) * _CB)
-        work = xz.new_empty(threads * (2 * T * N + 2 * T + 3 * N) * _CB)
+        work = xz.new_empty(threads * (2 * T * N + 2 * N) * _CB)
         esz = xz.element_size()
         _fn(lib, "mi_bwd", dtype)(u.data_ptr(), dtr.data_ptr(), _p(dtb), At.data_ptr(), xdbl.data_ptr(), R + 2 * N, R,
                                   _p(Dv), xz.data_ptr() + E * esz, E2, states.data_ptr(), dout.data_ptr(), _p(dlast),

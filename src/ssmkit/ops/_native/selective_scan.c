@@ -428,7 +428,7 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
         const S *restrict xdbl, long sxd, long offB, const S *restrict Dv, const S *restrict z, long sz,
         const S *restrict states, const S *restrict dout, const S *restrict dh_last, S *restrict du,
         S *restrict ddtr, S *restrict dz, long sdz, S *restrict dh0, S *restrict acc, S *restrict H,
-        S *restrict Eb, S *restrict dts, S *restrict sgs, S *restrict hs, S *restrict gv, S *restrict pB,
+        S *restrict Eb, S *restrict hs, S *restrict gv, S *restrict pB,
         S *restrict pC, long E, long L, long N, long T, long K, long nblk, long bi, long blk, long c0,
         const long cw) {
     S *dAacc = acc + (bi * nblk + blk) * (N + 2) * MI_CB;
@@ -544,7 +544,7 @@ static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)
  * of v); dz (row stride sdz; only if z); dxdbl's B and C columns (row stride sdx, at offB and
  * offB + N); dAt (N, E); dD (E) if Dv; ddbias (E) if dbias; dh0 (b, E, N) or NULL.
  * Scratch: part 2 * nb * ngrp * L * N; acc nb * nblk * (N + 2) * MI_CB;
- * work nthreads * (2 * T * N + 2 * T + 3 * N) * MI_CB. */
+ * work nthreads * (2 * T * N + 2 * N) * MI_CB. */
 void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const S *restrict dbias,
                               const S *restrict At, const S *restrict xdbl, long sxd, long offB,
                               const S *restrict Dv, const S *restrict z, long sz,
@@ -566,9 +566,8 @@ void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
 #else
         const long tid = 0;
 #endif
-        S *H = work + tid * (2 * T * N + 2 * T + 3 * N) * MI_CB;
-        S *Eb = H + T * N * MI_CB, *dts = Eb + T * N * MI_CB, *sgs = dts + T * MI_CB;
-        S *hs = sgs + T * MI_CB, *gv = hs + N * MI_CB;
+        S *H = work + tid * (2 * T * N + 2 * N) * MI_CB;
+        S *Eb = H + T * N * MI_CB, *hs = Eb + T * N * MI_CB, *gv = hs + N * MI_CB;
         long task;
 #pragma omp for schedule(dynamic, 1)
         for (task = 0; task < ntask; task++) {
@@ -582,11 +581,11 @@ void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
                 const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
                 if (cw == MI_CB)
                     SSM_CAT(mi_bwd_block, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, states, dout, dh_last,
-                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, dts, sgs, hs, gv, pB, pC,
+                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, hs, gv, pB, pC,
                                                    E, L, N, T, K, nblk, bi, blk, c0, MI_CB);
                 else
                     SSM_CAT(mi_bwd_block, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, states, dout, dh_last,
-                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, dts, sgs, hs, gv, pB, pC,
+                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, hs, gv, pB, pC,
                                                    E, L, N, T, K, nblk, bi, blk, c0, cw);
             }
         }
