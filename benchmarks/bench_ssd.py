@@ -2,11 +2,13 @@
 transformers' Mamba-2 (`mamba2_chunk_scan`, the chunked SSD that `Mamba2Mixer` runs without
 CUDA kernels), on the same inputs, in one process, alternating the two.
 
-Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_ssd.py [--threads 1] [--repeats 5]
+Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_ssd.py [--threads 1] [--repeats 5] [--layers-only]
 
 A second table compares whole layers with the same weights: ssmkit's `Mamba2` (chunk 64)
 against transformers' `Mamba2Mixer` (its torch fallback, chunk 256), forward, at d_model 768
-(24 heads of 64, N = 128) and d_model 64, so the share of the projections shows.
+(24 heads of 64, N = 128) and d_model 64, so the share of the projections shows; ssmkit's
+layer runs both with its fused conv (the default) and with ``fused = False`` (the composed
+torch operations), alternated in the same loop. ``--layers-only`` prints only this table.
 
 ssmkit is called as its layers call it (inside `trusted_inputs`, so the full-tensor value
 checks of the public entry are skipped) with its default chunk of 64 steps, and also with
@@ -52,8 +54,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--layers-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.layers_only:
+        layers(args.repeats)
+        return
     theirs = _transformers_scan()
 
     def ours(q):
@@ -106,8 +112,9 @@ def layers(repeats: int) -> None:
     from ssmkit.layers import Mamba2
 
     hf_logging.set_verbosity_error()
-    print("\n| layer (d_model, N, head dim), batch x L | ssmkit Mamba2 | transformers Mamba2Mixer | speed-up |")
-    print("|---|---|---|---|")
+    print("\n| layer (d_model, N, head dim), batch x L | ssmkit Mamba2 | ssmkit, composed path | "
+          "transformers Mamba2Mixer | speed-up |")
+    print("|---|---|---|---|---|")
     for d, N, P, b, L in ((768, 128, 64, 1, 1024), (64, 64, 32, 8, 512)):
         torch.manual_seed(0)
         ours = Mamba2(d, d_state=N, headdim=P, ngroups=1, chunk_size=64)
@@ -118,7 +125,14 @@ def layers(repeats: int) -> None:
             theirs = Mamba2Mixer(cfg, 0)
         theirs.load_state_dict(ours.state_dict())  # same parameter names and shapes
         x = torch.randn(b, L, d)
-        fns = {"ours": lambda: ours(x), "theirs": lambda: theirs(x)}
+        def composed():
+            ours.fused = False
+            try:
+                return ours(x)
+            finally:
+                ours.fused = True
+
+        fns = {"ours": lambda: ours(x), "composed": composed, "theirs": lambda: theirs(x)}
         with torch.no_grad():
             y1, y2 = ours(x), theirs(x)
             err = float((y1 - y2).abs().max() / y2.abs().max())
@@ -130,7 +144,7 @@ def layers(repeats: int) -> None:
                     f()
                     times[k].append(time.perf_counter() - t0)
         med = {k: statistics.median(v[1:]) for k, v in times.items()}
-        print(f"| {d}, {N}, {P}, {b} x {L} | {med['ours']:.4f} s | {med['theirs']:.4f} s | "
+        print(f"| {d}, {N}, {P}, {b} x {L} | {med['ours']:.4f} s | {med['composed']:.4f} s | {med['theirs']:.4f} s | "
               f"**{med['theirs'] / med['ours']:.1f}x** |", flush=True)
 
 

@@ -192,8 +192,12 @@ def _mamba_dt(model, layers: Dict[str, torch.nn.Module], task, batch_size: int) 
     x, _, mask = pad_collate([data[i] for i in range(min(batch_size, len(data)))])
     got: Dict[str, torch.Tensor] = {}
     hooks = []
+    unfused = []  # Mamba layers run their composed path here, which calls dt_proj as a module
     for name, layer in layers.items():
         if isinstance(layer, Mamba):  # Δ = softplus(dt_proj(·))
+            if layer.fused:
+                layer.fused = False
+                unfused.append(layer)
             hooks.append(layer.dt_proj.register_forward_hook(
                 lambda m, i, o, name=name: got.__setitem__(name, F.softplus(o))))
         else:  # Mamba-2: in_proj's last nheads outputs, Δ = softplus(· + dt_bias)
@@ -206,6 +210,8 @@ def _mamba_dt(model, layers: Dict[str, torch.nn.Module], task, batch_size: int) 
     finally:
         for h in hooks:
             h.remove()
+        for layer in unfused:
+            layer.fused = True
     return {n: got[n][mask].double().cpu().numpy() for n in got}
 
 

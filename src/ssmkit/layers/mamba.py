@@ -29,6 +29,7 @@ from torch import nn
 
 from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
                        check_sequence_input, check_step_input, match_parameter_dtype)
+from ..ops.mamba_fused import mamba_inner
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
@@ -45,6 +46,10 @@ class Mamba(SequenceLayer):
     ``device``, ``dtype``: where and in which dtype the parameters are created."""
 
     needs_channel_mixer = False
+    #: run the inner block (conv, x/Δ projections, scan, gate) as one fused operation
+    #: (:func:`ssmkit.ops.mamba_fused.mamba_inner`) when no padding mask is given; False runs
+    #: the same computation as separate torch operations around ``selective_scan``.
+    fused = True
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, bias: bool = False,
@@ -110,6 +115,8 @@ class Mamba(SequenceLayer):
             conv0, h0 = initial_state
         else:
             conv0, h0 = None, None
+        if self.fused and mask is None:
+            return self._forward_fused(x, x_in, conv0, h0, return_state)
         xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         xi = xi.transpose(1, 2)  # (B, E, L)
         if mask is not None:
@@ -131,6 +138,27 @@ class Mamba(SequenceLayer):
         if not return_state:
             return out
         return out, (window, h.to(state_dtype(x.dtype)) if h0 is None else h.to(h0.dtype))
+
+    def _forward_fused(self, x, x_in, conv0, h0, return_state):
+        """``forward`` without a mask, the inner block fused (ssmkit.ops.mamba_fused)."""
+        xz = self.in_proj(x)  # (B, L, 2E)
+        A = negative_A(self.A_log, self._A_cache)
+        sd = h0.dtype if h0 is not None else state_dtype(x.dtype)
+        y, h = mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                           self.dt_proj.bias, A, self.D, None if conv0 is None else conv0.to(x.dtype), h0)
+        out = self.out_proj(y)
+        if x is not x_in:
+            out = out.to(x_in.dtype)
+        if not return_state:
+            return out
+        K1 = self.d_conv - 1
+        E = self.d_inner
+        L = xz.shape[1]
+        tail = xz[:, max(0, L - K1):, :E].transpose(1, 2)  # the last K-1 conv inputs
+        if L < K1:
+            prev = conv0.to(xz.dtype) if conv0 is not None else xz.new_zeros(xz.shape[0], E, K1)
+            tail = torch.cat([prev, tail], dim=-1)[..., -K1:]
+        return out, (tail, h.to(sd))
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""

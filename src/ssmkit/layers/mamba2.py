@@ -31,6 +31,7 @@ from torch import nn
 
 from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
                        check_sequence_input, check_step_input, match_parameter_dtype)
+from ..ops.mamba_fused import mamba2_conv
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
@@ -74,6 +75,9 @@ class Mamba2(SequenceLayer):
     (per group of ``d_inner / ngroups`` channels); ``device``, ``dtype``: factory arguments."""
 
     needs_channel_mixer = False
+    #: without a padding mask, run the conv + SiLU of [x, B, C] as one fused operation
+    #: (:func:`ssmkit.ops.mamba_fused.mamba2_conv`); False uses the separate torch operations
+    fused = True
 
     def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64,
                  ngroups: int = 1, chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 0.1,
@@ -168,14 +172,26 @@ class Mamba2(SequenceLayer):
         if initial_state is not None:
             self._check_state(initial_state, b, "initial_state")
             conv0, h0 = initial_state
-        z, xBC, dt = self._split(self.in_proj(x))
-        xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
-        if mask is not None:
-            xBC = xBC * mask[:, None, :]
-        xBC, window = self.conv1d(xBC, conv0, lengths, return_window=True)
-        xBC = F.silu(xBC).transpose(1, 2)
+        zxbcdt = self.in_proj(x)
         sd = state_dtype(x.dtype) if h0 is None else h0.dtype
-        xs, Bm, Cm = (t.to(sd) for t in self._heads(xBC))
+        if self.fused and mask is None:
+            # conv + SiLU of [x, B, C] as one operation on the projection's layout (no transposes,
+            # and its backward writes one gradient buffer instead of concatenating pieces)
+            G, N = self.ngroups, self.d_state
+            z, xs, Bm, Cm, dt = mamba2_conv(zxbcdt, self.conv1d.weight, self.conv1d.bias,
+                                            (self.d_inner, self.d_inner, G * N, self.nheads),
+                                            None if conv0 is None else conv0.to(x.dtype))
+            xs = xs.view(b, L, self.nheads, self.headdim).to(sd)
+            Bm, Cm = Bm.view(b, L, G, N).to(sd), Cm.view(b, L, G, N).to(sd)
+            window = self._window(zxbcdt, conv0) if return_state else None
+        else:
+            z, xBC, dt = self._split(zxbcdt)
+            xBC = xBC.transpose(1, 2)  # (b, conv_dim, L)
+            if mask is not None:
+                xBC = xBC * mask[:, None, :]
+            xBC, window = self.conv1d(xBC, conv0, lengths, return_window=True)
+            xBC = F.silu(xBC).transpose(1, 2)
+            xs, Bm, Cm = (t.to(sd) for t in self._heads(xBC))
         dt = self._dt(dt, sd)  # (b, L, H)
         if mask is not None:
             dt = dt * mask[..., None]
@@ -190,6 +206,16 @@ class Mamba2(SequenceLayer):
         if not return_state:
             return out
         return out, (window, h)
+
+    def _window(self, zxbcdt, conv0):
+        """The last ``d_conv - 1`` conv inputs [x, B, C] of an unpadded batch, (b, conv_dim, K-1)."""
+        K1, E = self.d_conv - 1, self.d_inner
+        L = zxbcdt.shape[1]
+        tail = zxbcdt[:, max(0, L - K1):, E:E + self.conv_dim].transpose(1, 2)
+        if L < K1:
+            prev = conv0.to(zxbcdt.dtype) if conv0 is not None else zxbcdt.new_zeros(zxbcdt.shape[0], self.conv_dim, K1)
+            tail = torch.cat([prev, tail], dim=-1)[..., -K1:]
+        return tail
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1)."""

@@ -17,7 +17,10 @@ conjugate-Wirtinger convention for complex inputs). ``linear_scan_ref`` is the p
 When ``a`` has no batch or time dimension (a time-invariant step, e.g. S5 without padding), a
 second function runs the same blocked scan with the powers ``a^t`` computed once instead of
 the per-chunk products, and its gradient for ``a`` is the reduction ``Σ g_t conj(h_{t-1})``
-without a full-size tensor for ``a`` or its gradient.
+without a full-size tensor for ``a`` or its gradient. On the CPU with the native library
+(:mod:`ssmkit.ops._native`) and ``a`` of the inner shape of a (batch, L, M) ``b``, both
+directions of that case are one native loop over the sequence instead (same recurrences; the
+batch sum of ``a``'s gradient taken in index order).
 
 Inputs: real or complex float32/float64 (and complex64/complex128); float16/bfloat16 are
 computed in float32 and returned in the promoted input dtype; complex32 is refused by name.
@@ -32,6 +35,7 @@ from typing import Optional
 import torch
 
 from .._checks import check_tensor
+from . import _native
 
 __all__ = ["linear_scan", "linear_scan_ref"]
 
@@ -142,12 +146,43 @@ def _scan_time_first_lti(a: torch.Tensor, bT: torch.Tensor, h0: Optional[torch.T
     return hs[:L] if pad else hs
 
 
+def _native_lti_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The native time-invariant scan runs CPU float32/float64/complex64/complex128 tensors with
+    ``a`` of exactly ``b``'s inner shape (batch, L, M) (S5's case)."""
+    return (b.device.type == "cpu" and b.dim() == 3 and tuple(a.shape) == tuple(b.shape[2:]) and a.dtype == b.dtype
+            and b.dtype in _NATIVE_DTYPES and _native.available())
+
+
+_NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def _native_fn(name: str, dtype: torch.dtype):
+    lib = _native.library()
+    single = dtype in (torch.float32, torch.complex64)
+    return getattr(lib, f"{name}_{'f32' if single else 'f64'}")
+
+
 class _LinearScanLTI(torch.autograd.Function):
     """``h_t = a ⊙ h_{t-1} + b_t`` with one ``a`` for every step and batch entry (``a``
-    broadcasts to ``b.shape[2:]``); its gradient is ``Σ_{batch, t} g_t conj(h_{t-1})``."""
+    broadcasts to ``b.shape[2:]``); its gradient is ``Σ_{batch, t} g_t conj(h_{t-1})``.
+
+    On the CPU with the native library and ``a`` of ``b``'s inner shape (batch, L, M), both
+    directions are one native loop over (batch, L, M) in place (``lti_fwd``, ``lti_bwd``: no
+    time-first copies, the batch sum of the gradient of ``a`` in index order)."""
 
     @staticmethod
     def forward(ctx, a, b, h0):
+        if _native_lti_applies(a, b) and (h0 is None or h0.dtype == b.dtype):
+            a, b = a.detach().contiguous(), b.detach().contiguous()
+            h0 = None if h0 is None else h0.detach().contiguous()
+            hs = torch.empty_like(b)
+            bsz, L, M = b.shape
+            _native_fn("lti_fwd", b.dtype)(a.data_ptr(), b.data_ptr(), None if h0 is None else h0.data_ptr(),
+                                           hs.data_ptr(), bsz, L, M, int(b.is_complex()), torch.get_num_threads())
+            ctx.save_for_backward(a, hs, h0)
+            ctx.native = True
+            return hs
+        ctx.native = False
         hs = _scan_time_first_lti(a, b.transpose(0, 1), h0)
         ctx.save_for_backward(a, hs, h0)
         return hs.transpose(0, 1)
@@ -155,6 +190,18 @@ class _LinearScanLTI(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gh):
         a, hs, h0 = ctx.saved_tensors
+        if ctx.native:
+            gh = gh.contiguous()
+            bsz, L, M = hs.shape
+            g = torch.empty_like(hs)
+            da = torch.empty_like(a)
+            dh0 = torch.empty_like(h0) if h0 is not None else None
+            part = hs.new_empty(bsz, M)
+            _native_fn("lti_bwd", hs.dtype)(a.data_ptr(), hs.data_ptr(), None if h0 is None else h0.data_ptr(),
+                                            gh.data_ptr(), g.data_ptr(), da.data_ptr(),
+                                            None if dh0 is None else dh0.data_ptr(), part.data_ptr(),
+                                            bsz, L, M, int(hs.is_complex()), torch.get_num_threads())
+            return da, g, dh0
         ac = a.conj()
         # g_t = gh_t + conj(a) g_{t+1}, g_{L-1} = gh_{L-1}: a forward scan of the reversed sequence
         g = _scan_time_first_lti(ac, gh.transpose(0, 1).flip(0), None).flip(0)  # (L, batch, ...)

@@ -45,7 +45,7 @@ _SRC = Path(__file__).with_name("selective_scan.c")
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 3
+_ABI = 4
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -171,6 +171,26 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.restype = None
         f = getattr(lib, f"ssm_bwd_{sfx}")
         f.argtypes = [P] * 17 + [L] * 8 + [I]
+        f.restype = None
+        # fused Mamba block kernels (ssmkit.ops.mamba_fused)
+        f = getattr(lib, f"mi_fwd_{sfx}")
+        f.argtypes = [P] * 5 + [L] * 2 + [P] * 2 + [L] + [P] * 5 + [L] * 5 + [I]
+        f.restype = None
+        f = getattr(lib, f"mi_bwd_{sfx}")
+        f.argtypes = ([P] * 5 + [L] * 2 + [P] * 2 + [L] + [P] * 6 + [L] + [P] + [L] + [P] * 7
+                      + [L] * 6 + [I])
+        f.restype = None
+        f = getattr(lib, f"cv_fwd_{sfx}")
+        f.argtypes = [P] + [L] + [P] * 5 + [L] * 4 + [I]
+        f.restype = None
+        f = getattr(lib, f"cv_bwd_{sfx}")
+        f.argtypes = [P] + [L] + [P] * 5 + [L] + [P] * 5 + [L] * 4 + [I]
+        f.restype = None
+        f = getattr(lib, f"lti_fwd_{sfx}")  # time-invariant diagonal scan (ssmkit.ops.scan)
+        f.argtypes = [P] * 4 + [L] * 3 + [I] * 2
+        f.restype = None
+        f = getattr(lib, f"lti_bwd_{sfx}")
+        f.argtypes = [P] * 8 + [L] * 3 + [I] * 2
         f.restype = None
     lib.ssm_abi_version.restype = I
     lib.ssm_bwd_tasks.argtypes = [L] * 4

@@ -33,6 +33,10 @@
  * bit-identical for any thread count and any schedule (tasks are still scheduled dynamically,
  * so a descheduled thread on a shared machine does not hold the others back).
  *
+ * The second half of the file holds the fused Mamba block kernels (mi_* and cv_*), which work
+ * in the channels-last layout of the block's projections, (b, L, E) rows, vectorised over
+ * blocks of MI_CB channels (see ssmkit.ops.mamba_fused for the formulas).
+ *
  * The file is a template: it includes itself twice, once per scalar type.
  */
 #ifndef SSM_SCALAR
@@ -45,6 +49,7 @@
 #endif
 
 #define SSM_BLOCK 8
+#define MI_CB 32 /* channels per vector block in the fused Mamba kernels */
 
 /* exp for float32, inlined so that the loops over N vectorise without a library call:
  * exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two for an exact
@@ -97,20 +102,28 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #define SSM_SCALAR float
 #define SSM_SFX f32
 #define SSM_EXP ssm_expf
+#define SSM_LOG1P log1pf
+#define SSM_EXPM1 expm1f
 #include __FILE__
 #undef SSM_SCALAR
 #undef SSM_SFX
 #undef SSM_EXP
+#undef SSM_LOG1P
+#undef SSM_EXPM1
 
 #define SSM_SCALAR double
 #define SSM_SFX f64
 #define SSM_EXP exp
+#define SSM_LOG1P log1p
+#define SSM_EXPM1 expm1
 #include __FILE__
 #undef SSM_SCALAR
 #undef SSM_SFX
 #undef SSM_EXP
+#undef SSM_LOG1P
+#undef SSM_EXPM1
 
-int ssm_abi_version(void) { return 3; }
+int ssm_abi_version(void) { return 4; }
 
 #else /* template body */
 
@@ -291,6 +304,602 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
     }
     if (dh0) memcpy(dh0, gcar, (size_t)nb * D * N * sizeof(S));
 }
+
+
+/* ---------------------------------------------------------------------------------------------
+ * Fused Mamba block kernels, channels-last. Rows are (b, t) pairs, row = b * L + t; a tensor
+ * "(b, L, E) with row stride s" has element (row, c) at row * s + c. Work is cut into tasks of
+ * one batch element and one block of MI_CB channels (the last block may be shorter); inside a
+ * task the channel loops are the vector loops and B_t[n], C_t[n] are scalars.
+ *
+ * mi_fwd:  v = dtr + dbias, dt = softplus(v), h_t[n] = exp(dt A[n]) h_{t-1}[n] + dt u B_t[n],
+ *          out = (sum_n C_t[n] h_t[n] + D u) * silu(z); dt is written back over dtr.
+ * mi_bwd:  its reverse scan (the formulas of ssm_bwd plus the gate, the D skip and the softplus,
+ *          whose derivative sigmoid(v) = 1 - exp(-dt) is computed from the stored dt).
+ * cv_fwd:  u = silu(bias + sum_k w[k] x_{t-K+1+k}) (x_{<0} from the window, else 0)
+ * cv_bwd:  its gradients.
+ * A is passed transposed, At (N, E), so that a state index n reads E contiguous values.
+ * --------------------------------------------------------------------------------------------- */
+
+static inline S SSM_CAT(mi_sig, SSM_SFX)(S x) {
+    x = x < (S)-80 ? (S)-80 : (x > (S)80 ? (S)80 : x);
+    return (S)1 / ((S)1 + SSM_EXP(-x));
+}
+
+static inline S SSM_CAT(mi_softplus, SSM_SFX)(S v) {
+    return v > (S)20 ? v : SSM_LOG1P(SSM_EXP(v < (S)-80 ? (S)-80 : v));
+}
+
+#define MI_SIG SSM_CAT(mi_sig, SSM_SFX)
+#define MI_SOFTPLUS SSM_CAT(mi_softplus, SSM_SFX)
+
+/* One task of mi_fwd: batch element bi, channels c0 .. c0 + cw - 1 (inlined twice, once with
+ * cw = MI_CB known at compile time, so that full blocks run fixed-length vector loops). */
+static inline __attribute__((always_inline)) void SSM_CAT(mi_fwd_task, SSM_SFX)(
+        const S *restrict u, S *restrict dtr, const S *restrict dbias, const S *restrict At,
+        const S *restrict xdbl, long sxd, long offB, const S *restrict Dv, const S *restrict z, long sz,
+        const S *restrict h0, S *restrict out, S *restrict h_last, S *restrict states, S *restrict h,
+        long E, long L, long N, long T, long K, long bi, long c0, const long cw) {
+    S bl[MI_CB], Dl[MI_CB]; /* the block's dt bias and D (zeros when absent) */
+    for (long c = 0; c < cw; c++) {
+        bl[c] = dbias ? dbias[c0 + c] : (S)0;
+        Dl[c] = Dv ? Dv[c0 + c] : (S)0;
+    }
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < cw; c++) h[n * MI_CB + c] = h0 ? h0[(bi * E + c0 + c) * N + n] : (S)0;
+    for (long t = 0; t < L; t++) {
+        const long row = bi * L + t;
+        if (states && t % T == 0)
+            for (long n = 0; n < N; n++)
+                memcpy(states + ((bi * K + t / T) * N + n) * E + c0, h + n * MI_CB, cw * sizeof(S));
+        S dtv[MI_CB], xu[MI_CB], acc[MI_CB];
+        const S *ur = u + row * E + c0;
+        S *dr = dtr + row * E + c0;
+#pragma omp simd
+        for (long c = 0; c < cw; c++) {
+            const S d = MI_SOFTPLUS(dr[c] + bl[c]);
+            dr[c] = d; /* dtr now holds the step, read by the backward pass */
+            dtv[c] = d;
+            xu[c] = d * ur[c];
+            acc[c] = 0;
+        }
+        const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
+        for (long n = 0; n < N; n++) {
+            const S bn = Bt[n], cn = Ct[n];
+            const S *a = At + n * E + c0;
+            S *hn = h + n * MI_CB;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                const S hv = SSM_EXP(dtv[c] * a[c]) * hn[c] + xu[c] * bn;
+                hn[c] = hv;
+                acc[c] += cn * hv;
+            }
+        }
+        S *o = out + row * E + c0;
+        if (z) {
+            const S *zr = z + row * sz + c0;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) o[c] = (acc[c] + Dl[c] * ur[c]) * zr[c] * MI_SIG(zr[c]);
+        } else {
+#pragma omp simd
+            for (long c = 0; c < cw; c++) o[c] = acc[c] + Dl[c] * ur[c];
+        }
+    }
+    for (long c = 0; c < cw; c++)
+        for (long n = 0; n < N; n++) h_last[(bi * E + c0 + c) * N + n] = h[n * MI_CB + c];
+}
+
+/* Forward. dbias, Dv, z, h0, states may be NULL. xdbl: rows of stride sxd holding B_t at offB
+ * and C_t at offB + N. z has row stride sz. out (b, L, E) contiguous; h_last (b, E, N);
+ * states (b, K, N, E), the state before step k*T. work: nthreads * N * MI_CB scalars. */
+void SSM_CAT(mi_fwd, SSM_SFX)(const S *restrict u, S *restrict dtr, const S *restrict dbias,
+                              const S *restrict At, const S *restrict xdbl, long sxd, long offB,
+                              const S *restrict Dv, const S *restrict z, long sz, const S *restrict h0,
+                              S *restrict out, S *restrict h_last, S *restrict states, S *restrict work,
+                              long nb, long E, long L, long N, long T, int nthreads) {
+    const long K = (L + T - 1) / T;
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *h = work + tid * N * MI_CB;
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < nb * nblk; task++) {
+            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+            if (cw == MI_CB)
+                SSM_CAT(mi_fwd_task, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, h0, out, h_last, states, h,
+                                              E, L, N, T, K, bi, c0, MI_CB);
+            else
+                SSM_CAT(mi_fwd_task, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, h0, out, h_last, states, h,
+                                              E, L, N, T, K, bi, c0, cw);
+        }
+    }
+}
+
+/* One channel block of mi_bwd (inlined twice, as mi_fwd_task). */
+static inline __attribute__((always_inline)) void SSM_CAT(mi_bwd_block, SSM_SFX)(
+        const S *restrict u, const S *restrict dtr, const S *restrict dbias, const S *restrict At,
+        const S *restrict xdbl, long sxd, long offB, const S *restrict Dv, const S *restrict z, long sz,
+        const S *restrict states, const S *restrict dout, const S *restrict dh_last, S *restrict du,
+        S *restrict ddtr, S *restrict dz, long sdz, S *restrict dh0, S *restrict acc, S *restrict H,
+        S *restrict Eb, S *restrict hs, S *restrict gv, S *restrict pB,
+        S *restrict pC, long E, long L, long N, long T, long K, long nblk, long bi, long blk, long c0,
+        const long cw) {
+    S *dAacc = acc + (bi * nblk + blk) * (N + 2) * MI_CB;
+    S *dDacc = dAacc + N * MI_CB, *dbacc = dDacc + MI_CB;
+    memset(dAacc, 0, (N + 2) * MI_CB * sizeof(S));
+    S Dl[MI_CB];
+    for (long c = 0; c < cw; c++) Dl[c] = Dv ? Dv[c0 + c] : (S)0;
+    for (long n = 0; n < N; n++)
+        for (long c = 0; c < cw; c++)
+            gv[n * MI_CB + c] = dh_last ? dh_last[(bi * E + c0 + c) * N + n] : (S)0;
+    for (long k = K - 1; k >= 0; k--) {
+        const long s = k * T, e = (s + T < L) ? s + T : L;
+        for (long n = 0; n < N; n++)
+            memcpy(hs + n * MI_CB, states + ((bi * K + k) * N + n) * E + c0, cw * sizeof(S));
+        /* recompute the chunk: Eb[i] = exp(dt A), H[i] = h_{s+i} */
+        for (long i = 0; i < e - s; i++) {
+            const long row = bi * L + s + i;
+            const S *ur = u + row * E + c0, *dti = dtr + row * E + c0; /* dtr holds the steps */
+            S xu[MI_CB];
+#pragma omp simd
+            for (long c = 0; c < cw; c++) xu[c] = dti[c] * ur[c];
+            const S *Bt = xdbl + row * sxd + offB;
+            for (long n = 0; n < N; n++) {
+                const S bn = Bt[n];
+                const S *a = At + n * E + c0;
+                const S *hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
+                S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) {
+                    const S en = SSM_EXP(dti[c] * a[c]);
+                    Ein[c] = en;
+                    Hin[c] = en * hp[c] + xu[c] * bn;
+                }
+            }
+        }
+        for (long i = e - s - 1; i >= 0; i--) {
+            const long t = s + i, row = bi * L + t;
+            const S *ur = u + row * E + c0, *dor = dout + row * E + c0;
+            const S *dti = dtr + row * E + c0;
+            const S *Bt = xdbl + row * sxd + offB, *Ct = Bt + N;
+            S dy[MI_CB], dtu[MI_CB], sB[MI_CB], sA[MI_CB], yc[MI_CB];
+            for (long c = 0; c < cw; c++) yc[c] = 0;
+            if (z) {
+                for (long n = 0; n < N; n++) {
+                    const S cn = Ct[n];
+                    const S *Hin = H + (i * N + n) * MI_CB;
+#pragma omp simd
+                    for (long c = 0; c < cw; c++) yc[c] += cn * Hin[c];
+                }
+            }
+            if (z) {
+                const S *zr = z + row * sz + c0;
+                S *dzr = dz + row * sdz + c0;
+#pragma omp simd
+                for (long c = 0; c < cw; c++) {
+                    const S zz = zr[c], sg = MI_SIG(zz);
+                    dzr[c] = dor[c] * (yc[c] + Dl[c] * ur[c]) * sg * ((S)1 + zz * ((S)1 - sg));
+                    dy[c] = dor[c] * zz * sg;
+                }
+            } else {
+                for (long c = 0; c < cw; c++) dy[c] = dor[c];
+            }
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                const S dyv = dy[c];
+                dDacc[c] += dyv * ur[c];
+                dtu[c] = dti[c] * ur[c];
+                sB[c] = 0;
+                sA[c] = 0;
+            }
+            for (long n = 0; n < N; n++) {
+                const S bn = Bt[n], cn = Ct[n];
+                const S *a = At + n * E + c0;
+                const S *Ein = Eb + (i * N + n) * MI_CB, *Hin = H + (i * N + n) * MI_CB;
+                const S *Hp = i > 0 ? H + ((i - 1) * N + n) * MI_CB : hs + n * MI_CB;
+                S *gn = gv + n * MI_CB, *dAn = dAacc + n * MI_CB;
+                S rb = 0, rc = 0;
+#pragma omp simd reduction(+ : rb, rc)
+                for (long c = 0; c < cw; c++) {
+                    const S g = cn * dy[c] + gn[c];
+                    const S q = g * Ein[c] * Hp[c];
+                    sB[c] += g * bn;
+                    sA[c] += a[c] * q;
+                    dAn[c] += dti[c] * q;
+                    rb += g * dtu[c];
+                    rc += dy[c] * Hin[c];
+                    gn[c] = Ein[c] * g;
+                }
+                pB[t * N + n] += rb;
+                pC[t * N + n] += rc;
+            }
+            S *dur = du + row * E + c0, *ddr = ddtr + row * E + c0;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) {
+                dur[c] = dy[c] * Dl[c] + dti[c] * sB[c];
+                /* d softplus(v) / dv = sigmoid(v) = 1 - exp(-softplus(v)) */
+                const S dv = (sA[c] + ur[c] * sB[c]) * -SSM_EXPM1(-dti[c]);
+                ddr[c] = dv;
+                dbacc[c] += dv;
+            }
+        }
+    }
+    if (dh0)
+        for (long c = 0; c < cw; c++)
+            for (long n = 0; n < N; n++) dh0[(bi * E + c0 + c) * N + n] = gv[n * MI_CB + c];
+}
+
+/* Backward of mi_fwd (dtr: the steps dt as mi_fwd left them). Tasks are (batch element, group of ngrp channel blocks) (ngrp is chosen
+ * from the shapes only); each task writes its dB, dC terms into its own slot of part, and the
+ * slots, like the per-block dA, dD, dbias slots in acc, are summed in index order: gradients do
+ * not depend on the thread count. Inputs as in mi_fwd plus states (required), dout (b, L, E) and dh_last
+ * (b, E, N) or NULL. Outputs: du, ddtr (b, L, E) contiguous (ddtr is the gradient of dtr, i.e.
+ * of v); dz (row stride sdz; only if z); dxdbl's B and C columns (row stride sdx, at offB and
+ * offB + N); dAt (N, E); dD (E) if Dv; ddbias (E) if dbias; dh0 (b, E, N) or NULL.
+ * Scratch: part 2 * nb * ngrp * L * N; acc nb * nblk * (N + 2) * MI_CB;
+ * work nthreads * (2 * T * N + 2 * N) * MI_CB. */
+void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const S *restrict dbias,
+                              const S *restrict At, const S *restrict xdbl, long sxd, long offB,
+                              const S *restrict Dv, const S *restrict z, long sz,
+                              const S *restrict states, const S *restrict dout, const S *restrict dh_last,
+                              S *restrict du, S *restrict ddtr, S *restrict dz, long sdz,
+                              S *restrict dxdbl, long sdx, S *restrict dAt, S *restrict dD,
+                              S *restrict ddbias, S *restrict dh0, S *restrict part, S *restrict acc,
+                              S *restrict work, long nb, long E, long L, long N, long T, long ngrp,
+                              int nthreads) {
+    const long K = (L + T - 1) / T;
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+    const long bpg = (nblk + ngrp - 1) / ngrp; /* blocks per group */
+    const long ntask = nb * ngrp;
+    S *partB = part, *partC = part + ntask * L * N;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *H = work + tid * (2 * T * N + 2 * N) * MI_CB;
+        S *Eb = H + T * N * MI_CB, *hs = Eb + T * N * MI_CB, *gv = hs + N * MI_CB;
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < ntask; task++) {
+            const long bi = task / ngrp, gi = task % ngrp;
+            S *pB = partB + task * L * N, *pC = partC + task * L * N;
+            memset(pB, 0, L * N * sizeof(S));
+            memset(pC, 0, L * N * sizeof(S));
+            const long b0 = gi * bpg, b1 = (b0 + bpg < nblk) ? b0 + bpg : nblk;
+            for (long blk = b0; blk < b1; blk++) {
+                const long c0 = blk * MI_CB;
+                const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+                if (cw == MI_CB)
+                    SSM_CAT(mi_bwd_block, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, states, dout, dh_last,
+                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, hs, gv, pB, pC,
+                                                   E, L, N, T, K, nblk, bi, blk, c0, MI_CB);
+                else
+                    SSM_CAT(mi_bwd_block, SSM_SFX)(u, dtr, dbias, At, xdbl, sxd, offB, Dv, z, sz, states, dout, dh_last,
+                                                   du, ddtr, dz, sdz, dh0, acc, H, Eb, hs, gv, pB, pC,
+                                                   E, L, N, T, K, nblk, bi, blk, c0, cw);
+            }
+        }
+        /* (implicit barrier) reductions in a fixed order */
+        long r;
+#pragma omp for schedule(static)
+        for (r = 0; r < nb * L; r++) {
+            const long bi = r / L, t = r % L;
+            S *ob = dxdbl + r * sdx + offB, *oc = ob + N;
+            for (long n = 0; n < N; n++) {
+                S sb = 0, sc = 0;
+                for (long g = 0; g < ngrp; g++) {
+                    sb += partB[((bi * ngrp + g) * L + t) * N + n];
+                    sc += partC[((bi * ngrp + g) * L + t) * N + n];
+                }
+                ob[n] = sb;
+                oc[n] = sc;
+            }
+        }
+#pragma omp for schedule(static)
+        for (r = 0; r < E; r++) {
+            const long blk = r / MI_CB, c = r % MI_CB;
+            for (long n = 0; n < N + 2; n++) {
+                S sum = 0;
+                for (long bi = 0; bi < nb; bi++) sum += acc[((bi * nblk + blk) * (N + 2) + n) * MI_CB + c];
+                if (n < N) dAt[n * E + r] = sum;
+                else if (n == N) { if (dD) dD[r] = sum; }
+                else if (ddbias) ddbias[r] = sum;
+            }
+        }
+    }
+}
+
+/* The conv kernels copy a task's inputs into a local buffer of full MI_CB-wide rows (lanes past
+ * the block's cw channels are zero and never written out), so that every vector loop has a
+ * fixed width: xb holds the K-1 window rows (or zeros) followed by the L input rows. */
+static void SSM_CAT(cv_load, SSM_SFX)(S *restrict xb, const S *restrict x, long sx, const S *restrict win,
+                                      long bi, long c0, long cw, long E, long L, long K) {
+    for (long j = 0; j < L + K - 1; j++) {
+        const long tt = j - (K - 1);
+        const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0 : (win ? win + (bi * (K - 1) + j) * E + c0 : NULL);
+        S *d = xb + j * MI_CB;
+        long c = 0;
+        if (src)
+            for (; c < cw; c++) d[c] = src[c];
+        for (; c < MI_CB; c++) d[c] = 0;
+    }
+}
+
+/* pre-activation of step t from the buffered inputs: bias + sum_k w[k] x_{t-K+1+k} */
+static inline void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *restrict xb, const S *restrict wb,
+                                            const S *restrict bb, long t, long K) {
+#pragma omp simd
+    for (long c = 0; c < MI_CB; c++) a[c] = bb[c];
+    for (long k = 0; k < K; k++) {
+        const S *w = wb + k * MI_CB, *xr = xb + (t + k) * MI_CB;
+#pragma omp simd
+        for (long c = 0; c < MI_CB; c++) a[c] += w[c] * xr[c];
+    }
+}
+
+/* the block's weights (K rows) and bias as full-width rows */
+static void SSM_CAT(cv_params, SSM_SFX)(S *restrict wb, S *restrict bb, const S *restrict wt, const S *restrict bias,
+                                        long c0, long cw, long E, long K) {
+    for (long k = 0; k < K; k++)
+        for (long c = 0; c < MI_CB; c++) wb[k * MI_CB + c] = c < cw ? wt[k * E + c0 + c] : (S)0;
+    for (long c = 0; c < MI_CB; c++) bb[c] = (c < cw && bias) ? bias[c0 + c] : (S)0;
+}
+
+/* Causal depthwise conv + SiLU, forward. x: rows of stride sx; wt (K, E); bias (E) or NULL;
+ * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous.
+ * work: nthreads * (L + 2K) * MI_CB scalars. */
+void SSM_CAT(cv_fwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
+                              const S *restrict win, S *restrict u, S *restrict work, long nb, long E, long L,
+                              long K, int nthreads) {
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *xb = work + tid * (L + 2 * K) * MI_CB, *wb = xb + (L + K - 1) * MI_CB;
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < nb * nblk; task++) {
+            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+            S bb[MI_CB];
+            SSM_CAT(cv_params, SSM_SFX)(wb, bb, wt, bias, c0, cw, E, K);
+            SSM_CAT(cv_load, SSM_SFX)(xb, x, sx, win, bi, c0, cw, E, L, K);
+            for (long t = 0; t < L; t++) {
+                S a[MI_CB];
+                SSM_CAT(cv_pre, SSM_SFX)(a, xb, wb, bb, t, K);
+#pragma omp simd
+                for (long c = 0; c < MI_CB; c++) a[c] *= MI_SIG(a[c]);
+                S *o = u + (bi * L + t) * E + c0;
+                for (long c = 0; c < cw; c++) o[c] = a[c];
+            }
+        }
+    }
+}
+
+/* Backward of cv_fwd. du (b, L, E) contiguous; dx rows of stride sdx; dwin (b, K-1, E) or NULL.
+ * dwt (K, E) and dbias (E) (may be NULL) are summed over the batch in index order from per-task
+ * slots in part (nb * nblk * (K + 1) * MI_CB scalars). work: nthreads * (2L + 5K) * MI_CB. */
+void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
+                              const S *restrict win, const S *restrict du, S *restrict dx, long sdx,
+                              S *restrict dwin, S *restrict dwt, S *restrict dbias, S *restrict part,
+                              S *restrict work, long nb, long E, long L, long K, int nthreads) {
+    const long nblk = (E + MI_CB - 1) / MI_CB;
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        const long tid = omp_get_thread_num();
+#else
+        const long tid = 0;
+#endif
+        S *xb = work + tid * (2 * L + 5 * K) * MI_CB;  /* L + K - 1 rows */
+        S *dp = xb + (L + K - 1) * MI_CB;              /* L + 2(K-1) rows: dpre_t at row t + K - 1 */
+        S *wb = dp + (L + 2 * K - 2) * MI_CB;          /* K rows */
+        long task;
+#pragma omp for schedule(dynamic, 1)
+        for (task = 0; task < nb * nblk; task++) {
+            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
+            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
+            S *pw = part + task * (K + 1) * MI_CB, *pb = pw + K * MI_CB;
+            S bb[MI_CB];
+            SSM_CAT(cv_params, SSM_SFX)(wb, bb, wt, bias, c0, cw, E, K);
+            SSM_CAT(cv_load, SSM_SFX)(xb, x, sx, win, bi, c0, cw, E, L, K);
+            memset(dp, 0, (K - 1) * MI_CB * sizeof(S));
+            memset(dp + (L + K - 1) * MI_CB, 0, (K - 1) * MI_CB * sizeof(S));
+            S gb[MI_CB];
+            for (long c = 0; c < MI_CB; c++) gb[c] = 0;
+            for (long t = 0; t < L; t++) {
+                S a[MI_CB], g[MI_CB];
+                SSM_CAT(cv_pre, SSM_SFX)(a, xb, wb, bb, t, K);
+                const S *dur = du + (bi * L + t) * E + c0;
+                for (long c = 0; c < cw; c++) g[c] = dur[c];
+                for (long c = cw; c < MI_CB; c++) g[c] = 0;
+                S *dpt = dp + (t + K - 1) * MI_CB;
+#pragma omp simd
+                for (long c = 0; c < MI_CB; c++) {
+                    const S sg = MI_SIG(a[c]);
+                    const S v = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
+                    dpt[c] = v;
+                    gb[c] += v;
+                }
+            }
+            /* dw[k] = sum_t dpre_t x_{t-K+1+k}; the sums run over t in order for each k */
+            for (long k = 0; k < K; k++) {
+                S s[MI_CB];
+                for (long c = 0; c < MI_CB; c++) s[c] = 0;
+                for (long t = 0; t < L; t++) {
+                    const S *dpt = dp + (t + K - 1) * MI_CB, *xr = xb + (t + k) * MI_CB;
+#pragma omp simd
+                    for (long c = 0; c < MI_CB; c++) s[c] += dpt[c] * xr[c];
+                }
+                for (long c = 0; c < MI_CB; c++) pw[k * MI_CB + c] = s[c];
+            }
+            for (long c = 0; c < MI_CB; c++) pb[c] = gb[c];
+            /* dx_tp = sum_k w[k] dpre_{tp+K-1-k}, tp from -(K-1) (window rows) to L-1 */
+            for (long tp = -(K - 1); tp < L; tp++) {
+                S *o = tp >= 0 ? dx + (bi * L + tp) * sdx + c0
+                               : (dwin ? dwin + (bi * (K - 1) + tp + K - 1) * E + c0 : NULL);
+                if (!o) continue;
+                S a[MI_CB];
+                for (long c = 0; c < MI_CB; c++) a[c] = 0;
+                for (long k = 0; k < K; k++) {
+                    const S *r = dp + (tp + 2 * (K - 1) - k) * MI_CB, *w = wb + k * MI_CB;
+#pragma omp simd
+                    for (long c = 0; c < MI_CB; c++) a[c] += w[c] * r[c];
+                }
+                for (long c = 0; c < cw; c++) o[c] = a[c];
+            }
+        }
+        /* (implicit barrier) sum the slots over the batch in index order */
+        long r;
+#pragma omp for schedule(static)
+        for (r = 0; r < E; r++) {
+            const long blk = r / MI_CB, c = r % MI_CB;
+            for (long k = 0; k < K + 1; k++) {
+                S sum = 0;
+                for (long bi = 0; bi < nb; bi++) sum += part[((bi * nblk + blk) * (K + 1) + k) * MI_CB + c];
+                if (k < K) dwt[k * E + r] = sum;
+                else if (dbias) dbias[r] = sum;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Time-invariant diagonal linear scan (ssmkit.ops.scan, S5): h_t = a ⊙ h_{t-1} + b_t over
+ * (b, L, M) with one step a (M) for every time and batch entry; complex values are interleaved
+ * (re, im) pairs when cplx is 1. lti_fwd: all states; lti_bwd: g_t = gh_t + conj(a) g_{t+1},
+ * da = sum_{b, t} g_t conj(h_{t-1}) (h_{-1} = h0 or 0), dh0 = conj(a) g_0. The batch sum of da
+ * is taken in index order from per-sequence slots (no dependence on the thread count).
+ * --------------------------------------------------------------------------------------------- */
+void SSM_CAT(lti_fwd, SSM_SFX)(const S *restrict a, const S *restrict b, const S *restrict h0, S *restrict hs,
+                               long nb, long L, long M, int cplx, int nthreads) {
+    const long W = cplx ? 2 * M : M;
+    long bi;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (bi = 0; bi < nb; bi++) {
+        const S *br = b + bi * L * W;
+        S *hr = hs + bi * L * W;
+        for (long t = 0; t < L; t++) {
+            const S *p = t ? hr + (t - 1) * W : (h0 ? h0 + bi * W : NULL);
+            const S *bt = br + t * W;
+            S *ht = hr + t * W;
+            if (!p) {
+                memcpy(ht, bt, W * sizeof(S));
+            } else if (cplx) {
+#pragma omp simd
+                for (long m = 0; m < M; m++) {
+                    const S ar = a[2 * m], ai = a[2 * m + 1], pr = p[2 * m], pi = p[2 * m + 1];
+                    ht[2 * m] = ar * pr - ai * pi + bt[2 * m];
+                    ht[2 * m + 1] = ar * pi + ai * pr + bt[2 * m + 1];
+                }
+            } else {
+#pragma omp simd
+                for (long m = 0; m < M; m++) ht[m] = a[m] * p[m] + bt[m];
+            }
+        }
+    }
+}
+
+/* gh, g: (b, L, M[, 2]); da (M[, 2]); dh0 (b, M[, 2]) or NULL; part: nb * W scratch. */
+void SSM_CAT(lti_bwd, SSM_SFX)(const S *restrict a, const S *restrict hs, const S *restrict h0,
+                               const S *restrict gh, S *restrict g, S *restrict da, S *restrict dh0,
+                               S *restrict part, long nb, long L, long M, int cplx, int nthreads) {
+    const long W = cplx ? 2 * M : M;
+#pragma omp parallel num_threads(nthreads)
+    {
+        long bi;
+#pragma omp for schedule(static)
+        for (bi = 0; bi < nb; bi++) {
+            const S *ghr = gh + bi * L * W, *hr = hs + bi * L * W;
+            S *gr = g + bi * L * W, *pa = part + bi * W;
+            memset(pa, 0, W * sizeof(S));
+            for (long t = L - 1; t >= 0; t--) {
+                const S *gt_in = ghr + t * W;
+                S *gt = gr + t * W;
+                if (t == L - 1 || t == 0) { /* the ends: no g_{t+1}, or maybe no h_{t-1} */
+                    const S *nx = t < L - 1 ? gr + (t + 1) * W : NULL;
+                    const S *p = t ? hr + (t - 1) * W : (h0 ? h0 + bi * W : NULL);
+                    for (long m = 0; m < M; m++) {
+                        if (cplx) {
+                            S xr = gt_in[2 * m], xi = gt_in[2 * m + 1];
+                            if (nx) { /* + conj(a) g_{t+1} */
+                                xr += a[2 * m] * nx[2 * m] + a[2 * m + 1] * nx[2 * m + 1];
+                                xi += a[2 * m] * nx[2 * m + 1] - a[2 * m + 1] * nx[2 * m];
+                            }
+                            gt[2 * m] = xr;
+                            gt[2 * m + 1] = xi;
+                            if (p) { /* + g conj(h_{t-1}) */
+                                pa[2 * m] += xr * p[2 * m] + xi * p[2 * m + 1];
+                                pa[2 * m + 1] += xi * p[2 * m] - xr * p[2 * m + 1];
+                            }
+                        } else {
+                            const S x = gt_in[m] + (nx ? a[m] * nx[m] : (S)0);
+                            gt[m] = x;
+                            if (p) pa[m] += x * p[m];
+                        }
+                    }
+                    continue;
+                }
+                const S *nx = gr + (t + 1) * W, *p = hr + (t - 1) * W;
+                if (cplx) {
+#pragma omp simd
+                    for (long m = 0; m < M; m++) {
+                        const S ar = a[2 * m], ai = a[2 * m + 1], nr = nx[2 * m], ni = nx[2 * m + 1];
+                        const S xr = gt_in[2 * m] + ar * nr + ai * ni, xi = gt_in[2 * m + 1] + ar * ni - ai * nr;
+                        gt[2 * m] = xr;
+                        gt[2 * m + 1] = xi;
+                        pa[2 * m] += xr * p[2 * m] + xi * p[2 * m + 1];
+                        pa[2 * m + 1] += xi * p[2 * m] - xr * p[2 * m + 1];
+                    }
+                } else {
+#pragma omp simd
+                    for (long m = 0; m < M; m++) {
+                        const S x = gt_in[m] + a[m] * nx[m];
+                        gt[m] = x;
+                        pa[m] += x * p[m];
+                    }
+                }
+            }
+            if (dh0) {
+                const S *g0 = gr;
+                S *d = dh0 + bi * W;
+                if (cplx) {
+                    for (long m = 0; m < M; m++) {
+                        const S ar = a[2 * m], ai = a[2 * m + 1];
+                        d[2 * m] = ar * g0[2 * m] + ai * g0[2 * m + 1];
+                        d[2 * m + 1] = ar * g0[2 * m + 1] - ai * g0[2 * m];
+                    }
+                } else {
+                    for (long m = 0; m < M; m++) d[m] = a[m] * g0[m];
+                }
+            }
+        }
+        long w;
+#pragma omp for schedule(static)
+        for (w = 0; w < W; w++) {
+            S s = 0;
+            for (long bi2 = 0; bi2 < nb; bi2++) s += part[bi2 * W + w];
+            da[w] = s;
+        }
+    }
+}
+
+#undef MI_SIG
+#undef MI_SOFTPLUS
 
 #undef S
 #undef SSM_CAT

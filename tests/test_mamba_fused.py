@@ -1,0 +1,179 @@
+"""The fused inner Mamba block (ssmkit.ops.mamba_fused): the native kernels against the
+step-by-step reference (float64, outputs, last state and every gradient), the layer's fused
+path against its composed path, and thread-count independence of the gradients."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssmkit.layers import Mamba
+from ssmkit.ops import _native
+from ssmkit.ops.mamba_fused import fused_applies, mamba_inner, mamba_inner_ref
+
+from helpers import assert_close_to_reference
+
+TESTS = str(Path(__file__).resolve().parent)
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+needs_native = pytest.mark.skipif(not _native.available(),
+                                  reason="native CPU kernel unavailable (no C compiler or SSMKIT_NATIVE=0)")
+f64 = torch.float64
+NAMES = ["xz", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A", "D",
+         "conv_state", "ssm_state"]
+
+
+def _operands(b, L, E, N, R, K, dtype=f64, states=True, biases=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    A = (-torch.rand(E, N, generator=g, dtype=dtype) * 2 - 0.1).requires_grad_()
+    return [rnd(b, L, 2 * E), rnd(E, 1, K, scale=0.5), rnd(E) if biases else None, rnd(R + 2 * N, E, scale=0.3),
+            rnd(E, R, scale=0.5), rnd(E) if biases else None, A, rnd(E) if biases else None,
+            rnd(b, E, K - 1) if states else None, rnd(b, E, N) if states else None]
+
+
+def _grads(fn, args, every=None):
+    kw = {} if every is None else {"checkpoint_every": every}
+    y, h = fn(*args, **kw)
+    g = torch.Generator().manual_seed(7)
+    wy = torch.randn(y.shape, generator=g, dtype=f64).to(y.dtype)  # the same weights for every dtype
+    wh = torch.randn(h.shape, generator=g, dtype=f64).to(h.dtype)
+    live = [a for a in args if a is not None]
+    grads = torch.autograd.grad((y * wy).sum() + (h * wh).sum(), live)
+    return y, h, grads
+
+
+# shapes: a full channel block and a partial one (E = 40 = 32 + 8), a single short block,
+# a length shorter than the conv window, a single sequence (several backward task groups)
+@needs_native
+@pytest.mark.parametrize("b,L,E,N,R,K,every", [(3, 37, 40, 5, 3, 4, 8), (2, 9, 7, 3, 2, 3, 64),
+                                              (2, 2, 33, 4, 1, 4, 1), (1, 70, 96, 16, 4, 4, 16)])
+@pytest.mark.parametrize("states,biases", [(True, True), (False, False)])
+def test_fused_equals_reference_float64_with_gradients(b, L, E, N, R, K, every, states, biases):
+    args = _operands(b, L, E, N, R, K, states=states, biases=biases)
+    assert fused_applies(*args)
+    y, h, g = _grads(mamba_inner, args, every)
+    y_ref, h_ref, g_ref = _grads(mamba_inner_ref, args)
+    assert_close_to_reference(y, y_ref, 1e-12, "y")
+    assert_close_to_reference(h, h_ref, 1e-12, "last state")
+    names = [n for n, a in zip(NAMES, args) if a is not None]
+    for name, a, r in zip(names, g, g_ref):
+        assert_close_to_reference(a, r, 1e-11, f"grad of {name}")
+
+
+@needs_native
+def test_fused_float32_close_to_float64_reference():
+    args = _operands(2, 50, 64, 16, 4, 4, dtype=torch.float32)
+    y, h, g = _grads(mamba_inner, args)
+    args64 = [None if a is None else a.detach().double().requires_grad_() for a in args]
+    y_ref, h_ref, g_ref = _grads(mamba_inner_ref, args64)
+    assert_close_to_reference(y, y_ref, 1e-5, "y")
+    assert_close_to_reference(h, h_ref, 1e-5, "last state")
+    for name, a, r in zip(NAMES, g, g_ref):
+        assert_close_to_reference(a, r, 1e-4, f"grad of {name}")
+
+
+@needs_native
+def test_fused_without_grad_equals_with_grad():
+    args = _operands(2, 21, 40, 4, 2, 4)
+    y, h = mamba_inner(*args)
+    with torch.no_grad():
+        y0, h0 = mamba_inner(*args)
+    assert torch.equal(y.detach(), y0) and torch.equal(h.detach(), h0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(f64, 1e-11), (torch.float32, 2e-5)])
+def test_layer_fused_path_equals_composed_path(dtype, tol):
+    torch.manual_seed(3)
+    layer = Mamba(24, d_state=8).to(dtype)
+    x = torch.randn(3, 30, 24, dtype=dtype, requires_grad=True)
+    s0 = layer.initial_state(3, dtype=dtype)
+    s0 = (torch.randn_like(s0[0]), torch.randn_like(s0[1]))
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        y, (c, h) = layer(x, initial_state=s0, return_state=True)
+        grads = torch.autograd.grad((y ** 2).sum() + h.sum(), [x, *layer.parameters()])
+        results.append((y, c, h, grads))
+    layer.fused = True
+    (y1, c1, h1, g1), (y2, c2, h2, g2) = results
+    assert_close_to_reference(y1, y2, tol, "y")
+    assert torch.equal(c1, c2)
+    assert_close_to_reference(h1, h2, tol, "state")
+    for (name, _), a, r in zip([("x", None), *layer.named_parameters()], g1, g2):
+        assert_close_to_reference(a, r, 10 * tol, f"grad of {name}")
+
+
+@needs_native
+def test_fused_gradients_do_not_depend_on_thread_count(tmp_path):
+    """The same backward on 1 and 2 threads (child processes) gives bit-identical gradients."""
+    code = (
+        "import sys, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_mamba_fused import _operands, _grads\n"
+        "from ssmkit.ops.mamba_fused import mamba_inner\n"
+        "torch.set_num_threads(int(sys.argv[2]))\n"
+        "args = _operands(2, 90, 72, 8, 3, 4, dtype=torch.float32)\n"
+        "y, h, g = _grads(mamba_inner, args, 16)\n"
+        "torch.save([y, h, *g], sys.argv[3])\n")
+    outs = []
+    for threads in (1, 2):
+        path = tmp_path / f"grads_{threads}.pt"
+        env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS=str(threads))
+        subprocess.run([sys.executable, "-c", code, TESTS, str(threads), str(path)], check=True, env=env)
+        outs.append(torch.load(path))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+# --- Mamba-2's conv + SiLU of [x, B, C] (mamba2_conv) ---------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("E,GN,H,K,L", [(40, 12, 3, 4, 23), (64, 128, 2, 4, 5), (8, 4, 1, 3, 1)])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_mamba2_conv_equals_reference_float64_with_gradients(E, GN, H, K, L, with_state):
+    from ssmkit.ops.mamba_fused import mamba2_conv, mamba2_conv_ref
+    g = torch.Generator().manual_seed(1)
+    Cd = E + 2 * GN
+    zx = torch.randn(3, L, E + Cd + H, generator=g, dtype=f64).requires_grad_()
+    w = torch.randn(Cd, 1, K, generator=g, dtype=f64).requires_grad_()
+    cb = torch.randn(Cd, generator=g, dtype=f64).requires_grad_()
+    c0 = torch.randn(3, Cd, K - 1, generator=g, dtype=f64).requires_grad_() if with_state else None
+    live = [zx, w, cb] + ([c0] if with_state else [])
+    outs = mamba2_conv(zx, w, cb, (E, E, GN, H), c0)
+    refs = mamba2_conv_ref(zx, w, cb, (E, E, GN, H), c0)
+    weights = [torch.randn(r.shape, generator=g, dtype=f64) for r in refs]
+    for name, o, r in zip(["z", "x", "B", "C", "dt"], outs, refs):
+        assert o.is_contiguous()
+        assert_close_to_reference(o, r, 1e-13, name)
+    got = torch.autograd.grad(sum((o * v).sum() for o, v in zip(outs, weights)), live)
+    want = torch.autograd.grad(sum((r * v).sum() for r, v in zip(refs, weights)), live)
+    for name, a, r in zip(["zxbcdt", "conv_weight", "conv_bias", "conv_state"], got, want):
+        assert_close_to_reference(a, r, 1e-13, f"grad of {name}")
+
+
+@pytest.mark.parametrize("dtype,tol", [(f64, 1e-11), (torch.float32, 2e-5)])
+def test_mamba2_layer_fused_path_equals_composed_path(dtype, tol):
+    from ssmkit.layers import Mamba2
+    torch.manual_seed(4)
+    layer = Mamba2(16, d_state=8, headdim=8, ngroups=2, chunk_size=8).to(dtype)
+    x = torch.randn(2, 19, 16, dtype=dtype, requires_grad=True)
+    s0 = layer.initial_state(2, dtype=dtype)
+    s0 = (torch.randn_like(s0[0]), torch.randn_like(s0[1]))
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        y, (c, h) = layer(x, initial_state=s0, return_state=True)
+        grads = torch.autograd.grad((y ** 2).sum() + h.sum(), [x, *layer.parameters()])
+        results.append((y, c, h, grads))
+    layer.fused = True
+    (y1, c1, h1, g1), (y2, c2, h2, g2) = results
+    assert_close_to_reference(y1, y2, tol, "y")
+    assert torch.equal(c1, c2)
+    assert_close_to_reference(h1, h2, tol, "state")
+    for (name, _), a, r in zip([("x", None), *layer.named_parameters()], g1, g2):
+        assert_close_to_reference(a, r, 10 * tol, f"grad of {name}")
