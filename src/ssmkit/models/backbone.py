@@ -100,6 +100,14 @@ class Block(nn.Module):
         h, state = self.layer.step(self._branch_input(x_t), state)
         return self._residual(x_t, h), state
 
+    def step_(self, x_t, state):
+        """``step`` for a decoding loop that owns ``state``: layers with an in-place ``step_``
+        (Mamba, Mamba-2) update the state's tensors and return it; others return a new one."""
+        step_ = getattr(self.layer, "step_", None)
+        if step_ is not None:
+            return self._residual(x_t, step_(self._branch_input(x_t), state)), state
+        return self.step(x_t, state)
+
 
 def _build_layer(cls, d_model: int, kw: Dict[str, Any], device, dtype) -> nn.Module:
     """A layer built on ``device`` in ``dtype``: through its factory arguments when it has them,
@@ -272,6 +280,16 @@ class Backbone(nn.Module):
             h, s = block.step(h, s)
             new.append(s)
         return self._final(h), new
+
+    def step_(self, x_t, states: List[Any]):
+        """``step`` for ssmkit's own decoding loops, inside ``trusted_inputs``: no input checks,
+        and ``states`` (a list the loop owns, made by ``forward`` or ``initial_state``) is
+        updated in place (each layer's tensors where the layer can, else its list entry).
+        Returns the features (B, d_model)."""
+        h = self._embed(x_t)
+        for i, block in enumerate(self.blocks):
+            h, states[i] = block.step_(h, states[i])
+        return self._final(h)
 
 
 def _check_state_like(name: str, given, template) -> None:

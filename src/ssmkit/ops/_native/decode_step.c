@@ -1,0 +1,185 @@
+/* One decoding step of a Mamba or Mamba-2 layer for a batch of rows, everything between the
+ * input projection and the output projection in one call (the two projections, large matrix
+ * products, stay with the BLAS library). Plain C99, raw contiguous pointers, float32 and
+ * float64 (the file includes itself once per scalar type, as selective_scan.c does).
+ *
+ * Mamba (per row, channel d < E, state size N, Δ rank R, conv width K):
+ *     x, z   = xz[:E], xz[E:]                      (the in_proj output)
+ *     u      = silu(bias_d + sum_{k<K-1} w_{d,k} win_{d,k} + w_{d,K-1} x_d),  win <- [win_{d,1:}, x_d]
+ *     [δ, B, C] = W_x u                            (x_proj: R + 2N outputs)
+ *     Δ_d    = softplus(W_Δ[d] · δ + b_Δ[d])
+ *     h_{d,n} <- exp(Δ_d A_{d,n}) h_{d,n} + Δ_d u_d B_n
+ *     y_d    = (sum_n h_{d,n} C_n + D_d u_d) silu(z_d)
+ *
+ * Mamba-2 (per row; H heads of P channels, E = H P; G groups of B, C with N entries each;
+ * conv over the conv_dim = E + 2 G N channels of [x, B, C]):
+ *     z, xBC, dt = zxbcdt[:E], zxbcdt[E:E+conv_dim], zxbcdt[E+conv_dim:]
+ *     x, B, C = silu(conv step of xBC)              (window updated as above)
+ *     Δ_h    = clamp(softplus(dt_h + dt_bias_h), lo, hi),  g = h / (H / G)
+ *     s_{h,p,n} <- exp(Δ_h A_h) s_{h,p,n} + Δ_h x_{h,p} B_{g,n}
+ *     y_{h,p} = sum_n s_{h,p,n} C_{g,n} + D_h x_{h,p}
+ *     out    = w ⊙ RMSNorm_group(y ⊙ silu(z))     (or w ⊙ RMSNorm_group(y) ⊙ silu(z) if norm_before_gate)
+ *
+ * The state and the window may be updated in place (win_out == win_in, h_out == h_in): every
+ * value is read before the same value is written. Layouts: xz (nb, 2E) with any strides (row, column); win (nb, C, K-1);
+ * conv_w (C, K); x_proj_w (R + 2N, E); dt_proj_w (E, R); A (E, N) for Mamba, (H,) for Mamba-2;
+ * Mamba's h (nb, E, N), Mamba-2's (nb, H, P, N); y (nb, E).
+ */
+#ifndef DEC_SCALAR
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEC_SCALAR float
+#define DEC_SFX f32
+#define DEC_EXP expf
+#define DEC_LOG1P log1pf
+#define DEC_SQRT sqrtf
+#include __FILE__
+#undef DEC_SCALAR
+#undef DEC_SFX
+#undef DEC_EXP
+#undef DEC_LOG1P
+#undef DEC_SQRT
+
+#define DEC_SCALAR double
+#define DEC_SFX f64
+#define DEC_EXP exp
+#define DEC_LOG1P log1p
+#define DEC_SQRT sqrt
+#include __FILE__
+#undef DEC_SCALAR
+#undef DEC_SFX
+#undef DEC_EXP
+#undef DEC_LOG1P
+#undef DEC_SQRT
+
+#else /* template body */
+
+#define DEC_CAT2(a, b) a##_##b
+#define DEC_CAT(a, b) DEC_CAT2(a, b)
+#define S DEC_SCALAR
+#define F(name) DEC_CAT(name, DEC_SFX)
+
+static inline S F(dec_silu)(S v) { return v / ((S)1 + DEC_EXP(-v)); }
+
+/* torch.nn.functional.softplus with beta 1, threshold 20 */
+static inline S F(dec_softplus)(S v) { return v > (S)20 ? v : DEC_LOG1P(DEC_EXP(v)); }
+
+/* One conv step over C channels of one row: out_c = silu(conv), window shifted by one. */
+static void F(dec_conv)(const S *x, long xs, const S *win_in, S *win_out, const S *w, const S *bias, S *out,
+                        long C, long K) {
+    const long K1 = K - 1;
+    for (long c = 0; c < C; c++) {
+        const S *wi = win_in + c * K1, *wc = w + c * K;
+        S *wo = win_out + c * K1;
+        S acc = bias ? bias[c] : (S)0;
+        for (long k = 0; k < K1; k++) acc += wc[k] * wi[k];
+        const S xc = x[c * xs];
+        acc += wc[K1] * xc;
+        for (long k = 0; k + 1 < K1; k++) wo[k] = wi[k + 1];  /* reads ahead of writes: in place is safe */
+        if (K1 > 0) wo[K1 - 1] = xc;
+        out[c] = F(dec_silu)(acc);
+    }
+}
+
+int F(mamba_step)(const S *xz, long xz_row, long xz_col, const S *win_in, S *win_out, const S *conv_w, const S *conv_b,
+                  const S *x_proj_w, const S *dt_proj_w, const S *dt_proj_b, const S *A, const S *Dv,
+                  const S *h_in, S *h_out, S *y, long nb, long E, long K, long R, long N) {
+    const long J = R + 2 * N;
+    S *buf = (S *)malloc((size_t)(2 * E + J) * sizeof(S));
+    if (!buf) return 1;
+    S *u = buf, *dt = buf + E, *dbc = buf + 2 * E;
+    for (long b = 0; b < nb; b++) {
+        const S *xr = xz + b * xz_row, *zr = xr + E * xz_col;
+        F(dec_conv)(xr, xz_col, win_in + b * E * (K - 1), win_out + b * E * (K - 1), conv_w, conv_b, u, E, K);
+        for (long j = 0; j < J; j++) {  /* x_proj */
+            const S *wj = x_proj_w + j * E;
+            S acc = 0;
+            for (long d = 0; d < E; d++) acc += wj[d] * u[d];
+            dbc[j] = acc;
+        }
+        const S *Bv = dbc + R, *Cv = dbc + R + N;
+        for (long d = 0; d < E; d++) {  /* dt_proj, softplus */
+            const S *wd = dt_proj_w + d * R;
+            S acc = dt_proj_b ? dt_proj_b[d] : (S)0;
+            for (long r = 0; r < R; r++) acc += wd[r] * dbc[r];
+            dt[d] = F(dec_softplus)(acc);
+        }
+        const S *hi = h_in + b * E * N;
+        S *ho = h_out + b * E * N, *yr = y + b * E;
+        for (long d = 0; d < E; d++) {  /* state update, readout, skip, gate */
+            const S dd = dt[d], du = dd * u[d];
+            const S *Ad = A + d * N, *hd = hi + d * N;
+            S *od = ho + d * N;
+            S acc = 0;
+            for (long n = 0; n < N; n++) {
+                const S hn = DEC_EXP(dd * Ad[n]) * hd[n] + du * Bv[n];
+                od[n] = hn;
+                acc += hn * Cv[n];
+            }
+            yr[d] = (acc + Dv[d] * u[d]) * F(dec_silu)(zr[d * xz_col]);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+int F(mamba2_step)(const S *zxbcdt, long zx_row, long zx_col, const S *win_in, S *win_out, const S *conv_w, const S *conv_b,
+                   const S *dt_bias, const S *A, const S *Dv, const S *norm_w, const S *h_in, S *h_out, S *y,
+                   long nb, long H, long P, long G, long N, long K, double dt_lo_, double dt_hi_, double eps_,
+                   int norm_before_gate) {
+    const long E = H * P, CD = E + 2 * G * N, R = H / G, gs = E / G;
+    const S dt_lo = (S)dt_lo_, dt_hi = (S)dt_hi_, eps = (S)eps_;
+    S *xbc = (S *)malloc((size_t)CD * sizeof(S));
+    if (!xbc) return 1;
+    for (long b = 0; b < nb; b++) {
+        const S *zr = zxbcdt + b * zx_row, *xr = zr + E * zx_col, *dtr = zr + (E + CD) * zx_col;
+        F(dec_conv)(xr, zx_col, win_in + b * CD * (K - 1), win_out + b * CD * (K - 1), conv_w, conv_b, xbc, CD, K);
+        const S *xs = xbc, *Bg = xbc + E, *Cg = xbc + E + G * N;
+        const S *hi = h_in + b * E * N;
+        S *ho = h_out + b * E * N, *yr = y + b * E;
+        for (long h = 0; h < H; h++) {
+            S dd = F(dec_softplus)(dtr[h * zx_col] + dt_bias[h]);
+            dd = dd < dt_lo ? dt_lo : (dd > dt_hi ? dt_hi : dd);
+            const S dA = DEC_EXP(dd * A[h]);
+            const S *Bv = Bg + (h / R) * N, *Cv = Cg + (h / R) * N;
+            for (long p = 0; p < P; p++) {
+                const long c = h * P + p;
+                const S dx = dd * xs[c];
+                const S *sp = hi + c * N;
+                S *op = ho + c * N;
+                S acc = 0;
+                for (long n = 0; n < N; n++) {
+                    const S sn = dA * sp[n] + dx * Bv[n];
+                    op[n] = sn;
+                    acc += sn * Cv[n];
+                }
+                yr[c] = acc + Dv[h] * xs[c];
+            }
+        }
+        for (long g = 0; g < G; g++) {  /* gated RMSNorm per group */
+            S *yg = yr + g * gs;
+            const S *zg = zr + g * gs * zx_col, *wg = norm_w + g * gs;
+            S ss = 0;
+            if (!norm_before_gate)
+                for (long i = 0; i < gs; i++) yg[i] *= F(dec_silu)(zg[i * zx_col]);
+            for (long i = 0; i < gs; i++) ss += yg[i] * yg[i];
+            const S scale = (S)1 / DEC_SQRT(ss / (S)gs + eps);
+            if (norm_before_gate)
+                for (long i = 0; i < gs; i++) yg[i] = wg[i] * (yg[i] * scale * F(dec_silu)(zg[i * zx_col]));
+            else
+                for (long i = 0; i < gs; i++) yg[i] = wg[i] * (yg[i] * scale);
+        }
+    }
+    free(xbc);
+    return 0;
+}
+
+#undef F
+#undef S
+#undef DEC_CAT
+#undef DEC_CAT2
+
+#endif

@@ -1,0 +1,100 @@
+"""Fused single-token decoding steps of the Mamba and Mamba-2 layers (CPU, native kernel).
+
+One decoding step of a Mamba layer is, between its two large projections, some thirty small
+tensor operations per token (conv step, x_proj, dt_proj, softplus, state update, readout, D
+skip, gate); at small widths their per-call overhead, not arithmetic, sets the decoding speed,
+and at batch > 1 every intermediate (batch, channels, state) tensor is written and read again.
+:func:`mamba_step` and :func:`mamba2_step` do all of it in one call of the native kernel
+(``ssmkit.ops._native``, source ``decode_step.c``, where the formulas are written out), reading
+and writing the recurrent state once. They compute the same quantities as the layers' torch
+steps (:meth:`ssmkit.layers.Mamba.step`, :meth:`ssmkit.layers.Mamba2.step`), which stay the
+reference and the fallback; the tests check that both agree.
+
+``applies(...)`` says whether the native kernel can run the given tensors: CPU, one dtype
+(float32 or float64) for every operand, contiguous, no autograd, library built. With
+``out_state`` the new state is written into the given tensors, which may be the input state
+itself (in place: nothing is allocated per token).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from . import _native
+
+__all__ = ["applies", "mamba_step", "mamba2_step"]
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+def applies(*tensors: Optional[torch.Tensor], strided: Optional[torch.Tensor] = None) -> bool:
+    """True if the native decode kernel can run on these operands (None entries are skipped):
+    CPU, one dtype (float32 or float64), contiguous (``strided``, the projection output, may have
+    any strides), outside autograd, native library available."""
+    ts = [t for t in tensors if t is not None]
+    dtype = ts[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return False
+    grad = torch.is_grad_enabled()
+    if strided is not None:
+        if strided.dtype != dtype or strided.device.type != "cpu" or strided.dim() != 2 or (grad and strided.requires_grad):
+            return False
+    for t in ts:
+        if t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous() or (grad and t.requires_grad):
+            return False
+    return _native.available()
+
+
+def _out(state: Sequence[torch.Tensor], out_state) -> Tuple[torch.Tensor, torch.Tensor]:
+    if out_state is not None:
+        return out_state[0], out_state[1]
+    return torch.empty_like(state[0]), torch.empty_like(state[1])
+
+
+def mamba_step(xz: torch.Tensor, state, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+               x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, dt_proj_bias: Optional[torch.Tensor],
+               A: torch.Tensor, D: torch.Tensor, out_state=None):
+    """Mamba's step from the in_proj output ``xz`` (b, 2E, any strides) and ``state`` = (window (b, E, K-1),
+    h (b, E, N)) -> ``y`` (b, E) (gated, before out_proj) and the new state. The operands must
+    satisfy :func:`applies`; nothing is checked here (the layer did)."""
+    win, h = state
+    b, E2 = xz.shape
+    E, N, K = E2 // 2, A.shape[1], conv_weight.shape[-1]
+    R = dt_proj_weight.shape[1]
+    win_out, h_out = _out(state, out_state)
+    y = xz.new_empty(b, E)
+    lib = _native.library()
+    fn = lib.mamba_step_f32 if xz.dtype == torch.float32 else lib.mamba_step_f64
+    if fn(xz.data_ptr(), xz.stride(0), xz.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _ptr(conv_bias),
+          x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _ptr(dt_proj_bias), A.data_ptr(), D.data_ptr(),
+          h.data_ptr(), h_out.data_ptr(), y.data_ptr(), b, E, K, R, N):
+        raise MemoryError("mamba_step: the native kernel could not allocate its scratch buffer")
+    return y, (win_out, h_out)
+
+
+def mamba2_step(zxbcdt: torch.Tensor, state, conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+                dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, norm_weight: torch.Tensor, *,
+                headdim: int, ngroups: int, d_state: int, dt_limit=(0.0, math.inf), eps: float = 1e-5,
+                norm_before_gate: bool = False, out_state=None):
+    """Mamba-2's step from the in_proj output ``zxbcdt`` (b, 2E + 2GN + H, any strides) and ``state`` =
+    (window (b, E + 2GN, K-1), h (b, H, P, N)) -> ``y`` (b, E) (after the gated group RMSNorm,
+    before out_proj) and the new state. Operands must satisfy :func:`applies`."""
+    win, h = state
+    b = zxbcdt.shape[0]
+    H = A.shape[0]
+    K = conv_weight.shape[-1]
+    lo, hi = float(dt_limit[0]), float(dt_limit[1])
+    hi = min(hi, 1e30)  # the kernel is compiled without infinities (fast-math): an open limit is huge
+    win_out, h_out = _out(state, out_state)
+    y = zxbcdt.new_empty(b, H * headdim)
+    lib = _native.library()
+    fn = lib.mamba2_step_f32 if zxbcdt.dtype == torch.float32 else lib.mamba2_step_f64
+    if fn(zxbcdt.data_ptr(), zxbcdt.stride(0), zxbcdt.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _ptr(conv_bias),
+          dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(), h_out.data_ptr(),
+          y.data_ptr(), b, H, headdim, ngroups, d_state, K, lo, hi, float(eps), int(bool(norm_before_gate))):
+        raise MemoryError("mamba2_step: the native kernel could not allocate its scratch buffer")
+    return y, (win_out, h_out)
