@@ -10,18 +10,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_finite, right_padding_lengths, value_checks_enabled
+from ..ops.decode_step import rows_matmul
 
 __all__ = ["rows_linear", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
 
 
 def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` for one token per sequence (x: (rows, in)). For a few rows (2 to 32) it
-    is computed as ``(W xᵀ)ᵀ``: the same numbers, but CPU BLAS then streams the weight once
-    instead of repacking it for a small product (measured several times faster at 4 rows)."""
-    if x.dim() == 2 and 1 < x.shape[0] <= 32 and x.dtype == linear.weight.dtype:
-        y = (linear.weight @ x.T).T
-        return y if linear.bias is None else y + linear.bias
-    return linear(x)
+    """``linear(x)`` for one token per sequence (x: (rows, in)), at the memory bandwidth.
+
+    A decoding step multiplies a few rows by each weight, so its speed is the rate at which the
+    weight is read. On the CPU, for bfloat16 weights (1 to 8 rows) and float32 weights (2 to 8
+    rows) the native kernel :func:`ssmkit.ops.decode_step.rows_matmul` reads each weight row once
+    for all rows, accumulating in float32 (BLAS repacks the weight for such small products, and
+    on CPUs without bfloat16 arithmetic runs bfloat16 products several times slower). Otherwise,
+    for 2 to 32 rows, ``(W xᵀ)ᵀ``, which CPU BLAS computes without repacking the weight."""
+    w = linear.weight
+    if x.dim() == 2 and x.dtype == w.dtype:
+        b = x.shape[0]
+        if (1 < b <= 8 or (b == 1 and w.dtype == torch.bfloat16)) and w.dtype in (torch.float32, torch.bfloat16):
+            y = rows_matmul(x, w, linear.bias)
+            if y is not None:
+                return y
+        if 1 < b <= 32:
+            y = (w @ x.T).T
+            return y if linear.bias is None else y + linear.bias
+    return F.linear(x, w, linear.bias)
 
 
 def padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 
 from . import _native
 
-__all__ = ["applies", "mamba_step", "mamba2_step"]
+__all__ = ["applies", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
 def _ptr(t: Optional[torch.Tensor]):
@@ -98,3 +98,27 @@ def mamba2_step(zxbcdt: torch.Tensor, state, conv_weight: torch.Tensor, conv_bia
           y.data_ptr(), b, H, headdim, ngroups, d_state, K, lo, hi, float(eps), int(bool(norm_before_gate))):
         raise MemoryError("mamba2_step: the native kernel could not allocate its scratch buffer")
     return y, (win_out, h_out)
+
+
+_ROWS_FN = {torch.float32: "rows_matmul_f32", torch.bfloat16: "rows_matmul_bf16"}
+
+
+def rows_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """``x Wᵀ + bias`` for a few rows ``x`` (b, K) by the native kernel, which reads every row of
+    the weight (M, K) once for all rows of x (float32 or bfloat16, accumulated in float32). None
+    when the kernel does not apply (then the caller uses torch)."""
+    name = _ROWS_FN.get(weight.dtype)
+    if (name is None or x.dtype != weight.dtype or x.device.type != "cpu" or weight.device.type != "cpu"
+            or (bias is not None and (bias.dtype != weight.dtype or not bias.is_contiguous()))
+            or not weight.is_contiguous() or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))):
+        return None
+    lib = _native.library()
+    if lib is None:
+        return None
+    x = x.contiguous()
+    b, K = x.shape
+    M = weight.shape[0]
+    y = x.new_empty(b, M)
+    if getattr(lib, name)(x.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), b, M, K, torch.get_num_threads()):
+        raise MemoryError("rows_matmul: the native kernel could not allocate its buffer")
+    return y

@@ -182,6 +182,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         f = getattr(lib, f"mamba2_step_{sfx}")
         f.argtypes = [P, L, L] + [P] * 11 + [L] * 6 + [D] * 3 + [I]
         f.restype = I
+    for name in ("rows_matmul_f32", "rows_matmul_bf16"):
+        f = getattr(lib, name)
+        f.argtypes = [P] * 4 + [L] * 3 + [I]
+        f.restype = I
     lib.ssm_abi_version.restype = I
     lib.ssm_bwd_tasks.argtypes = [L] * 4
     lib.ssm_bwd_tasks.restype = L

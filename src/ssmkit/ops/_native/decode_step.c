@@ -31,6 +31,104 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* y = x Wᵀ (+ bias) for a few rows x (nb, K) and a weight W (M, K), both row-major: every row of
+ * W is read once for all rows of x (in groups of up to 4 rows), so the product streams the weight
+ * at the memory bandwidth whatever nb is (a BLAS call with nb = 2..8 columns often repacks the
+ * weight first, or runs at a fraction of that rate). Output rows are split over nthreads. */
+#define ROWS_TILE 4
+/* inner part: acc[0..nr) = rows b0.. of x times the weight row read by LOADW */
+#define ROWS_KERNEL                                                                                 \
+    if (nr == 4) {                                                                                  \
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                       \
+        const float *x0 = x + b0 * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;                     \
+        for (long k = 0; k < K; k++) {                                                              \
+            const float w = LOADW(k);                                                               \
+            a0 += w * x0[k]; a1 += w * x1[k]; a2 += w * x2[k]; a3 += w * x3[k];                      \
+        }                                                                                           \
+        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;                                         \
+    } else if (nr == 2) {                                                                           \
+        float a0 = 0, a1 = 0;                                                                       \
+        const float *x0 = x + b0 * K, *x1 = x0 + K;                                                 \
+        for (long k = 0; k < K; k++) { const float w = LOADW(k); a0 += w * x0[k]; a1 += w * x1[k]; } \
+        acc[0] = a0; acc[1] = a1;                                                                   \
+    } else {                                                                                        \
+        for (long r = 0; r < nr; r++) {                                                             \
+            float a0 = 0;                                                                           \
+            const float *x0 = x + (b0 + r) * K;                                                     \
+            for (long k = 0; k < K; k++) a0 += LOADW(k) * x0[k];                                    \
+            acc[r] = a0;                                                                            \
+        }                                                                                           \
+    }
+
+int rows_matmul_f32(const float *x, const float *W, const float *bias, float *y, long nb, long M, long K,
+                     int nthreads) {
+#define LOADW(k) wj[k]
+#define BIAS(j) bias[j]
+#define STORE(i, v) y[i] = (v)
+    long j;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (j = 0; j < M; j++) {
+        const float *wj = W + j * K;
+        for (long b0 = 0; b0 < nb; b0 += ROWS_TILE) {
+            const long nr = nb - b0 < ROWS_TILE ? nb - b0 : ROWS_TILE;
+            float acc[ROWS_TILE] = {0, 0, 0, 0};
+            ROWS_KERNEL
+            for (long r = 0; r < nr; r++) STORE((b0 + r) * M + j, acc[r] + (bias ? BIAS(j) : 0.0f));
+        }
+    }
+#undef LOADW
+#undef BIAS
+#undef STORE
+    return 0;
+}
+
+static inline float dec_bf16_to_f32(uint16_t v) {
+    const uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t dec_f32_to_bf16(float f) {  /* round to nearest even (finite values) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0xffff) ? 0x40 : 0));  /* inf, NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* The same for bfloat16 x, W, bias and y (products accumulated in float32, the result rounded). */
+int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias, uint16_t *y, long nb, long M,
+                      long K, int nthreads) {
+    float *x = (float *)malloc((size_t)(nb * K) * sizeof(float));
+    if (!x) return 1;
+    for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
+#define LOADW(k) dec_bf16_to_f32(wj[k])
+#define BIAS(j) dec_bf16_to_f32(bias[j])
+#define STORE(i, v) y[i] = dec_f32_to_bf16(v)
+    long j;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (j = 0; j < M; j++) {
+        const uint16_t *wj = W + j * K;
+        for (long b0 = 0; b0 < nb; b0 += ROWS_TILE) {
+            const long nr = nb - b0 < ROWS_TILE ? nb - b0 : ROWS_TILE;
+            float acc[ROWS_TILE] = {0, 0, 0, 0};
+            ROWS_KERNEL
+            for (long r = 0; r < nr; r++) STORE((b0 + r) * M + j, acc[r] + (bias ? BIAS(j) : 0.0f));
+        }
+    }
+#undef LOADW
+#undef BIAS
+#undef STORE
+    free(x);
+    return 0;
+}
+
 #define DEC_SCALAR float
 #define DEC_SFX f32
 #define DEC_EXP expf
