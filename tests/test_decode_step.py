@@ -117,3 +117,43 @@ def test_generate_same_tokens_and_logits_with_and_without_native(kind, batch, mo
         _, states = model(fast[:, :-1], return_state=True)
         logits, _ = model.step(fast[:, -1], states)
     assert_close_to_reference(logits, ref, 1e-5, "logits")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bfloat16_weights_fused_step_matches_float32_and_the_torch_path(batch):
+    """bfloat16 weights, float32 state: the fused step runs in float32 on widened copies of the
+    small parameters. Against the same (rounded) weights in float32 and against the bfloat16
+    torch path: within bfloat16 rounding of the projections' inputs and outputs (2^-8 relative
+    per rounding, a few of them)."""
+    torch.manual_seed(3)
+    for layer in _layers(torch.float32):
+        layer = _perturbed(layer)
+        half = type(layer)(**_config(layer), dtype=torch.bfloat16)
+        half.load_state_dict(layer.state_dict())
+        layer.load_state_dict(half.state_dict())  # the float32 layer holds the rounded weights
+        state32 = tuple(torch.randn_like(t) for t in layer.initial_state(batch))
+        state16 = (state32[0].to(torch.bfloat16), state32[1])
+        layer_state = (state16[0].float(), state32[1])
+        x = torch.randn(batch, layer.d_model).to(torch.bfloat16)
+        with torch.no_grad():
+            y, new = half.step(x, state16)
+            y_torch, new_torch = half.torch_step(x, state16)
+            y32, new32 = layer.step(x.float(), layer_state)
+            own = tuple(t.clone() for t in state16)
+            y_inplace = half.step_(x, own)
+        name = type(layer).__name__
+        assert y.dtype == torch.bfloat16 and new[0].dtype == torch.bfloat16 and new[1].dtype == torch.float32
+        assert_close_to_reference(y.float(), y32, 2e-2, f"{name} against float32")
+        assert_close_to_reference(y.float(), y_torch.float(), 3e-2, f"{name} against the bfloat16 torch path")
+        assert_close_to_reference(new[1], new32[1], 2e-2, f"{name} state against float32")
+        assert torch.equal(new[0], new_torch[0])  # the window holds in_proj outputs, already bfloat16
+        assert torch.equal(y_inplace, y) and all(torch.equal(a, b) for a, b in zip(own, new))
+
+
+def _config(layer):
+    if isinstance(layer, Mamba):
+        return dict(d_model=layer.d_model, d_state=layer.d_state, d_conv=layer.d_conv,
+                    conv_bias=layer.conv1d.bias is not None, bias=layer.in_proj.bias is not None)
+    return dict(d_model=layer.d_model, d_state=layer.d_state, headdim=layer.headdim, ngroups=layer.ngroups,
+                conv_bias=layer.conv1d.bias is not None, bias=layer.in_proj.bias is not None, dt_limit=layer.dt_limit,
+                norm_before_gate=layer.norm.norm_before_gate)

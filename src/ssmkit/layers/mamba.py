@@ -33,7 +33,7 @@ from ..ops import decode_step
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -156,10 +156,11 @@ class Mamba(SequenceLayer):
         xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
         A = negative_A(self.A_log, self._A_cache)
         c = self.conv1d
-        if decode_step.applies(conv_state, h, c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight,
-                               self.dt_proj.bias, A, self.D, strided=xz):
-            y, new = decode_step.mamba_step(xz, state, c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight,
-                                            self.dt_proj.bias, A, self.D, out_state=out_state)
+        fused = fused_step(decode_step.mamba_step, xz, state, out_state,
+                           (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D),
+                           self._A_cache)
+        if fused is not None:
+            y, new = fused
         else:
             y, new = self._torch_step_core(xz, conv_state, h, A)
             if out_state is not None:

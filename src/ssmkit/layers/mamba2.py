@@ -35,7 +35,7 @@ from ..ops import decode_step
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -215,12 +215,13 @@ class Mamba2(SequenceLayer):
         zxbcdt = rows_linear(self.in_proj, x_t)
         A = negative_A(self.A_log, self._A_cache)
         c = self.conv1d
-        if decode_step.applies(conv_state, h, c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight,
-                               strided=zxbcdt):
-            y, new = decode_step.mamba2_step(zxbcdt, state, c.weight, c.bias, self.dt_bias, A, self.D,
-                                             self.norm.weight, headdim=self.headdim, ngroups=self.ngroups,
-                                             d_state=self.d_state, dt_limit=self.dt_limit, eps=self.norm.eps,
-                                             norm_before_gate=self.norm.norm_before_gate, out_state=out_state)
+        fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state,
+                           (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache,
+                           headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
+                           eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
+        if fused is not None:
+            y, new = fused
+            y = y.to(x_t.dtype)
         else:
             y, new = self._torch_step_core(zxbcdt, conv_state, h, A, x_t.dtype)
             if out_state is not None:

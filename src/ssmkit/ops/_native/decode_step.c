@@ -39,53 +39,10 @@
 /* y = x Wᵀ (+ bias) for a few rows x (nb, K) and a weight W (M, K), both row-major: every row of
  * W is read once for all rows of x (in groups of up to 4 rows), so the product streams the weight
  * at the memory bandwidth whatever nb is (a BLAS call with nb = 2..8 columns often repacks the
- * weight first, or runs at a fraction of that rate). Output rows are split over nthreads. */
-#define ROWS_TILE 4
-/* inner part: acc[0..nr) = rows b0.. of x times the weight row read by LOADW */
-#define ROWS_KERNEL                                                                                 \
-    if (nr == 4) {                                                                                  \
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                       \
-        const float *x0 = x + b0 * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;                     \
-        for (long k = 0; k < K; k++) {                                                              \
-            const float w = LOADW(k);                                                               \
-            a0 += w * x0[k]; a1 += w * x1[k]; a2 += w * x2[k]; a3 += w * x3[k];                      \
-        }                                                                                           \
-        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;                                         \
-    } else if (nr == 2) {                                                                           \
-        float a0 = 0, a1 = 0;                                                                       \
-        const float *x0 = x + b0 * K, *x1 = x0 + K;                                                 \
-        for (long k = 0; k < K; k++) { const float w = LOADW(k); a0 += w * x0[k]; a1 += w * x1[k]; } \
-        acc[0] = a0; acc[1] = a1;                                                                   \
-    } else {                                                                                        \
-        for (long r = 0; r < nr; r++) {                                                             \
-            float a0 = 0;                                                                           \
-            const float *x0 = x + (b0 + r) * K;                                                     \
-            for (long k = 0; k < K; k++) a0 += LOADW(k) * x0[k];                                    \
-            acc[r] = a0;                                                                            \
-        }                                                                                           \
-    }
-
-int rows_matmul_f32(const float *x, const float *W, const float *bias, float *y, long nb, long M, long K,
-                     int nthreads) {
-#define LOADW(k) wj[k]
-#define BIAS(j) bias[j]
-#define STORE(i, v) y[i] = (v)
-    long j;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (j = 0; j < M; j++) {
-        const float *wj = W + j * K;
-        for (long b0 = 0; b0 < nb; b0 += ROWS_TILE) {
-            const long nr = nb - b0 < ROWS_TILE ? nb - b0 : ROWS_TILE;
-            float acc[ROWS_TILE] = {0, 0, 0, 0};
-            ROWS_KERNEL
-            for (long r = 0; r < nr; r++) STORE((b0 + r) * M + j, acc[r] + (bias ? BIAS(j) : 0.0f));
-        }
-    }
-#undef LOADW
-#undef BIAS
-#undef STORE
-    return 0;
-}
+ * weight first, or runs at a fraction of that rate). A tile of JT weight rows times NR rows of x
+ * keeps JT * NR independent float32 accumulators (enough to hide the latency of the fused
+ * multiply-adds). Weight rows are split over nthreads. The bfloat16 weight is widened to float32
+ * as it is read (a bfloat16 number is the upper half of a float32). */
 
 static inline float dec_bf16_to_f32(uint16_t v) {
     const uint32_t u = (uint32_t)v << 16;
@@ -94,36 +51,105 @@ static inline float dec_bf16_to_f32(uint16_t v) {
     return f;
 }
 
-static inline uint16_t dec_f32_to_bf16(float f) {  /* round to nearest even (finite values) */
+static inline uint16_t dec_f32_to_bf16(float f) {  /* round to nearest even; NaN stays NaN */
     uint32_t u;
     memcpy(&u, &f, sizeof u);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0xffff) ? 0x40 : 0));  /* inf, NaN */
+    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0xffff) ? 0x40 : 0));
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+static inline __m256 dec_ld8_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 dec_ld8_bf16(const uint16_t *p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+static inline float dec_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#define DEC_TILE(NAME, WT, LD8, CVT)                                                              \
+static inline __attribute__((always_inline)) void NAME(const WT *W, const float *x, long K, long j, \
+                                                        long b0, const int JT, const int NR,       \
+                                                        float out[4][4]) {                         \
+    __m256 acc[4][4];                                                                              \
+    for (int a = 0; a < JT; a++) for (int r = 0; r < NR; r++) acc[a][r] = _mm256_setzero_ps();     \
+    long k = 0;                                                                                    \
+    for (; k + 8 <= K; k += 8) {                                                                   \
+        __m256 xv[4];                                                                              \
+        for (int r = 0; r < NR; r++) xv[r] = _mm256_loadu_ps(x + (b0 + r) * K + k);                \
+        for (int a = 0; a < JT; a++) {                                                             \
+            const __m256 w = LD8(W + (j + a) * K + k);                                            \
+            for (int r = 0; r < NR; r++) acc[a][r] = _mm256_fmadd_ps(w, xv[r], acc[a][r]);        \
+        }                                                                                          \
+    }                                                                                              \
+    for (int a = 0; a < JT; a++)                                                                   \
+        for (int r = 0; r < NR; r++) {                                                             \
+            float t = dec_hsum8(acc[a][r]);                                                        \
+            for (long kk = k; kk < K; kk++) t += CVT(W[(j + a) * K + kk]) * x[(b0 + r) * K + kk];  \
+            out[a][r] = t;                                                                         \
+        }                                                                                          \
+}
+#else
+#define DEC_TILE(NAME, WT, LD8, CVT)                                                              \
+static inline void NAME(const WT *W, const float *x, long K, long j, long b0, const int JT,        \
+                        const int NR, float out[4][4]) {                                           \
+    for (int a = 0; a < JT; a++)                                                                   \
+        for (int r = 0; r < NR; r++) {                                                             \
+            float t = 0;                                                                           \
+            for (long k = 0; k < K; k++) t += CVT(W[(j + a) * K + k]) * x[(b0 + r) * K + k];      \
+            out[a][r] = t;                                                                         \
+        }                                                                                          \
+}
+#endif
+
+static inline float dec_id(float v) { return v; }
+DEC_TILE(dec_tile_f32, float, dec_ld8_f32, dec_id)
+DEC_TILE(dec_tile_bf16, uint16_t, dec_ld8_bf16, dec_bf16_to_f32)
+
+/* the tile shapes: JT weight rows by NR x rows, at most 8 accumulators */
+#define DEC_ROWS_LOOP(TILE, STORE_ROW)                                                             \
+    const long JT0 = nb == 1 ? 4 : 2;                                                              \
+    const long nj = (M + JT0 - 1) / JT0;                                                           \
+    long t;                                                                                        \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                             \
+    for (t = 0; t < nj; t++) {                                                                     \
+        const long j = t * JT0;                                                                    \
+        const int jt = (int)(M - j < JT0 ? M - j : JT0);                                           \
+        for (long b0 = 0; b0 < nb; b0 += 4) {                                                      \
+            const int nr = (int)(nb - b0 < 4 ? nb - b0 : 4);                                       \
+            float out[4][4];                                                                       \
+            if (jt == 4 && nr == 1) TILE(W, x, K, j, b0, 4, 1, out);                               \
+            else if (jt == 2 && nr == 4) TILE(W, x, K, j, b0, 2, 4, out);                          \
+            else if (jt == 2 && nr == 3) TILE(W, x, K, j, b0, 2, 3, out);                          \
+            else if (jt == 2 && nr == 2) TILE(W, x, K, j, b0, 2, 2, out);                          \
+            else if (jt == 2 && nr == 1) TILE(W, x, K, j, b0, 2, 1, out);                          \
+            else for (int a = 0; a < jt; a++) TILE(W, x, K, j + a, b0, 1, nr, out + a);           \
+            for (int a = 0; a < jt; a++)                                                           \
+                for (int r = 0; r < nr; r++) STORE_ROW((b0 + r) * M + j + a, out[a][r], j + a);    \
+        }                                                                                          \
+    }
+
+int rows_matmul_f32(const float *x, const float *W, const float *bias, float *y, long nb, long M, long K,
+                    int nthreads) {
+#define STORE(i, v, jj) y[i] = (v) + (bias ? bias[jj] : 0.0f)
+    DEC_ROWS_LOOP(dec_tile_f32, STORE)
+#undef STORE
+    return 0;
+}
+
 /* The same for bfloat16 x, W, bias and y (products accumulated in float32, the result rounded). */
 int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias, uint16_t *y, long nb, long M,
-                      long K, int nthreads) {
+                     long K, int nthreads) {
     float *x = (float *)malloc((size_t)(nb * K) * sizeof(float));
     if (!x) return 1;
     for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
-#define LOADW(k) dec_bf16_to_f32(wj[k])
-#define BIAS(j) dec_bf16_to_f32(bias[j])
-#define STORE(i, v) y[i] = dec_f32_to_bf16(v)
-    long j;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (j = 0; j < M; j++) {
-        const uint16_t *wj = W + j * K;
-        for (long b0 = 0; b0 < nb; b0 += ROWS_TILE) {
-            const long nr = nb - b0 < ROWS_TILE ? nb - b0 : ROWS_TILE;
-            float acc[ROWS_TILE] = {0, 0, 0, 0};
-            ROWS_KERNEL
-            for (long r = 0; r < nr; r++) STORE((b0 + r) * M + j, acc[r] + (bias ? BIAS(j) : 0.0f));
-        }
-    }
-#undef LOADW
-#undef BIAS
+#define STORE(i, v, jj) y[i] = dec_f32_to_bf16((v) + (bias ? dec_bf16_to_f32(bias[jj]) : 0.0f))
+    DEC_ROWS_LOOP(dec_tile_bf16, STORE)
 #undef STORE
     free(x);
     return 0;
