@@ -157,3 +157,14 @@ def _config(layer):
     return dict(d_model=layer.d_model, d_state=layer.d_state, headdim=layer.headdim, ngroups=layer.ngroups,
                 conv_bias=layer.conv1d.bias is not None, bias=layer.in_proj.bias is not None, dt_limit=layer.dt_limit,
                 norm_before_gate=layer.norm.norm_before_gate)
+
+
+def test_a_state_of_another_dtype_than_the_weights_takes_the_torch_path():
+    torch.manual_seed(4)
+    layer = _perturbed(Mamba(16, d_state=4))
+    state = tuple(torch.randn_like(t).double() for t in layer.initial_state(2))
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        y, new = layer.step(x, state)
+        y_ref, new_ref = layer.torch_step(x, state)
+    assert torch.equal(y, y_ref) and all(torch.equal(a, b) for a, b in zip(new, new_ref))

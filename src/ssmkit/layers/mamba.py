@@ -143,11 +143,14 @@ class Mamba(SequenceLayer):
         self._check_state(state, x_t.shape[0])
         return self._step(x_t, state, None)
 
-    def step_(self, x_t: torch.Tensor, state) -> torch.Tensor:
+    def step_(self, x_t: torch.Tensor, state, check: bool = True) -> torch.Tensor:
         """``step`` writing the new state into ``state``'s own tensors (in place) and returning
-        ``y_t`` only: a decoding loop that owns its states allocates no state per token."""
-        check_step_input(x_t, self.d_model)
-        self._check_state(state, x_t.shape[0])
+        ``y_t`` only: a decoding loop that owns its states allocates no state per token.
+        ``check=False`` skips the checks of ``x_t`` and ``state``, for a loop that made the state
+        (``initial_state`` or ``forward``) and checked its input once."""
+        if check:
+            check_step_input(x_t, self.d_model)
+            self._check_state(state, x_t.shape[0])
         return self._step(x_t, state, state)[0]
 
     def _step(self, x_t, state, out_state):

@@ -67,7 +67,8 @@ def fused_step(kernel, proj: torch.Tensor, state, out_state, params, cache: dict
         params = _float_copies(cache, params)
         proj = proj.float()
     win = conv_state if conv_state.dtype == sd else conv_state.to(sd)
-    if not decode_step.applies(win, h, *params, strided=proj):
+    if not (params[0].dtype == sd and decode_step.params_apply(cache, params)
+            and decode_step.applies(win, h, strided=proj)):
         return None
     if out_state is None:
         y, (w_new, h_new) = kernel(proj, (win, h), *params, **kw)

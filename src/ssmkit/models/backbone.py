@@ -46,6 +46,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         dtype = x.dtype
+        if dtype == self.weight.dtype and dtype in (torch.float32, torch.float64):
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused operation
         xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
         return self.weight * F.rms_norm(xf, (xf.shape[-1],), None, self.eps).to(dtype)
 
@@ -101,11 +103,12 @@ class Block(nn.Module):
         return self._residual(x_t, h), state
 
     def step_(self, x_t, state):
-        """``step`` for a decoding loop that owns ``state``: layers with an in-place ``step_``
-        (Mamba, Mamba-2) update the state's tensors and return it; others return a new one."""
+        """``step`` for a decoding loop that owns ``state`` and made it: layers with an in-place
+        ``step_`` (Mamba, Mamba-2) update the state's tensors, unchecked, and return it; others
+        return a new one."""
         step_ = getattr(self.layer, "step_", None)
         if step_ is not None:
-            return self._residual(x_t, step_(self._branch_input(x_t), state)), state
+            return self._residual(x_t, step_(self._branch_input(x_t), state, check=False)), state
         return self.step(x_t, state)
 
 

@@ -24,11 +24,25 @@ import torch
 
 from . import _native
 
-__all__ = ["applies", "mamba_step", "mamba2_step", "rows_matmul"]
+__all__ = ["applies", "params_apply", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
 def _ptr(t: Optional[torch.Tensor]):
     return None if t is None else t.data_ptr()
+
+
+def params_apply(cache: dict, params) -> bool:
+    """:func:`applies` for a layer's parameters, remembered in ``cache`` outside autograd until
+    one of them is replaced or moved (their storages, which change with dtype or device)."""
+    if torch.is_grad_enabled():
+        return applies(*params)
+    key = tuple(None if p is None else p.data_ptr() for p in params)
+    hit = cache.get("applies")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    ok = applies(*params)
+    cache["applies"] = (key, ok)
+    return ok
 
 
 def applies(*tensors: Optional[torch.Tensor], strided: Optional[torch.Tensor] = None) -> bool:

@@ -157,6 +157,7 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
 
 #define DEC_SCALAR float
 #define DEC_SFX f32
+#define DEC_IS_F32 1
 #define DEC_EXP expf
 #define DEC_LOG1P log1pf
 #define DEC_SQRT sqrtf
@@ -166,9 +167,11 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
 #undef DEC_EXP
 #undef DEC_LOG1P
 #undef DEC_SQRT
+#undef DEC_IS_F32
 
 #define DEC_SCALAR double
 #define DEC_SFX f64
+#define DEC_IS_F32 0
 #define DEC_EXP exp
 #define DEC_LOG1P log1p
 #define DEC_SQRT sqrt
@@ -178,6 +181,7 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
 #undef DEC_EXP
 #undef DEC_LOG1P
 #undef DEC_SQRT
+#undef DEC_IS_F32
 
 #else /* template body */
 
@@ -204,37 +208,55 @@ static void F(dec_conv)(const S *x, long xs, const S *win_in, S *win_out, const 
         acc += wc[K1] * xc;
         for (long k = 0; k + 1 < K1; k++) wo[k] = wi[k + 1];  /* reads ahead of writes: in place is safe */
         if (K1 > 0) wo[K1 - 1] = xc;
-        out[c] = F(dec_silu)(acc);
+        out[c] = acc;
     }
+    for (long c = 0; c < C; c++) out[c] = F(dec_silu)(out[c]);  /* a separate loop: vectorised */
+}
+
+/* y (nb, M) = x (nb, K) Wᵀ (+ bias): float32 through the tiled kernel (the weight read once for
+ * all rows), float64 by plain loops (the weight row outermost, so it is read once too). */
+static void F(dec_rows)(const S *x, const S *W, const S *bias, S *y, long nb, long M, long K) {
+#if DEC_IS_F32
+    rows_matmul_f32(x, W, bias, y, nb, M, K, 1);
+#else
+    for (long j = 0; j < M; j++)
+        for (long b = 0; b < nb; b++) {
+            const S *xb = x + b * K, *wj = W + j * K;
+            S acc = 0;
+            for (long k = 0; k < K; k++) acc += wj[k] * xb[k];
+            y[b * M + j] = acc + (bias ? bias[j] : (S)0);
+        }
+#endif
 }
 
 int F(mamba_step)(const S *xz, long xz_row, long xz_col, const S *win_in, S *win_out, const S *conv_w, const S *conv_b,
                   const S *x_proj_w, const S *dt_proj_w, const S *dt_proj_b, const S *A, const S *Dv,
                   const S *h_in, S *h_out, S *y, long nb, long E, long K, long R, long N) {
     const long J = R + 2 * N;
-    S *buf = (S *)malloc((size_t)(2 * E + J) * sizeof(S));
+    /* per row: u (E), Δ (E), [δ, B, C] (J), δ again contiguous (R); silu(z) (E) */
+    S *buf = (S *)malloc((size_t)(nb * (3 * E + J + R)) * sizeof(S));
     if (!buf) return 1;
-    S *u = buf, *dt = buf + E, *dbc = buf + 2 * E;
+    S *u = buf, *dt = buf + nb * E, *dbc = buf + 2 * nb * E, *low = dbc + nb * J, *gate = low + nb * R;
+    for (long b = 0; b < nb; b++)  /* conv step */
+        F(dec_conv)(xz + b * xz_row, xz_col, win_in + b * E * (K - 1), win_out + b * E * (K - 1), conv_w, conv_b,
+                    u + b * E, E, K);
+    F(dec_rows)(u, x_proj_w, NULL, dbc, nb, J, E);  /* x_proj, every weight read once for all rows */
+    for (long b = 0; b < nb; b++) memcpy(low + b * R, dbc + b * J, (size_t)R * sizeof(S));
+    F(dec_rows)(low, dt_proj_w, dt_proj_b, dt, nb, E, R);  /* dt_proj */
+    for (long i = 0; i < nb * E; i++) dt[i] = F(dec_softplus)(dt[i]);
     for (long b = 0; b < nb; b++) {
-        const S *xr = xz + b * xz_row, *zr = xr + E * xz_col;
-        F(dec_conv)(xr, xz_col, win_in + b * E * (K - 1), win_out + b * E * (K - 1), conv_w, conv_b, u, E, K);
-        for (long j = 0; j < J; j++) {  /* x_proj */
-            const S *wj = x_proj_w + j * E;
-            S acc = 0;
-            for (long d = 0; d < E; d++) acc += wj[d] * u[d];
-            dbc[j] = acc;
-        }
-        const S *Bv = dbc + R, *Cv = dbc + R + N;
-        for (long d = 0; d < E; d++) {  /* dt_proj, softplus */
-            const S *wd = dt_proj_w + d * R;
-            S acc = dt_proj_b ? dt_proj_b[d] : (S)0;
-            for (long r = 0; r < R; r++) acc += wd[r] * dbc[r];
-            dt[d] = F(dec_softplus)(acc);
-        }
+        const S *zr = xz + b * xz_row + E * xz_col;
+        S *gb = gate + b * E;
+        for (long d = 0; d < E; d++) gb[d] = zr[d * xz_col];
+        for (long d = 0; d < E; d++) gb[d] = F(dec_silu)(gb[d]);
+    }
+    for (long b = 0; b < nb; b++) {
+        const S *ub = u + b * E, *db = dt + b * E, *gb = gate + b * E;
+        const S *Bv = dbc + b * J + R, *Cv = Bv + N;
         const S *hi = h_in + b * E * N;
         S *ho = h_out + b * E * N, *yr = y + b * E;
         for (long d = 0; d < E; d++) {  /* state update, readout, skip, gate */
-            const S dd = dt[d], du = dd * u[d];
+            const S dd = db[d], du = dd * ub[d];
             const S *Ad = A + d * N, *hd = hi + d * N;
             S *od = ho + d * N;
             S acc = 0;
@@ -243,7 +265,7 @@ int F(mamba_step)(const S *xz, long xz_row, long xz_col, const S *win_in, S *win
                 od[n] = hn;
                 acc += hn * Cv[n];
             }
-            yr[d] = (acc + Dv[d] * u[d]) * F(dec_silu)(zr[d * xz_col]);
+            yr[d] = (acc + Dv[d] * ub[d]) * gb[d];
         }
     }
     free(buf);
