@@ -168,3 +168,32 @@ def test_a_state_of_another_dtype_than_the_weights_takes_the_torch_path():
         y, new = layer.step(x, state)
         y_ref, new_ref = layer.torch_step(x, state)
     assert torch.equal(y, y_ref) and all(torch.equal(a, b) for a, b in zip(new, new_ref))
+
+
+def test_add_rms_norm_equals_residual_add_then_rms_norm():
+    torch.manual_seed(5)
+    r, h, w = torch.randn(3, 40), torch.randn(3, 40), torch.randn(40)
+    r0 = r.clone()
+    out = decode_step.add_rms_norm(h, r, w, 1e-5)
+    ref = F.rms_norm((r0 + h).double(), (40,), w.double(), 1e-5)
+    assert_close_to_reference(r, r0 + h, 1e-7, "residual")
+    assert_close_to_reference(out.double(), ref, 1e-6, "normed")
+    assert_close_to_reference(decode_step.add_rms_norm(None, r0, w, 1e-5).double(),
+                              F.rms_norm(r0.double(), (40,), w.double(), 1e-5), 1e-6, "normed without h")
+
+
+def test_backbone_step_with_fused_norms_equals_the_block_by_block_step():
+    torch.manual_seed(6)
+    bb = Backbone(32, 3, "mamba", {"d_state": 8}, vocab_size=40, norm="rms", residual_in_fp32=True).eval()
+    tokens = torch.randint(0, 40, (2,))
+    with torch.no_grad():
+        assert bb._fused_rms_applies()
+        states = [tuple(torch.randn_like(t) for t in s) for s in bb.initial_state(2)]
+        ref, ref_states = bb.step(tokens, [tuple(t.clone() for t in s) for s in states])
+        own = [tuple(t.clone() for t in s) for s in states]
+        from ssmkit._checks import trusted_inputs
+        with trusted_inputs():
+            out = bb.step_(tokens, own)
+    assert_close_to_reference(out, ref, 1e-5, "features")
+    for a, b in zip(own, ref_states):
+        assert_close_to_reference(a[1], b[1], 1e-5, "state")

@@ -28,6 +28,7 @@ from torch import nn
 from .._checks import (check_bool, check_choice, check_finite, check_float, check_fraction, check_mask, check_positive_int,
                        match_parameter_dtype, trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
+from ..ops import decode_step
 from .mixer import ChannelMixer
 
 __all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
@@ -289,10 +290,39 @@ class Backbone(nn.Module):
         and ``states`` (a list the loop owns, made by ``forward`` or ``initial_state``) is
         updated in place (each layer's tensors where the layer can, else its list entry).
         Returns the features (B, d_model)."""
+        if self._fused_rms_applies():
+            return self._step_fused_rms(x_t, states)
         h = self._embed(x_t)
         for i, block in enumerate(self.blocks):
             h, states[i] = block.step_(h, states[i])
         return self._final(h)
+
+    def _fused_rms_applies(self) -> bool:
+        """Pre-norm RMSNorm blocks with a plain residual (no mixer, no dropout), float32 norms and
+        residual: the residual stream between layers can run as one native call per layer."""
+        if not (self.prenorm and self.norm_kind == "rms" and not torch.is_grad_enabled()):
+            return False
+        norms = [b.norm.weight for b in self.blocks] + [self.norm.weight]
+        return all(b._plain for b in self.blocks) and decode_step.applies(*norms) and norms[0].dtype == torch.float32
+
+    def _step_fused_rms(self, x_t, states: List[Any]):
+        """``step_`` with the residual add and the next RMSNorm fused (same numbers up to float
+        rounding): r = embed(x); for each block, y = layer(norm(r)); r += y."""
+        r = self._embed(x_t).float().contiguous()
+        if r.data_ptr() == self.encoder.weight.data_ptr():  # never write into the embedding
+            r = r.clone()
+        blocks = self.blocks
+        x = decode_step.add_rms_norm(None, r, blocks[0].norm.weight, blocks[0].norm.eps)
+        for i, block in enumerate(blocks):
+            y = block.layer.step_(x, states[i], check=False) if hasattr(block.layer, "step_") else None
+            if y is None:
+                y, states[i] = block.layer.step(x, states[i])
+            nxt = blocks[i + 1].norm if i + 1 < len(blocks) else self.norm
+            y = y.float()
+            if not y.is_contiguous():
+                y = y.contiguous()
+            x = decode_step.add_rms_norm(y, r, nxt.weight, nxt.eps)
+        return x
 
 
 def _check_state_like(name: str, given, template) -> None:

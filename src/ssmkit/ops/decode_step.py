@@ -24,7 +24,7 @@ import torch
 
 from . import _native
 
-__all__ = ["applies", "params_apply", "mamba_step", "mamba2_step", "rows_matmul"]
+__all__ = ["add_rms_norm", "applies", "params_apply", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
 def _ptr(t: Optional[torch.Tensor]):
@@ -81,7 +81,7 @@ def mamba_step(xz: torch.Tensor, state, conv_weight: torch.Tensor, conv_bias: Op
     R = dt_proj_weight.shape[1]
     win_out, h_out = _out(state, out_state)
     y = xz.new_empty(b, E)
-    lib = _native.library()
+    lib = _native._lib  # loaded: the caller checked applies()
     fn = lib.mamba_step_f32 if xz.dtype == torch.float32 else lib.mamba_step_f64
     if fn(xz.data_ptr(), xz.stride(0), xz.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _ptr(conv_bias),
           x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _ptr(dt_proj_bias), A.data_ptr(), D.data_ptr(),
@@ -105,7 +105,7 @@ def mamba2_step(zxbcdt: torch.Tensor, state, conv_weight: torch.Tensor, conv_bia
     hi = min(hi, 1e30)  # the kernel is compiled without infinities (fast-math): an open limit is huge
     win_out, h_out = _out(state, out_state)
     y = zxbcdt.new_empty(b, H * headdim)
-    lib = _native.library()
+    lib = _native._lib  # loaded: the caller checked applies()
     fn = lib.mamba2_step_f32 if zxbcdt.dtype == torch.float32 else lib.mamba2_step_f64
     if fn(zxbcdt.data_ptr(), zxbcdt.stride(0), zxbcdt.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _ptr(conv_bias),
           dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(), h_out.data_ptr(),
@@ -136,3 +136,14 @@ def rows_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if getattr(lib, name)(x.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), b, M, K, torch.get_num_threads()):
         raise MemoryError("rows_matmul: the native kernel could not allocate its buffer")
     return y
+
+
+def add_rms_norm(h: Optional[torch.Tensor], r: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The residual stream between two pre-norm blocks in one call: ``r += h`` in place (when
+    ``h`` is given), then ``weight ⊙ r / sqrt(mean(r²) + eps)`` over the last dimension (RMSNorm),
+    returned as a new tensor. float32, contiguous (b, d) operands on the CPU, outside autograd;
+    the caller checks that (:func:`applies`)."""
+    out = torch.empty_like(r)
+    _native._lib.add_rms_norm_f32(_ptr(h), r.data_ptr(), weight.data_ptr(), out.data_ptr(), r.shape[0],
+                                       r.shape[1], float(eps))
+    return out

@@ -186,6 +186,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         f = getattr(lib, name)
         f.argtypes = [P] * 4 + [L] * 3 + [I]
         f.restype = I
+    lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
+    lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I
     lib.ssm_bwd_tasks.argtypes = [L] * 4
     lib.ssm_bwd_tasks.restype = L

@@ -155,6 +155,22 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
     return 0;
 }
 
+/* The residual stream of a pre-norm block between two layers, for a few rows (nb, d):
+ * r <- r + h (when h is given), out = w ⊙ r / sqrt(mean(r²) + eps). float32. */
+void add_rms_norm_f32(const float *h, float *r, const float *w, float *out, long nb, long d, double eps) {
+    for (long b = 0; b < nb; b++) {
+        float *rb = r + b * d, *ob = out + b * d;
+        if (h) {
+            const float *hb = h + b * d;
+            for (long i = 0; i < d; i++) rb[i] += hb[i];
+        }
+        float ss = 0;
+        for (long i = 0; i < d; i++) ss += rb[i] * rb[i];
+        const float scale = 1.0f / sqrtf(ss / (float)d + (float)eps);
+        for (long i = 0; i < d; i++) ob[i] = w[i] * (rb[i] * scale);
+    }
+}
+
 #define DEC_SCALAR float
 #define DEC_SFX f32
 #define DEC_IS_F32 1
