@@ -215,6 +215,16 @@ class Mamba2(SequenceLayer):
     def _step(self, x_t, state, out_state):
         x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
+        if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
+            c, ip, op = self.conv1d, self.in_proj, self.out_proj
+            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.dt_bias,
+                      negative_A(self.A_log, self._A_cache), self.D, self.norm.weight)
+            if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
+                out, new = decode_step.mamba2_layer_step(
+                    x_t, state, *params, headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state,
+                    dt_limit=self.dt_limit, eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate,
+                    out_state=out_state)
+                return (out if x_t is x_in else out.to(x_in.dtype)), new
         zxbcdt = rows_linear(self.in_proj, x_t)
         A = negative_A(self.A_log, self._A_cache)
         c = self.conv1d

@@ -24,24 +24,24 @@ import torch
 
 from . import _native
 
-__all__ = ["add_rms_norm", "applies", "params_apply", "mamba_step", "mamba2_step", "rows_matmul"]
+__all__ = ["add_rms_norm", "applies", "params_apply", "mamba_layer_step", "mamba2_layer_step", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
 def _ptr(t: Optional[torch.Tensor]):
     return None if t is None else t.data_ptr()
 
 
-def params_apply(cache: dict, params) -> bool:
-    """:func:`applies` for a layer's parameters, remembered in ``cache`` outside autograd until
-    one of them is replaced or moved (their storages, which change with dtype or device)."""
+def params_apply(cache: dict, params, slot: str = "applies") -> bool:
+    """:func:`applies` for a layer's parameters, remembered in ``cache[slot]`` outside autograd
+    until one of them is replaced or moved (their storages, which change with dtype or device)."""
     if torch.is_grad_enabled():
         return applies(*params)
     key = tuple(None if p is None else p.data_ptr() for p in params)
-    hit = cache.get("applies")
+    hit = cache.get(slot)
     if hit is not None and hit[0] == key:
         return hit[1]
     ok = applies(*params)
-    cache["applies"] = (key, ok)
+    cache[slot] = (key, ok)
     return ok
 
 
@@ -147,3 +147,42 @@ def add_rms_norm(h: Optional[torch.Tensor], r: torch.Tensor, weight: torch.Tenso
     _native._lib.add_rms_norm_f32(_ptr(h), r.data_ptr(), weight.data_ptr(), out.data_ptr(), r.shape[0],
                                        r.shape[1], float(eps))
     return out
+
+
+def mamba_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                     conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_state=None):
+    """A whole Mamba layer's step in one native call (float32): ``x`` (b, d_model) ->
+    ``out_proj(mamba_step(in_proj(x)))`` (b, d_model) and the new state, the projections by the
+    few-row kernel of :func:`rows_matmul`. Operands must satisfy :func:`applies`."""
+    win, h = state
+    b, Dm = x.shape
+    E, N, K = A.shape[0], A.shape[1], conv_weight.shape[-1]
+    win_out, h_out = _out(state, out_state)
+    out = x.new_empty(b, Dm)
+    if _native._lib.mamba_layer_step_f32(
+            x.data_ptr(), in_proj_weight.data_ptr(), _ptr(in_proj_bias), out_proj_weight.data_ptr(),
+            _ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
+            _ptr(conv_bias), x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _ptr(dt_proj_bias), A.data_ptr(),
+            D.data_ptr(), h.data_ptr(), h_out.data_ptr(), b, Dm, E, K, dt_proj_weight.shape[1], N,
+            torch.get_num_threads()):
+        raise MemoryError("mamba_layer_step: the native kernel could not allocate its buffers")
+    return out, (win_out, h_out)
+
+
+def mamba2_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
+                      conv_weight, conv_bias, dt_bias, A, D, norm_weight, *, headdim: int, ngroups: int, d_state: int,
+                      dt_limit=(0.0, math.inf), eps: float = 1e-5, norm_before_gate: bool = False, out_state=None):
+    """A whole Mamba-2 layer's step in one native call (float32), as :func:`mamba_layer_step`."""
+    win, h = state
+    b, Dm = x.shape
+    H, K = A.shape[0], conv_weight.shape[-1]
+    win_out, h_out = _out(state, out_state)
+    out = x.new_empty(b, Dm)
+    if _native._lib.mamba2_layer_step_f32(
+            x.data_ptr(), in_proj_weight.data_ptr(), _ptr(in_proj_bias), out_proj_weight.data_ptr(),
+            _ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
+            _ptr(conv_bias), dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(),
+            h_out.data_ptr(), b, Dm, H, headdim, ngroups, d_state, K, float(dt_limit[0]), min(float(dt_limit[1]), 1e30),
+            float(eps), int(bool(norm_before_gate)), torch.get_num_threads()):
+        raise MemoryError("mamba2_layer_step: the native kernel could not allocate its buffers")
+    return out, (win_out, h_out)

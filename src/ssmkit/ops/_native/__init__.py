@@ -186,6 +186,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         f = getattr(lib, name)
         f.argtypes = [P] * 4 + [L] * 3 + [I]
         f.restype = I
+    lib.mamba_layer_step_f32.argtypes = [P] * 17 + [L] * 6 + [I]
+    lib.mamba_layer_step_f32.restype = I
+    lib.mamba2_layer_step_f32.argtypes = [P] * 16 + [L] * 7 + [D] * 3 + [I, I]
+    lib.mamba2_layer_step_f32.restype = I
     lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
     lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I

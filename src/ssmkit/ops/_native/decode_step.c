@@ -199,6 +199,42 @@ void add_rms_norm_f32(const float *h, float *r, const float *w, float *out, long
 #undef DEC_SQRT
 #undef DEC_IS_F32
 
+/* A whole layer's decoding step in float32, in_proj and out_proj included (one call per layer):
+ * out (nb, Dm) = out_proj(step(in_proj(x))) for x (nb, Dm). nthreads splits the projections. */
+int mamba_layer_step_f32(const float *x, const float *in_w, const float *in_b, const float *out_w,
+                         const float *out_b, float *out, const float *win_in, float *win_out, const float *conv_w,
+                         const float *conv_b, const float *x_proj_w, const float *dt_proj_w, const float *dt_proj_b,
+                         const float *A, const float *Dv, const float *h_in, float *h_out, long nb, long Dm, long E,
+                         long K, long R, long N, int nthreads) {
+    float *xz = (float *)malloc((size_t)(nb * 3 * E) * sizeof(float));
+    if (!xz) return 1;
+    float *y = xz + nb * 2 * E;
+    rows_matmul_f32(x, in_w, in_b, xz, nb, 2 * E, Dm, nthreads);
+    int rc = mamba_step_f32(xz, 2 * E, 1, win_in, win_out, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A, Dv,
+                            h_in, h_out, y, nb, E, K, R, N);
+    if (!rc) rows_matmul_f32(y, out_w, out_b, out, nb, Dm, E, nthreads);
+    free(xz);
+    return rc;
+}
+
+int mamba2_layer_step_f32(const float *x, const float *in_w, const float *in_b, const float *out_w,
+                          const float *out_b, float *out, const float *win_in, float *win_out, const float *conv_w,
+                          const float *conv_b, const float *dt_bias, const float *A, const float *Dv,
+                          const float *norm_w, const float *h_in, float *h_out, long nb, long Dm, long H, long P,
+                          long G, long N, long K, double dt_lo, double dt_hi, double eps, int norm_before_gate,
+                          int nthreads) {
+    const long E = H * P, W = 2 * E + 2 * G * N + H;
+    float *zx = (float *)malloc((size_t)(nb * (W + E)) * sizeof(float));
+    if (!zx) return 1;
+    float *y = zx + nb * W;
+    rows_matmul_f32(x, in_w, in_b, zx, nb, W, Dm, nthreads);
+    int rc = mamba2_step_f32(zx, W, 1, win_in, win_out, conv_w, conv_b, dt_bias, A, Dv, norm_w, h_in, h_out, y, nb,
+                             H, P, G, N, K, dt_lo, dt_hi, eps, norm_before_gate);
+    if (!rc) rows_matmul_f32(y, out_w, out_b, out, nb, Dm, E, nthreads);
+    free(zx);
+    return rc;
+}
+
 #else /* template body */
 
 #define DEC_CAT2(a, b) a##_##b
