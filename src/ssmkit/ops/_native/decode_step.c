@@ -109,7 +109,54 @@ static inline void NAME(const WT *W, const float *x, long K, long j, long b0, co
 
 static inline float dec_id(float v) { return v; }
 DEC_TILE(dec_tile_f32, float, dec_ld8_f32, dec_id)
+#if defined(__AVX2__) && defined(__FMA__)
+/* bfloat16 weights, 16 at a time: one 256-bit load, widened by interleaving with zeros
+ * (unpacklo/hi), which yields the elements in the order 0-3, 8-11 | 4-7, 12-15 of each block of 16;
+ * x is stored in that order beforehand (dec_bf16_perm), so no shuffle is needed per weight. */
+static inline __attribute__((always_inline)) void dec_tile_bf16(const uint16_t *W, const float *x, long K, long j,
+                                                                 long b0, const int JT, const int NR,
+                                                                 float out[4][4]) {
+    __m256 acc[4][4];
+    const __m256i zero = _mm256_setzero_si256();
+    for (int a = 0; a < JT; a++) for (int r = 0; r < NR; r++) acc[a][r] = _mm256_setzero_ps();
+    long k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256 xl[4], xh[4];
+        for (int r = 0; r < NR; r++) {
+            xl[r] = _mm256_loadu_ps(x + (b0 + r) * K + k);
+            xh[r] = _mm256_loadu_ps(x + (b0 + r) * K + k + 8);
+        }
+        for (int a = 0; a < JT; a++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(W + (j + a) * K + k));
+            const __m256 wl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w));
+            const __m256 wh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w));
+            for (int r = 0; r < NR; r++) {
+                acc[a][r] = _mm256_fmadd_ps(wl, xl[r], acc[a][r]);
+                acc[a][r] = _mm256_fmadd_ps(wh, xh[r], acc[a][r]);
+            }
+        }
+    }
+    for (int a = 0; a < JT; a++)
+        for (int r = 0; r < NR; r++) {
+            float t = dec_hsum8(acc[a][r]);
+            for (long kk = k; kk < K; kk++) t += dec_bf16_to_f32(W[(j + a) * K + kk]) * x[(b0 + r) * K + kk];
+            out[a][r] = t;
+        }
+}
+/* row of K floats -> the order the tile reads: per block of 16, elements 0-3, 8-11, 4-7, 12-15 */
+static void dec_bf16_perm(float *x, long K) {
+    float t[16];
+    for (long k = 0; k + 16 <= K; k += 16) {
+        for (int i = 0; i < 4; i++) {
+            t[i] = x[k + i]; t[4 + i] = x[k + 8 + i]; t[8 + i] = x[k + 4 + i]; t[12 + i] = x[k + 12 + i];
+        }
+        memcpy(x + k, t, sizeof t);
+    }
+}
+#else
 DEC_TILE(dec_tile_bf16, uint16_t, dec_ld8_bf16, dec_bf16_to_f32)
+static void dec_bf16_perm(float *x, long K) { (void)x; (void)K; }
+#endif
 
 /* the tile shapes: JT weight rows by NR x rows, at most 8 accumulators */
 #define DEC_ROWS_LOOP(TILE, STORE_ROW)                                                             \
@@ -148,6 +195,7 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
     float *x = (float *)malloc((size_t)(nb * K) * sizeof(float));
     if (!x) return 1;
     for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
+    for (long b = 0; b < nb; b++) dec_bf16_perm(x + b * K, K);
 #define STORE(i, v, jj) y[i] = dec_f32_to_bf16((v) + (bias ? dec_bf16_to_f32(bias[jj]) : 0.0f))
     DEC_ROWS_LOOP(dec_tile_bf16, STORE)
 #undef STORE
