@@ -158,23 +158,20 @@ DEC_TILE(dec_tile_bf16, uint16_t, dec_ld8_bf16, dec_bf16_to_f32)
 static void dec_bf16_perm(float *x, long K) { (void)x; (void)K; }
 #endif
 
-/* the tile shapes: JT weight rows by NR x rows, at most 8 accumulators */
+/* the tile shapes: 4 weight rows (4 concurrent streams from memory) by 1 or 2 rows of x (at most
+ * 8 accumulators); more rows of x take further passes over the same 4 weight rows, from L1. */
 #define DEC_ROWS_LOOP(TILE, STORE_ROW)                                                             \
-    const long JT0 = nb == 1 ? 4 : 2;                                                              \
-    const long nj = (M + JT0 - 1) / JT0;                                                           \
+    const long nj = (M + 3) / 4;                                                                   \
     long t;                                                                                        \
     _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                             \
     for (t = 0; t < nj; t++) {                                                                     \
-        const long j = t * JT0;                                                                    \
-        const int jt = (int)(M - j < JT0 ? M - j : JT0);                                           \
-        for (long b0 = 0; b0 < nb; b0 += 4) {                                                      \
-            const int nr = (int)(nb - b0 < 4 ? nb - b0 : 4);                                       \
+        const long j = t * 4;                                                                      \
+        const int jt = (int)(M - j < 4 ? M - j : 4);                                               \
+        for (long b0 = 0; b0 < nb; b0 += 2) {                                                      \
+            const int nr = (int)(nb - b0 < 2 ? nb - b0 : 2);                                       \
             float out[4][4];                                                                       \
-            if (jt == 4 && nr == 1) TILE(W, x, K, j, b0, 4, 1, out);                               \
-            else if (jt == 2 && nr == 4) TILE(W, x, K, j, b0, 2, 4, out);                          \
-            else if (jt == 2 && nr == 3) TILE(W, x, K, j, b0, 2, 3, out);                          \
-            else if (jt == 2 && nr == 2) TILE(W, x, K, j, b0, 2, 2, out);                          \
-            else if (jt == 2 && nr == 1) TILE(W, x, K, j, b0, 2, 1, out);                          \
+            if (jt == 4 && nr == 2) TILE(W, x, K, j, b0, 4, 2, out);                               \
+            else if (jt == 4) TILE(W, x, K, j, b0, 4, 1, out);                                     \
             else for (int a = 0; a < jt; a++) TILE(W, x, K, j + a, b0, 1, nr, out + a);           \
             for (int a = 0; a < jt; a++)                                                           \
                 for (int r = 0; r < nr; r++) STORE_ROW((b0 + r) * M + j + a, out[a][r], j + a);    \
