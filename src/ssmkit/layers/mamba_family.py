@@ -24,7 +24,8 @@ def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows) the native kernel :func:`ssmkit.ops.decode_step.rows_matmul` reads each weight row once
     for all rows, accumulating in float32 (BLAS repacks the weight for such small products, and
     on CPUs without bfloat16 arithmetic runs bfloat16 products several times slower). Otherwise,
-    for 2 to 32 rows, ``(W xᵀ)ᵀ``, which CPU BLAS computes without repacking the weight."""
+    for 2 to 32 rows of float32 / float64, ``(W xᵀ)ᵀ``, which CPU BLAS computes without
+    repacking the weight; else the module itself (which may widen half-precision weights)."""
     w = linear.weight
     if x.dim() == 2 and x.dtype == w.dtype:
         b = x.shape[0]
@@ -32,7 +33,7 @@ def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             y = rows_matmul(x, w, linear.bias)
             if y is not None:
                 return y
-        if 1 < b <= 32:
+        if 1 < b <= 32 and w.dtype not in (torch.bfloat16, torch.float16):  # half: the module decides
             y = (w @ x.T).T
             return y if linear.bias is None else y + linear.bias
     return linear(x)
