@@ -16,7 +16,7 @@ Measured, per model:
 - the matmul bound of the prompt forward: 2 x (weights of every linear map) x tokens FLOPs
   over the float32 matmul rate measured here (the scan, conv and norms are not counted, so
   the bound is optimistic).
-Each timing is the median of a few repeats, ssmkit and transformers alternated. The machine
+Each timing is the fastest of a few repeats, ssmkit and transformers alternated. The machine
 may be shared: the ratios measured in one run are what to read, not the absolute times.
 """
 from __future__ import annotations
@@ -71,14 +71,15 @@ def _time(fn, repeats=3):
 
 
 def _alternate(fns, repeats):
-    """Median time of each function, the functions alternated in every round."""
+    """Fastest time of each function over ``repeats`` rounds, the functions alternated in every
+    round (on a shared machine the fastest round is the one least disturbed by other work)."""
     ts = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             ts[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in ts.items()}
+    return {k: min(v) for k, v in ts.items()}
 
 
 def bandwidth():
@@ -202,6 +203,7 @@ def main():
                     help="prompt-forward shapes, e.g. 1x512 4x512 1x2048 (default: batch 1 and 4 at 512 and 2048; "
                          "none given: decode only)")
     ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens timed per measurement (default 32)")
+    ap.add_argument("--no-decode", action="store_true", help="prompt forward only")
     args = ap.parse_args()
     bw, rate = bandwidth(), matmul_rate()
     print(f"one thread; memory bandwidth {bw / 1e9:.1f} GB/s, float32 matmul {rate / 1e9:.1f} GFLOP/s, "
@@ -214,7 +216,7 @@ def main():
         shapes = [(b, L) for L in ((512,) if args.quick else (512, 2048)) for b in (1, 4)]
     n_new = args.new_tokens or (16 if args.quick else 32)
     for name in names:
-        bench_model(name, MODELS[name], shapes, (1, 4), n_new, 3, rows, bw, rate)
+        bench_model(name, MODELS[name], shapes, () if args.no_decode else (1, 4), n_new, 3, rows, bw, rate)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(bandwidth=bw, matmul=rate, rows=rows), f, indent=1)

@@ -136,17 +136,23 @@ def test_generate_runs_the_prompt_once_then_one_step_per_token(layer):
             return _s(x_t, state)
 
         layer_mod.forward, layer_mod.step = counted_forward, counted_step
+        if hasattr(layer_mod, "step_"):  # the in-place step that generate's loop uses (Mamba)
+            def counted_step_(x_t, state, check=True, _s=layer_mod.step_):
+                calls["step"].append(tuple(x_t.shape))
+                return _s(x_t, state, check)
+
+            layer_mod.step_ = counted_step_
     prompt = torch.randint(0, 11, (3, 7))
     sizes = []
-    real_step = lm.step
+    real_step = lm.backbone.step_  # generate's decoding loop (states updated in its own list)
 
     def step_and_measure(x_t, states):
         out = real_step(x_t, states)
-        sizes.append(sum(t.numel() for s in out[1] for t in (s if isinstance(s, (tuple, list)) else [s])
+        sizes.append(sum(t.numel() for s in states for t in (s if isinstance(s, (tuple, list)) else [s])
                          if isinstance(t, torch.Tensor)))
         return out
 
-    lm.step = step_and_measure
+    lm.backbone.step_ = step_and_measure
     out = lm.generate(prompt, 9, temperature=0)
     assert out.shape == (3, 16) and torch.equal(out[:, :7], prompt)
     # each layer sees the whole prompt once, in parallel, and then one position per new token: the

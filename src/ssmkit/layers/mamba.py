@@ -30,10 +30,11 @@ from torch import nn
 from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba_inner
+from ..ops import decode_step
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -161,17 +162,69 @@ class Mamba(SequenceLayer):
         return out, (tail, h.to(sd))
 
     def step(self, x_t: torch.Tensor, state):
-        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
+        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token.
+
+        On the CPU outside autograd (float32 / float64) the part between the two projections
+        runs as one native call (:func:`ssmkit.ops.decode_step.mamba_step`); otherwise, and as
+        the reference, :meth:`torch_step`."""
         check_step_input(x_t, self.d_model)
-        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state, None)
+
+    def step_(self, x_t: torch.Tensor, state, check: bool = True) -> torch.Tensor:
+        """``step`` writing the new state into ``state``'s own tensors (in place) and returning
+        ``y_t`` only: a decoding loop that owns its states allocates no state per token.
+        ``check=False`` skips the checks of ``x_t`` and ``state``, for a loop that made the state
+        (``initial_state`` or ``forward``) and checked its input once."""
+        if check:
+            check_step_input(x_t, self.d_model)
+            self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state, state)[0]
+
+    def _step(self, x_t, state, out_state):
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
-        xi, z = rows_linear(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E)
+        if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
+            c, ip, op = self.conv1d, self.in_proj, self.out_proj
+            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.x_proj.weight,
+                      self.dt_proj.weight, self.dt_proj.bias, negative_A(self.A_log, self._A_cache), self.D)
+            if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
+                out, new = decode_step.mamba_layer_step(x_t, state, *params, out_state=out_state)
+                return (out if x_t is x_in else out.to(x_in.dtype)), new
+        xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
+        A = negative_A(self.A_log, self._A_cache)
+        c = self.conv1d
+        fused = fused_step(decode_step.mamba_step, xz, state, out_state,
+                           (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D),
+                           self._A_cache)
+        if fused is not None:
+            y, new = fused
+        else:
+            y, new = self._torch_step_core(xz, conv_state, h, A)
+            if out_state is not None:
+                out_state[0].copy_(new[0])
+                out_state[1].copy_(new[1])
+                new = out_state
+        out = rows_linear(self.out_proj, y.to(x_t.dtype))
+        return (out if x_t is x_in else out.to(x_in.dtype)), new
+
+    def torch_step(self, x_t: torch.Tensor, state):
+        """``step`` computed with torch operations only (the reference of the native path)."""
+        check_step_input(x_t, self.d_model)
+        self._check_state(state, x_t.shape[0])
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
+        y, new = self._torch_step_core(rows_linear(self.in_proj, x_t), state[0], state[1],
+                                       negative_A(self.A_log, self._A_cache))
+        out = rows_linear(self.out_proj, y.to(x_t.dtype))
+        return (out if x_t is x_in else out.to(x_in.dtype)), new
+
+    def _torch_step_core(self, xz, conv_state, h, A):
+        """From the in_proj output: gated y (B, E) in the state dtype and the new state."""
+        xi, z = xz.chunk(2, dim=-1)  # (B, E)
         u, window = self.conv1d.step(xi, conv_state)
         u = F.silu(u)
         dt_low, Bm, Cm = torch.split(rows_linear(self.x_proj, u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(rows_linear(self.dt_proj, dt_low))
-        A = negative_A(self.A_log, self._A_cache)
         sd = h.dtype
         dt, uf, Bm, Cm = dt.to(sd), u.to(sd), Bm.to(sd), Cm.to(sd)
         # h = exp(Δ A) ⊙ h + (Δ u) Bᵀ ; y = h C + D u  (in place on fresh tensors outside autograd)
@@ -181,6 +234,5 @@ class Mamba(SequenceLayer):
         else:
             h = dA.mul_(h).addcmul_((dt * uf).unsqueeze(-1), Bm.unsqueeze(1))
         y = torch.addcmul(torch.bmm(h, Cm.unsqueeze(-1)).squeeze(-1), self.D.to(sd), uf)
-        y = (y * F.silu(z.to(sd))).to(x_t.dtype)
-        out = rows_linear(self.out_proj, y)
-        return (out if x_t is x_in else out.to(x_in.dtype)), (window, h)
+        y = y * F.silu(z.to(sd))
+        return y, (window, h)

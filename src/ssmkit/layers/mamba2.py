@@ -32,10 +32,11 @@ from torch import nn
 from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba2_conv
+from ..ops import decode_step
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -218,24 +219,82 @@ class Mamba2(SequenceLayer):
         return tail
 
     def step(self, x_t: torch.Tensor, state):
-        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1)."""
+        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1).
+
+        On the CPU outside autograd (float32 / float64) the part between the two projections
+        runs as one native call (:func:`ssmkit.ops.decode_step.mamba2_step`); otherwise, and as
+        the reference, :meth:`torch_step`."""
         check_step_input(x_t, self.d_model)
-        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state, None)
+
+    def step_(self, x_t: torch.Tensor, state, check: bool = True) -> torch.Tensor:
+        """``step`` writing the new state into ``state``'s own tensors (in place) and returning
+        ``y_t`` only: a decoding loop that owns its states allocates no state per token.
+        ``check=False`` skips the checks of ``x_t`` and ``state``, for a loop that made the state
+        (``initial_state`` or ``forward``) and checked its input once."""
+        if check:
+            check_step_input(x_t, self.d_model)
+            self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state, state)[0]
+
+    def _step(self, x_t, state, out_state):
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
+        if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
+            c, ip, op = self.conv1d, self.in_proj, self.out_proj
+            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.dt_bias,
+                      negative_A(self.A_log, self._A_cache), self.D, self.norm.weight)
+            if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
+                out, new = decode_step.mamba2_layer_step(
+                    x_t, state, *params, headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state,
+                    dt_limit=self.dt_limit, eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate,
+                    out_state=out_state)
+                return (out if x_t is x_in else out.to(x_in.dtype)), new
+        zxbcdt = rows_linear(self.in_proj, x_t)
+        A = negative_A(self.A_log, self._A_cache)
+        c = self.conv1d
+        fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state,
+                           (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache,
+                           headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
+                           eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
+        if fused is not None:
+            y, new = fused
+            y = y.to(x_t.dtype)
+        else:
+            y, new = self._torch_step_core(zxbcdt, conv_state, h, A, x_t.dtype)
+            if out_state is not None:
+                out_state[0].copy_(new[0])
+                out_state[1].copy_(new[1])
+                new = out_state
+        out = rows_linear(self.out_proj, y)
+        return (out if x_t is x_in else out.to(x_in.dtype)), new
+
+    def torch_step(self, x_t: torch.Tensor, state):
+        """``step`` computed with torch operations only (the reference of the native path)."""
+        check_step_input(x_t, self.d_model)
+        self._check_state(state, x_t.shape[0])
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
+        y, new = self._torch_step_core(rows_linear(self.in_proj, x_t), state[0], state[1],
+                                       negative_A(self.A_log, self._A_cache), x_t.dtype)
+        out = rows_linear(self.out_proj, y)
+        return (out if x_t is x_in else out.to(x_in.dtype)), new
+
+    def _torch_step_core(self, zxbcdt, conv_state, h, A, dtype):
+        """From the in_proj output: normed, gated y (B, E) in ``dtype`` and the new state."""
         sd = h.dtype
-        z, xBC, dt = self._split(rows_linear(self.in_proj, x_t))
+        z, xBC, dt = self._split(zxbcdt)
         xBC, window = self.conv1d.step(xBC, conv_state)
         xs, Bm, Cm = (t.to(sd) for t in self._heads(F.silu(xBC)))  # (b, H, P), (b, G, N)
         b, G, N = Bm.shape
         R = self.nheads // G
         dt = self._dt(dt, sd)  # (b, H)
-        A = negative_A(self.A_log, self._A_cache).to(sd)
+        A = A.to(sd)
         # h = exp(Δ A) h + (Δ x) Bᵀ per head; heads of one group share B and C
         hg = h.reshape(b, G, R * self.headdim, N)
         dx = (dt[..., None] * xs).reshape(b, G, R * self.headdim, 1)
         dA = torch.exp(dt * A).view(b, G, R, 1, 1).expand(b, G, R, self.headdim, 1).reshape(b, G, R * self.headdim, 1)
         hg = torch.addcmul(dA * hg, dx, Bm.unsqueeze(2))
         y = torch.addcmul(torch.matmul(hg, Cm.unsqueeze(-1)).view(b, self.nheads, self.headdim), self.D.to(sd)[:, None], xs)
-        out = rows_linear(self.out_proj, self.norm(y.reshape(b, self.d_inner), z).to(x_t.dtype))
-        return (out if x_t is x_in else out.to(x_in.dtype)), (window, hg.view(b, self.nheads, self.headdim, N))
+        y = self.norm(y.reshape(b, self.d_inner), z).to(dtype)
+        return y, (window, hg.view(b, self.nheads, self.headdim, N))

@@ -10,18 +10,75 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_finite, right_padding_lengths, value_checks_enabled
+from ..ops import decode_step
+from ..ops.decode_step import rows_matmul
 
-__all__ = ["rows_linear", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+__all__ = ["rows_linear", "fused_step", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
 
 
 def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` for one token per sequence (x: (rows, in)). For a few rows (2 to 32) it
-    is computed as ``(W xᵀ)ᵀ``: the same numbers, but CPU BLAS then streams the weight once
-    instead of repacking it for a small product (measured several times faster at 4 rows)."""
-    if x.dim() == 2 and 1 < x.shape[0] <= 32 and x.dtype == linear.weight.dtype:
-        y = (linear.weight @ x.T).T
-        return y if linear.bias is None else y + linear.bias
+    """``linear(x)`` for one token per sequence (x: (rows, in)), at the memory bandwidth.
+
+    A decoding step multiplies a few rows by each weight, so its speed is the rate at which the
+    weight is read. On the CPU, for bfloat16 weights (1 to 8 rows) and float32 weights (2 to 8
+    rows) the native kernel :func:`ssmkit.ops.decode_step.rows_matmul` reads each weight row once
+    for all rows, accumulating in float32 (BLAS repacks the weight for such small products, and
+    on CPUs without bfloat16 arithmetic runs bfloat16 products several times slower). Otherwise,
+    for 2 to 32 rows of float32 / float64, ``(W xᵀ)ᵀ``, which CPU BLAS computes without
+    repacking the weight; else the module itself (which may widen half-precision weights)."""
+    w = linear.weight
+    if x.dim() == 2 and x.dtype == w.dtype:
+        b = x.shape[0]
+        if (1 < b <= 8 or (b == 1 and w.dtype == torch.bfloat16)) and w.dtype in (torch.float32, torch.bfloat16):
+            y = rows_matmul(x, w, linear.bias)
+            if y is not None:
+                return y
+        if 1 < b <= 32 and w.dtype not in (torch.bfloat16, torch.float16):  # half: the module decides
+            y = (w @ x.T).T
+            return y if linear.bias is None else y + linear.bias
     return linear(x)
+
+
+def _float_copies(cache: dict, params):
+    """float32 copies of half-precision parameters, kept until one of them changes."""
+    key = tuple(None if p is None else (p._version, p.data_ptr(), p.dtype) for p in params)
+    hit = cache.get("f32")
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    out = tuple(None if p is None else p.detach().float().contiguous() for p in params)
+    cache["f32"] = (key, out)
+    return out
+
+
+def fused_step(kernel, proj: torch.Tensor, state, out_state, params, cache: dict, **kw):
+    """Run a fused native decoding step (:mod:`ssmkit.ops.decode_step`) on the in_proj output
+    ``proj`` if it applies, else return None (the caller runs its torch step).
+
+    The kernel runs in the state's dtype. Half-precision weights with a float32 state (the
+    released models in bfloat16) run it in float32: ``proj`` and the window are widened, the
+    small parameters ``params`` are widened once and cached in ``cache`` (until they change),
+    the new window is stored back in its own dtype. Returns ``(y, (window, h))``, y in the
+    state's dtype; with ``out_state`` the new state is written into those tensors."""
+    conv_state, h = state
+    sd = h.dtype
+    if proj.dtype != sd:
+        if (sd != torch.float32 or proj.dtype not in (torch.bfloat16, torch.float16) or torch.is_grad_enabled()
+                or not decode_step.applies(h)):
+            return None
+        params = _float_copies(cache, params)
+        proj = proj.float()
+    win = conv_state if conv_state.dtype == sd else conv_state.to(sd)
+    if not (params[0].dtype == sd and decode_step.params_apply(cache, params)
+            and decode_step.applies(win, h, strided=proj)):
+        return None
+    if out_state is None:
+        y, (w_new, h_new) = kernel(proj, (win, h), *params, **kw)
+        return y, (w_new if w_new.dtype == conv_state.dtype else w_new.to(conv_state.dtype), h_new)
+    w_out = out_state[0] if out_state[0].dtype == sd and out_state[0].is_contiguous() else torch.empty_like(win)
+    y, _ = kernel(proj, (win, h), *params, out_state=(w_out, out_state[1]), **kw)
+    if w_out is not out_state[0]:
+        out_state[0].copy_(w_out)
+    return y, out_state
 
 
 def padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:

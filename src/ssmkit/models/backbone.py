@@ -28,6 +28,7 @@ from torch import nn
 from .._checks import (check_bool, check_choice, check_finite, check_float, check_fraction, check_mask, check_positive_int,
                        match_parameter_dtype, trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
+from ..ops import decode_step
 from .mixer import ChannelMixer
 
 __all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
@@ -46,6 +47,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         dtype = x.dtype
+        if dtype == self.weight.dtype and dtype in (torch.float32, torch.float64):
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused operation
         xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
         return self.weight * F.rms_norm(xf, (xf.shape[-1],), None, self.eps).to(dtype)
 
@@ -99,6 +102,15 @@ class Block(nn.Module):
     def step(self, x_t, state):
         h, state = self.layer.step(self._branch_input(x_t), state)
         return self._residual(x_t, h), state
+
+    def step_(self, x_t, state):
+        """``step`` for a decoding loop that owns ``state`` and made it: layers with an in-place
+        ``step_`` (Mamba, Mamba-2) update the state's tensors, unchecked, and return it; others
+        return a new one."""
+        step_ = getattr(self.layer, "step_", None)
+        if step_ is not None:
+            return self._residual(x_t, step_(self._branch_input(x_t), state, check=False)), state
+        return self.step(x_t, state)
 
 
 def _build_layer(cls, d_model: int, kw: Dict[str, Any], device, dtype) -> nn.Module:
@@ -272,6 +284,45 @@ class Backbone(nn.Module):
             h, s = block.step(h, s)
             new.append(s)
         return self._final(h), new
+
+    def step_(self, x_t, states: List[Any]):
+        """``step`` for ssmkit's own decoding loops, inside ``trusted_inputs``: no input checks,
+        and ``states`` (a list the loop owns, made by ``forward`` or ``initial_state``) is
+        updated in place (each layer's tensors where the layer can, else its list entry).
+        Returns the features (B, d_model)."""
+        if self._fused_rms_applies():
+            return self._step_fused_rms(x_t, states)
+        h = self._embed(x_t)
+        for i, block in enumerate(self.blocks):
+            h, states[i] = block.step_(h, states[i])
+        return self._final(h)
+
+    def _fused_rms_applies(self) -> bool:
+        """Pre-norm RMSNorm blocks with a plain residual (no mixer, no dropout), float32 norms and
+        residual: the residual stream between layers can run as one native call per layer."""
+        if not (self.prenorm and self.norm_kind == "rms" and not torch.is_grad_enabled()):
+            return False
+        norms = [b.norm.weight for b in self.blocks] + [self.norm.weight]
+        return all(b._plain for b in self.blocks) and decode_step.applies(*norms) and norms[0].dtype == torch.float32
+
+    def _step_fused_rms(self, x_t, states: List[Any]):
+        """``step_`` with the residual add and the next RMSNorm fused (same numbers up to float
+        rounding): r = embed(x); for each block, y = layer(norm(r)); r += y."""
+        r = self._embed(x_t).float().contiguous()
+        if r.data_ptr() == self.encoder.weight.data_ptr():  # never write into the embedding
+            r = r.clone()
+        blocks = self.blocks
+        x = decode_step.add_rms_norm(None, r, blocks[0].norm.weight, blocks[0].norm.eps)
+        for i, block in enumerate(blocks):
+            y = block.layer.step_(x, states[i], check=False) if hasattr(block.layer, "step_") else None
+            if y is None:
+                y, states[i] = block.layer.step(x, states[i])
+            nxt = blocks[i + 1].norm if i + 1 < len(blocks) else self.norm
+            y = y.float()
+            if not y.is_contiguous():
+                y = y.contiguous()
+            x = decode_step.add_rms_norm(y, r, nxt.weight, nxt.eps)
+        return x
 
 
 def _check_state_like(name: str, given, template) -> None:

@@ -138,11 +138,14 @@ class LanguageModel(TokenModel):
             idx = torch.where(mask, pos, torch.zeros_like(pos)).max(1).values
             last = logits[torch.arange(logits.shape[0], device=logits.device), idx]
         with trusted_inputs():
+            # the loop owns its states (contiguous copies, so they can be updated in place)
+            states = [_owned(s) for s in states]
+            bb, head = self.backbone, self.head
             for i in range(max_new_tokens):
                 nxt = self._sample(last, temperature, top_k, generator, top_p)
                 yield nxt
                 if i + 1 < max_new_tokens:
-                    last, states = self.step(nxt, states)
+                    last = rows_linear(head, bb.step_(nxt, states).to(head.weight.dtype))
 
     @staticmethod
     def _sample(logits, temperature, top_k, generator, top_p=None):
@@ -161,3 +164,12 @@ class LanguageModel(TokenModel):
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
         probs = torch.softmax(logits, -1)
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _owned(state):
+    """A contiguous copy of one layer's state (a tensor or a tuple of tensors)."""
+    if isinstance(state, torch.Tensor):
+        return state.clone(memory_format=torch.contiguous_format)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_owned(s) for s in state)
+    return state

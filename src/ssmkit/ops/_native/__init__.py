@@ -39,6 +39,8 @@ from ..._io import fsync_dir
 __all__ = ["available", "library", "cache_dir"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
+# every source compiled into the one library: the selective scan, and the fused decoding steps
+_SRCS = (_SRC, Path(__file__).with_name("decode_step.c"))
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
 # but link without it: on some gcc versions linking a shared object with -ffast-math pulls in
 # crtfastmath.o, which flips the whole process to flush-denormals-to-zero at load time.
@@ -90,7 +92,7 @@ def _has_libmvec(cc: str) -> bool:
 def _key() -> str:
     """Cache key: source, flags, ABI, machine and CPU features (no compiler needed to compute it)."""
     return hashlib.sha256(b"\0".join([
-        _SRC.read_bytes(), " ".join(_CFLAGS + _LDFLAGS + _LIBS).encode(),
+        *(src.read_bytes() for src in _SRCS), " ".join(_CFLAGS + _LDFLAGS + _LIBS).encode(),
         platform.machine().encode(), _cpu_flags().encode(), str(_ABI).encode(),
     ])).hexdigest()[:16]
 
@@ -131,10 +133,10 @@ def _build(cc: str, out: Path, sidecar: Path) -> None:
     libs = _LIBS + (["-lmvec"] if _has_libmvec(cc) else [])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        obj = os.path.join(tmp, "selective_scan.o")
+        objs = [os.path.join(tmp, src.stem + ".o") for src in _SRCS]
         so = os.path.join(tmp, out.name)
-        for cmd in ([*cc.split(), *_CFLAGS, "-c", str(_SRC), "-o", obj],
-                    [*cc.split(), *_LDFLAGS, obj, "-o", so, *libs]):
+        for cmd in ([[*cc.split(), *_CFLAGS, "-c", str(src), "-o", obj] for src, obj in zip(_SRCS, objs)]
+                    + [[*cc.split(), *_LDFLAGS, *objs, "-o", so, *libs]]):
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if r.returncode:
                 msg = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -192,6 +194,24 @@ def _declare(lib: ctypes.CDLL) -> None:
         f = getattr(lib, f"lti_bwd_{sfx}")
         f.argtypes = [P] * 8 + [L] * 3 + [I] * 2
         f.restype = None
+    D = ctypes.c_double
+    for sfx in ("f32", "f64"):
+        f = getattr(lib, f"mamba_step_{sfx}")
+        f.argtypes = [P, L, L] + [P] * 12 + [L] * 5
+        f.restype = I
+        f = getattr(lib, f"mamba2_step_{sfx}")
+        f.argtypes = [P, L, L] + [P] * 11 + [L] * 6 + [D] * 3 + [I]
+        f.restype = I
+    for name in ("rows_matmul_f32", "rows_matmul_bf16"):
+        f = getattr(lib, name)
+        f.argtypes = [P] * 4 + [L] * 3 + [I]
+        f.restype = I
+    lib.mamba_layer_step_f32.argtypes = [P] * 17 + [L] * 6 + [I]
+    lib.mamba_layer_step_f32.restype = I
+    lib.mamba2_layer_step_f32.argtypes = [P] * 16 + [L] * 7 + [D] * 3 + [I, I]
+    lib.mamba2_layer_step_f32.restype = I
+    lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
+    lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I
     lib.ssm_bwd_tasks.argtypes = [L] * 4
     lib.ssm_bwd_tasks.restype = L

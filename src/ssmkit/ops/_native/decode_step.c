@@ -1,0 +1,428 @@
+/* One decoding step of a Mamba or Mamba-2 layer for a batch of rows, everything between the
+ * input projection and the output projection in one call (the two projections, large matrix
+ * products, stay with the BLAS library). Plain C99, raw contiguous pointers, float32 and
+ * float64 (the file includes itself once per scalar type, as selective_scan.c does).
+ *
+ * Mamba (per row, channel d < E, state size N, Δ rank R, conv width K):
+ *     x, z   = xz[:E], xz[E:]                      (the in_proj output)
+ *     u      = silu(bias_d + sum_{k<K-1} w_{d,k} win_{d,k} + w_{d,K-1} x_d),  win <- [win_{d,1:}, x_d]
+ *     [δ, B, C] = W_x u                            (x_proj: R + 2N outputs)
+ *     Δ_d    = softplus(W_Δ[d] · δ + b_Δ[d])
+ *     h_{d,n} <- exp(Δ_d A_{d,n}) h_{d,n} + Δ_d u_d B_n
+ *     y_d    = (sum_n h_{d,n} C_n + D_d u_d) silu(z_d)
+ *
+ * Mamba-2 (per row; H heads of P channels, E = H P; G groups of B, C with N entries each;
+ * conv over the conv_dim = E + 2 G N channels of [x, B, C]):
+ *     z, xBC, dt = zxbcdt[:E], zxbcdt[E:E+conv_dim], zxbcdt[E+conv_dim:]
+ *     x, B, C = silu(conv step of xBC)              (window updated as above)
+ *     Δ_h    = clamp(softplus(dt_h + dt_bias_h), lo, hi),  g = h / (H / G)
+ *     s_{h,p,n} <- exp(Δ_h A_h) s_{h,p,n} + Δ_h x_{h,p} B_{g,n}
+ *     y_{h,p} = sum_n s_{h,p,n} C_{g,n} + D_h x_{h,p}
+ *     out    = w ⊙ RMSNorm_group(y ⊙ silu(z))     (or w ⊙ RMSNorm_group(y) ⊙ silu(z) if norm_before_gate)
+ *
+ * The state and the window may be updated in place (win_out == win_in, h_out == h_in): every
+ * value is read before the same value is written. Layouts: xz (nb, 2E) with any strides (row, column); win (nb, C, K-1);
+ * conv_w (C, K); x_proj_w (R + 2N, E); dt_proj_w (E, R); A (E, N) for Mamba, (H,) for Mamba-2;
+ * Mamba's h (nb, E, N), Mamba-2's (nb, H, P, N); y (nb, E).
+ */
+#ifndef DEC_SCALAR
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* y = x Wᵀ (+ bias) for a few rows x (nb, K) and a weight W (M, K), both row-major: every row of
+ * W is read once for all rows of x (in groups of up to 4 rows), so the product streams the weight
+ * at the memory bandwidth whatever nb is (a BLAS call with nb = 2..8 columns often repacks the
+ * weight first, or runs at a fraction of that rate). A tile of JT weight rows times NR rows of x
+ * keeps JT * NR independent float32 accumulators (enough to hide the latency of the fused
+ * multiply-adds). Weight rows are split over nthreads. The bfloat16 weight is widened to float32
+ * as it is read (a bfloat16 number is the upper half of a float32). */
+
+static inline float dec_bf16_to_f32(uint16_t v) {
+    const uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t dec_f32_to_bf16(float f) {  /* round to nearest even; NaN stays NaN */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0xffff) ? 0x40 : 0));
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+static inline __m256 dec_ld8_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 dec_ld8_bf16(const uint16_t *p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+static inline float dec_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#define DEC_TILE(NAME, WT, LD8, CVT)                                                              \
+static inline __attribute__((always_inline)) void NAME(const WT *W, const float *x, long K, long j, \
+                                                        long b0, const int JT, const int NR,       \
+                                                        float out[4][4]) {                         \
+    __m256 acc[4][4];                                                                              \
+    for (int a = 0; a < JT; a++) for (int r = 0; r < NR; r++) acc[a][r] = _mm256_setzero_ps();     \
+    long k = 0;                                                                                    \
+    for (; k + 8 <= K; k += 8) {                                                                   \
+        __m256 xv[4];                                                                              \
+        for (int r = 0; r < NR; r++) xv[r] = _mm256_loadu_ps(x + (b0 + r) * K + k);                \
+        for (int a = 0; a < JT; a++) {                                                             \
+            const __m256 w = LD8(W + (j + a) * K + k);                                            \
+            for (int r = 0; r < NR; r++) acc[a][r] = _mm256_fmadd_ps(w, xv[r], acc[a][r]);        \
+        }                                                                                          \
+    }                                                                                              \
+    for (int a = 0; a < JT; a++)                                                                   \
+        for (int r = 0; r < NR; r++) {                                                             \
+            float t = dec_hsum8(acc[a][r]);                                                        \
+            for (long kk = k; kk < K; kk++) t += CVT(W[(j + a) * K + kk]) * x[(b0 + r) * K + kk];  \
+            out[a][r] = t;                                                                         \
+        }                                                                                          \
+}
+#else
+#define DEC_TILE(NAME, WT, LD8, CVT)                                                              \
+static inline void NAME(const WT *W, const float *x, long K, long j, long b0, const int JT,        \
+                        const int NR, float out[4][4]) {                                           \
+    for (int a = 0; a < JT; a++)                                                                   \
+        for (int r = 0; r < NR; r++) {                                                             \
+            float t = 0;                                                                           \
+            for (long k = 0; k < K; k++) t += CVT(W[(j + a) * K + k]) * x[(b0 + r) * K + k];      \
+            out[a][r] = t;                                                                         \
+        }                                                                                          \
+}
+#endif
+
+static inline float dec_id(float v) { return v; }
+DEC_TILE(dec_tile_f32, float, dec_ld8_f32, dec_id)
+#if defined(__AVX2__) && defined(__FMA__)
+/* bfloat16 weights, 16 at a time: one 256-bit load, widened by interleaving with zeros
+ * (unpacklo/hi), which yields the elements in the order 0-3, 8-11 | 4-7, 12-15 of each block of 16;
+ * x is stored in that order beforehand (dec_bf16_perm), so no shuffle is needed per weight. */
+static inline __attribute__((always_inline)) void dec_tile_bf16(const uint16_t *W, const float *x, long K, long j,
+                                                                 long b0, const int JT, const int NR,
+                                                                 float out[4][4]) {
+    __m256 acc[4][4];
+    const __m256i zero = _mm256_setzero_si256();
+    for (int a = 0; a < JT; a++) for (int r = 0; r < NR; r++) acc[a][r] = _mm256_setzero_ps();
+    long k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256 xl[4], xh[4];
+        for (int r = 0; r < NR; r++) {
+            xl[r] = _mm256_loadu_ps(x + (b0 + r) * K + k);
+            xh[r] = _mm256_loadu_ps(x + (b0 + r) * K + k + 8);
+        }
+        for (int a = 0; a < JT; a++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(W + (j + a) * K + k));
+            const __m256 wl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w));
+            const __m256 wh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w));
+            for (int r = 0; r < NR; r++) {
+                acc[a][r] = _mm256_fmadd_ps(wl, xl[r], acc[a][r]);
+                acc[a][r] = _mm256_fmadd_ps(wh, xh[r], acc[a][r]);
+            }
+        }
+    }
+    for (int a = 0; a < JT; a++)
+        for (int r = 0; r < NR; r++) {
+            float t = dec_hsum8(acc[a][r]);
+            for (long kk = k; kk < K; kk++) t += dec_bf16_to_f32(W[(j + a) * K + kk]) * x[(b0 + r) * K + kk];
+            out[a][r] = t;
+        }
+}
+/* row of K floats -> the order the tile reads: per block of 16, elements 0-3, 8-11, 4-7, 12-15 */
+static void dec_bf16_perm(float *x, long K) {
+    float t[16];
+    for (long k = 0; k + 16 <= K; k += 16) {
+        for (int i = 0; i < 4; i++) {
+            t[i] = x[k + i]; t[4 + i] = x[k + 8 + i]; t[8 + i] = x[k + 4 + i]; t[12 + i] = x[k + 12 + i];
+        }
+        memcpy(x + k, t, sizeof t);
+    }
+}
+#else
+DEC_TILE(dec_tile_bf16, uint16_t, dec_ld8_bf16, dec_bf16_to_f32)
+static void dec_bf16_perm(float *x, long K) { (void)x; (void)K; }
+#endif
+
+/* the tile shapes: 4 weight rows (4 concurrent streams from memory) by 1 or 2 rows of x (at most
+ * 8 accumulators); more rows of x take further passes over the same 4 weight rows, from L1. */
+#define DEC_ROWS_LOOP(TILE, STORE_ROW)                                                             \
+    const long nj = (M + 3) / 4;                                                                   \
+    long t;                                                                                        \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                             \
+    for (t = 0; t < nj; t++) {                                                                     \
+        const long j = t * 4;                                                                      \
+        const int jt = (int)(M - j < 4 ? M - j : 4);                                               \
+        for (long b0 = 0; b0 < nb; b0 += 2) {                                                      \
+            const int nr = (int)(nb - b0 < 2 ? nb - b0 : 2);                                       \
+            float out[4][4];                                                                       \
+            if (jt == 4 && nr == 2) TILE(W, x, K, j, b0, 4, 2, out);                               \
+            else if (jt == 4) TILE(W, x, K, j, b0, 4, 1, out);                                     \
+            else for (int a = 0; a < jt; a++) TILE(W, x, K, j + a, b0, 1, nr, out + a);           \
+            for (int a = 0; a < jt; a++)                                                           \
+                for (int r = 0; r < nr; r++) STORE_ROW((b0 + r) * M + j + a, out[a][r], j + a);    \
+        }                                                                                          \
+    }
+
+int rows_matmul_f32(const float *x, const float *W, const float *bias, float *y, long nb, long M, long K,
+                    int nthreads) {
+#define STORE(i, v, jj) y[i] = (v) + (bias ? bias[jj] : 0.0f)
+    DEC_ROWS_LOOP(dec_tile_f32, STORE)
+#undef STORE
+    return 0;
+}
+
+/* The same for bfloat16 x, W, bias and y (products accumulated in float32, the result rounded). */
+int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias, uint16_t *y, long nb, long M,
+                     long K, int nthreads) {
+    float *x = (float *)malloc((size_t)(nb * K) * sizeof(float));
+    if (!x) return 1;
+    for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
+    for (long b = 0; b < nb; b++) dec_bf16_perm(x + b * K, K);
+#define STORE(i, v, jj) y[i] = dec_f32_to_bf16((v) + (bias ? dec_bf16_to_f32(bias[jj]) : 0.0f))
+    DEC_ROWS_LOOP(dec_tile_bf16, STORE)
+#undef STORE
+    free(x);
+    return 0;
+}
+
+/* The residual stream of a pre-norm block between two layers, for a few rows (nb, d):
+ * r <- r + h (when h is given), out = w ⊙ r / sqrt(mean(r²) + eps). float32. */
+void add_rms_norm_f32(const float *h, float *r, const float *w, float *out, long nb, long d, double eps) {
+    for (long b = 0; b < nb; b++) {
+        float *rb = r + b * d, *ob = out + b * d;
+        if (h) {
+            const float *hb = h + b * d;
+            for (long i = 0; i < d; i++) rb[i] += hb[i];
+        }
+        float ss = 0;
+        for (long i = 0; i < d; i++) ss += rb[i] * rb[i];
+        const float scale = 1.0f / sqrtf(ss / (float)d + (float)eps);
+        for (long i = 0; i < d; i++) ob[i] = w[i] * (rb[i] * scale);
+    }
+}
+
+#define DEC_SCALAR float
+#define DEC_SFX f32
+#define DEC_IS_F32 1
+#define DEC_EXP expf
+#define DEC_LOG1P log1pf
+#define DEC_SQRT sqrtf
+#include __FILE__
+#undef DEC_SCALAR
+#undef DEC_SFX
+#undef DEC_EXP
+#undef DEC_LOG1P
+#undef DEC_SQRT
+#undef DEC_IS_F32
+
+#define DEC_SCALAR double
+#define DEC_SFX f64
+#define DEC_IS_F32 0
+#define DEC_EXP exp
+#define DEC_LOG1P log1p
+#define DEC_SQRT sqrt
+#include __FILE__
+#undef DEC_SCALAR
+#undef DEC_SFX
+#undef DEC_EXP
+#undef DEC_LOG1P
+#undef DEC_SQRT
+#undef DEC_IS_F32
+
+/* A whole layer's decoding step in float32, in_proj and out_proj included (one call per layer):
+ * out (nb, Dm) = out_proj(step(in_proj(x))) for x (nb, Dm). nthreads splits the projections. */
+int mamba_layer_step_f32(const float *x, const float *in_w, const float *in_b, const float *out_w,
+                         const float *out_b, float *out, const float *win_in, float *win_out, const float *conv_w,
+                         const float *conv_b, const float *x_proj_w, const float *dt_proj_w, const float *dt_proj_b,
+                         const float *A, const float *Dv, const float *h_in, float *h_out, long nb, long Dm, long E,
+                         long K, long R, long N, int nthreads) {
+    float *xz = (float *)malloc((size_t)(nb * 3 * E) * sizeof(float));
+    if (!xz) return 1;
+    float *y = xz + nb * 2 * E;
+    rows_matmul_f32(x, in_w, in_b, xz, nb, 2 * E, Dm, nthreads);
+    int rc = mamba_step_f32(xz, 2 * E, 1, win_in, win_out, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A, Dv,
+                            h_in, h_out, y, nb, E, K, R, N);
+    if (!rc) rows_matmul_f32(y, out_w, out_b, out, nb, Dm, E, nthreads);
+    free(xz);
+    return rc;
+}
+
+int mamba2_layer_step_f32(const float *x, const float *in_w, const float *in_b, const float *out_w,
+                          const float *out_b, float *out, const float *win_in, float *win_out, const float *conv_w,
+                          const float *conv_b, const float *dt_bias, const float *A, const float *Dv,
+                          const float *norm_w, const float *h_in, float *h_out, long nb, long Dm, long H, long P,
+                          long G, long N, long K, double dt_lo, double dt_hi, double eps, int norm_before_gate,
+                          int nthreads) {
+    const long E = H * P, W = 2 * E + 2 * G * N + H;
+    float *zx = (float *)malloc((size_t)(nb * (W + E)) * sizeof(float));
+    if (!zx) return 1;
+    float *y = zx + nb * W;
+    rows_matmul_f32(x, in_w, in_b, zx, nb, W, Dm, nthreads);
+    int rc = mamba2_step_f32(zx, W, 1, win_in, win_out, conv_w, conv_b, dt_bias, A, Dv, norm_w, h_in, h_out, y, nb,
+                             H, P, G, N, K, dt_lo, dt_hi, eps, norm_before_gate);
+    if (!rc) rows_matmul_f32(y, out_w, out_b, out, nb, Dm, E, nthreads);
+    free(zx);
+    return rc;
+}
+
+#else /* template body */
+
+#define DEC_CAT2(a, b) a##_##b
+#define DEC_CAT(a, b) DEC_CAT2(a, b)
+#define S DEC_SCALAR
+#define F(name) DEC_CAT(name, DEC_SFX)
+
+static inline S F(dec_silu)(S v) { return v / ((S)1 + DEC_EXP(-v)); }
+
+/* torch.nn.functional.softplus with beta 1, threshold 20 */
+static inline S F(dec_softplus)(S v) { return v > (S)20 ? v : DEC_LOG1P(DEC_EXP(v)); }
+
+/* One conv step over C channels of one row: out_c = silu(conv), window shifted by one. */
+static void F(dec_conv)(const S *x, long xs, const S *win_in, S *win_out, const S *w, const S *bias, S *out,
+                        long C, long K) {
+    const long K1 = K - 1;
+    for (long c = 0; c < C; c++) {
+        const S *wi = win_in + c * K1, *wc = w + c * K;
+        S *wo = win_out + c * K1;
+        S acc = bias ? bias[c] : (S)0;
+        for (long k = 0; k < K1; k++) acc += wc[k] * wi[k];
+        const S xc = x[c * xs];
+        acc += wc[K1] * xc;
+        for (long k = 0; k + 1 < K1; k++) wo[k] = wi[k + 1];  /* reads ahead of writes: in place is safe */
+        if (K1 > 0) wo[K1 - 1] = xc;
+        out[c] = acc;
+    }
+    for (long c = 0; c < C; c++) out[c] = F(dec_silu)(out[c]);  /* a separate loop: vectorised */
+}
+
+/* y (nb, M) = x (nb, K) Wᵀ (+ bias): float32 through the tiled kernel (the weight read once for
+ * all rows), float64 by plain loops (the weight row outermost, so it is read once too). */
+static void F(dec_rows)(const S *x, const S *W, const S *bias, S *y, long nb, long M, long K) {
+#if DEC_IS_F32
+    rows_matmul_f32(x, W, bias, y, nb, M, K, 1);
+#else
+    for (long j = 0; j < M; j++)
+        for (long b = 0; b < nb; b++) {
+            const S *xb = x + b * K, *wj = W + j * K;
+            S acc = 0;
+            for (long k = 0; k < K; k++) acc += wj[k] * xb[k];
+            y[b * M + j] = acc + (bias ? bias[j] : (S)0);
+        }
+#endif
+}
+
+int F(mamba_step)(const S *xz, long xz_row, long xz_col, const S *win_in, S *win_out, const S *conv_w, const S *conv_b,
+                  const S *x_proj_w, const S *dt_proj_w, const S *dt_proj_b, const S *A, const S *Dv,
+                  const S *h_in, S *h_out, S *y, long nb, long E, long K, long R, long N) {
+    const long J = R + 2 * N;
+    /* per row: u (E), Δ (E), [δ, B, C] (J), δ again contiguous (R); silu(z) (E) */
+    S *buf = (S *)malloc((size_t)(nb * (3 * E + J + R)) * sizeof(S));
+    if (!buf) return 1;
+    S *u = buf, *dt = buf + nb * E, *dbc = buf + 2 * nb * E, *low = dbc + nb * J, *gate = low + nb * R;
+    for (long b = 0; b < nb; b++)  /* conv step */
+        F(dec_conv)(xz + b * xz_row, xz_col, win_in + b * E * (K - 1), win_out + b * E * (K - 1), conv_w, conv_b,
+                    u + b * E, E, K);
+    F(dec_rows)(u, x_proj_w, NULL, dbc, nb, J, E);  /* x_proj, every weight read once for all rows */
+    for (long b = 0; b < nb; b++) memcpy(low + b * R, dbc + b * J, (size_t)R * sizeof(S));
+    F(dec_rows)(low, dt_proj_w, dt_proj_b, dt, nb, E, R);  /* dt_proj */
+    for (long i = 0; i < nb * E; i++) dt[i] = F(dec_softplus)(dt[i]);
+    for (long b = 0; b < nb; b++) {
+        const S *zr = xz + b * xz_row + E * xz_col;
+        S *gb = gate + b * E;
+        for (long d = 0; d < E; d++) gb[d] = zr[d * xz_col];
+        for (long d = 0; d < E; d++) gb[d] = F(dec_silu)(gb[d]);
+    }
+    for (long b = 0; b < nb; b++) {
+        const S *ub = u + b * E, *db = dt + b * E, *gb = gate + b * E;
+        const S *Bv = dbc + b * J + R, *Cv = Bv + N;
+        const S *hi = h_in + b * E * N;
+        S *ho = h_out + b * E * N, *yr = y + b * E;
+        for (long d = 0; d < E; d++) {  /* state update, readout, skip, gate */
+            const S dd = db[d], du = dd * ub[d];
+            const S *Ad = A + d * N, *hd = hi + d * N;
+            S *od = ho + d * N;
+            S acc = 0;
+            for (long n = 0; n < N; n++) {
+                const S hn = DEC_EXP(dd * Ad[n]) * hd[n] + du * Bv[n];
+                od[n] = hn;
+                acc += hn * Cv[n];
+            }
+            yr[d] = (acc + Dv[d] * ub[d]) * gb[d];
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+int F(mamba2_step)(const S *zxbcdt, long zx_row, long zx_col, const S *win_in, S *win_out, const S *conv_w, const S *conv_b,
+                   const S *dt_bias, const S *A, const S *Dv, const S *norm_w, const S *h_in, S *h_out, S *y,
+                   long nb, long H, long P, long G, long N, long K, double dt_lo_, double dt_hi_, double eps_,
+                   int norm_before_gate) {
+    const long E = H * P, CD = E + 2 * G * N, R = H / G, gs = E / G;
+    const S dt_lo = (S)dt_lo_, dt_hi = (S)dt_hi_, eps = (S)eps_;
+    S *xbc = (S *)malloc((size_t)CD * sizeof(S));
+    if (!xbc) return 1;
+    for (long b = 0; b < nb; b++) {
+        const S *zr = zxbcdt + b * zx_row, *xr = zr + E * zx_col, *dtr = zr + (E + CD) * zx_col;
+        F(dec_conv)(xr, zx_col, win_in + b * CD * (K - 1), win_out + b * CD * (K - 1), conv_w, conv_b, xbc, CD, K);
+        const S *xs = xbc, *Bg = xbc + E, *Cg = xbc + E + G * N;
+        const S *hi = h_in + b * E * N;
+        S *ho = h_out + b * E * N, *yr = y + b * E;
+        for (long h = 0; h < H; h++) {
+            S dd = F(dec_softplus)(dtr[h * zx_col] + dt_bias[h]);
+            dd = dd < dt_lo ? dt_lo : (dd > dt_hi ? dt_hi : dd);
+            const S dA = DEC_EXP(dd * A[h]);
+            const S *Bv = Bg + (h / R) * N, *Cv = Cg + (h / R) * N;
+            for (long p = 0; p < P; p++) {
+                const long c = h * P + p;
+                const S dx = dd * xs[c];
+                const S *sp = hi + c * N;
+                S *op = ho + c * N;
+                S acc = 0;
+                for (long n = 0; n < N; n++) {
+                    const S sn = dA * sp[n] + dx * Bv[n];
+                    op[n] = sn;
+                    acc += sn * Cv[n];
+                }
+                yr[c] = acc + Dv[h] * xs[c];
+            }
+        }
+        for (long g = 0; g < G; g++) {  /* gated RMSNorm per group */
+            S *yg = yr + g * gs;
+            const S *zg = zr + g * gs * zx_col, *wg = norm_w + g * gs;
+            S ss = 0;
+            if (!norm_before_gate)
+                for (long i = 0; i < gs; i++) yg[i] *= F(dec_silu)(zg[i * zx_col]);
+            for (long i = 0; i < gs; i++) ss += yg[i] * yg[i];
+            const S scale = (S)1 / DEC_SQRT(ss / (S)gs + eps);
+            if (norm_before_gate)
+                for (long i = 0; i < gs; i++) yg[i] = wg[i] * (yg[i] * scale * F(dec_silu)(zg[i * zx_col]));
+            else
+                for (long i = 0; i < gs; i++) yg[i] = wg[i] * (yg[i] * scale);
+        }
+    }
+    free(xbc);
+    return 0;
+}
+
+#undef F
+#undef S
+#undef DEC_CAT
+#undef DEC_CAT2
+
+#endif

@@ -1,0 +1,199 @@
+"""The fused native decoding paths agree with the torch paths they replace.
+
+- ``ssmkit.ops.decode_step.mamba_step`` / ``mamba2_step`` (reached through the layers' ``step``)
+  against the layers' ``torch_step`` (the torch reference), float32 and float64, batch 1 and 3,
+  with and without conv bias, 1 and 2 groups, a Δ clamp, both gated-norm orders;
+- ``step_`` (in place) leaves in the state's own tensors what ``step`` returns;
+- ``rows_matmul`` against a float64 ``F.linear``;
+- ``LanguageModel.generate`` gives the same tokens and final logits with the native kernels
+  disabled (``SSMKIT_NATIVE=0``: the torch path everywhere).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_close_to_reference
+from ssmkit import Backbone, LanguageModel
+from ssmkit.layers import Mamba, Mamba2
+from ssmkit.ops import _native, decode_step
+
+pytestmark = pytest.mark.skipif(not _native.available(), reason="needs the native kernels (a C compiler)")
+
+# float32: one rounding per operation, a few dozen sums of d_state or width terms -> ~1e-6
+TOL = {torch.float32: 2e-5, torch.float64: 1e-12}
+
+
+def _perturbed(layer):
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+def _layers(dtype):
+    return [
+        Mamba(24, d_state=8, dtype=dtype),
+        Mamba(24, d_state=8, d_conv=3, conv_bias=False, bias=True, dtype=dtype),
+        Mamba2(32, d_state=16, headdim=8, dtype=dtype),
+        Mamba2(32, d_state=16, headdim=8, ngroups=2, conv_bias=False, dt_limit=(0.01, 0.05),
+               norm_before_gate=True, bias=True, dtype=dtype),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_native_step_equals_torch_step(dtype, batch):
+    torch.manual_seed(0)
+    for layer in _layers(dtype):
+        layer = _perturbed(layer)
+        state = tuple(torch.randn_like(t) for t in layer.initial_state(batch))
+        x = torch.randn(batch, layer.d_model, dtype=dtype)
+        with torch.no_grad():
+            assert decode_step.applies(*state, layer.conv1d.weight)
+            y, new = layer.step(x, state)
+            y_ref, new_ref = layer.torch_step(x, state)
+            own = tuple(t.clone() for t in state)
+            y_inplace = layer.step_(x, own)
+        name = type(layer).__name__
+        assert_close_to_reference(y, y_ref, TOL[dtype], f"{name} output")
+        for a, b, c, what in zip(new, new_ref, own, ("conv window", "ssm state")):
+            assert_close_to_reference(a, b, TOL[dtype], f"{name} {what}")
+            assert torch.equal(c, a), f"{name} {what}: step_ differs from step"
+        assert torch.equal(y_inplace, y)
+        # the input state is untouched by step (only step_ writes into it)
+        assert not any(torch.equal(s, n) for s, n in zip(state, new))
+
+
+def test_under_autograd_step_uses_the_torch_path_and_has_gradients():
+    torch.manual_seed(1)
+    layer = _perturbed(Mamba2(16, d_state=8, headdim=8))
+    state = layer.initial_state(2)
+    x = torch.randn(2, 16, requires_grad=True)
+    y, _ = layer.step(x, state)
+    y.sum().backward()
+    assert x.grad is not None and layer.A_log.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
+def test_rows_matmul_equals_linear(dtype, rows):
+    torch.manual_seed(rows)
+    W = torch.randn(37, 45).to(dtype)
+    bias = torch.randn(37).to(dtype)
+    x = torch.randn(rows, 45).to(dtype)
+    for b in (None, bias):
+        y = decode_step.rows_matmul(x, W, b)
+        ref = F.linear(x.double(), W.double(), None if b is None else b.double())
+        assert y.dtype == dtype
+        # float32: sums of 45 products; bfloat16: the result is rounded to 8 mantissa bits (2^-8)
+        assert_close_to_reference(y.double(), ref, 1e-6 if dtype == torch.float32 else 2 ** -8)
+
+
+def test_rows_matmul_declines_what_it_cannot_run():
+    W = torch.randn(4, 3)
+    assert decode_step.rows_matmul(torch.randn(2, 3, dtype=torch.float64), W.double()) is None
+    assert decode_step.rows_matmul(torch.randn(2, 3).double(), W) is None
+    with torch.enable_grad():
+        assert decode_step.rows_matmul(torch.randn(2, 3), W.requires_grad_()) is None
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_generate_same_tokens_and_logits_with_and_without_native(kind, batch, monkeypatch):
+    torch.manual_seed(2)
+    kw = {"d_state": 8} if kind == "mamba" else {"d_state": 16, "headdim": 16, "chunk_size": 8}
+    bb = Backbone(32, 2, kind, kw, vocab_size=50, norm="rms", residual_in_fp32=True, pad_vocab_size_multiple=8)
+    model = LanguageModel(bb, tie_embeddings=True, head_bias=False).eval()
+    prompt = torch.randint(0, 50, (batch, 7))
+    fast = model.generate(prompt, 12, temperature=0)
+    monkeypatch.setenv("SSMKIT_NATIVE", "0")
+    assert decode_step.rows_matmul(torch.randn(2, 32), model.head.weight.detach()) is None
+    slow = model.generate(prompt, 12, temperature=0)
+    assert torch.equal(fast, slow)
+    # the logits after the generated tokens, from the states decode leaves: equal within float32
+    with torch.no_grad():
+        ref = model(fast)[:, -1]
+        monkeypatch.delenv("SSMKIT_NATIVE")
+        _, states = model(fast[:, :-1], return_state=True)
+        logits, _ = model.step(fast[:, -1], states)
+    assert_close_to_reference(logits, ref, 1e-5, "logits")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bfloat16_weights_fused_step_matches_float32_and_the_torch_path(batch):
+    """bfloat16 weights, float32 state: the fused step runs in float32 on widened copies of the
+    small parameters. Against the same (rounded) weights in float32 and against the bfloat16
+    torch path: within bfloat16 rounding of the projections' inputs and outputs (2^-8 relative
+    per rounding, a few of them)."""
+    torch.manual_seed(3)
+    for layer in _layers(torch.float32):
+        layer = _perturbed(layer)
+        half = type(layer)(**_config(layer), dtype=torch.bfloat16)
+        half.load_state_dict(layer.state_dict())
+        layer.load_state_dict(half.state_dict())  # the float32 layer holds the rounded weights
+        state32 = tuple(torch.randn_like(t) for t in layer.initial_state(batch))
+        state16 = (state32[0].to(torch.bfloat16), state32[1])
+        layer_state = (state16[0].float(), state32[1])
+        x = torch.randn(batch, layer.d_model).to(torch.bfloat16)
+        with torch.no_grad():
+            y, new = half.step(x, state16)
+            y_torch, new_torch = half.torch_step(x, state16)
+            y32, new32 = layer.step(x.float(), layer_state)
+            own = tuple(t.clone() for t in state16)
+            y_inplace = half.step_(x, own)
+        name = type(layer).__name__
+        assert y.dtype == torch.bfloat16 and new[0].dtype == torch.bfloat16 and new[1].dtype == torch.float32
+        assert_close_to_reference(y.float(), y32, 2e-2, f"{name} against float32")
+        assert_close_to_reference(y.float(), y_torch.float(), 3e-2, f"{name} against the bfloat16 torch path")
+        assert_close_to_reference(new[1], new32[1], 2e-2, f"{name} state against float32")
+        assert torch.equal(new[0], new_torch[0])  # the window holds in_proj outputs, already bfloat16
+        assert torch.equal(y_inplace, y) and all(torch.equal(a, b) for a, b in zip(own, new))
+
+
+def _config(layer):
+    if isinstance(layer, Mamba):
+        return dict(d_model=layer.d_model, d_state=layer.d_state, d_conv=layer.d_conv,
+                    conv_bias=layer.conv1d.bias is not None, bias=layer.in_proj.bias is not None)
+    return dict(d_model=layer.d_model, d_state=layer.d_state, headdim=layer.headdim, ngroups=layer.ngroups,
+                conv_bias=layer.conv1d.bias is not None, bias=layer.in_proj.bias is not None, dt_limit=layer.dt_limit,
+                norm_before_gate=layer.norm.norm_before_gate)
+
+
+def test_a_state_of_another_dtype_than_the_weights_takes_the_torch_path():
+    torch.manual_seed(4)
+    layer = _perturbed(Mamba(16, d_state=4))
+    state = tuple(torch.randn_like(t).double() for t in layer.initial_state(2))
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        y, new = layer.step(x, state)
+        y_ref, new_ref = layer.torch_step(x, state)
+    assert torch.equal(y, y_ref) and all(torch.equal(a, b) for a, b in zip(new, new_ref))
+
+
+def test_add_rms_norm_equals_residual_add_then_rms_norm():
+    torch.manual_seed(5)
+    r, h, w = torch.randn(3, 40), torch.randn(3, 40), torch.randn(40)
+    r0 = r.clone()
+    out = decode_step.add_rms_norm(h, r, w, 1e-5)
+    ref = F.rms_norm((r0 + h).double(), (40,), w.double(), 1e-5)
+    assert_close_to_reference(r, r0 + h, 1e-7, "residual")
+    assert_close_to_reference(out.double(), ref, 1e-6, "normed")
+    assert_close_to_reference(decode_step.add_rms_norm(None, r0, w, 1e-5).double(),
+                              F.rms_norm(r0.double(), (40,), w.double(), 1e-5), 1e-6, "normed without h")
+
+
+def test_backbone_step_with_fused_norms_equals_the_block_by_block_step():
+    torch.manual_seed(6)
+    bb = Backbone(32, 3, "mamba", {"d_state": 8}, vocab_size=40, norm="rms", residual_in_fp32=True).eval()
+    tokens = torch.randint(0, 40, (2,))
+    with torch.no_grad():
+        assert bb._fused_rms_applies()
+        states = [tuple(torch.randn_like(t) for t in s) for s in bb.initial_state(2)]
+        ref, ref_states = bb.step(tokens, [tuple(t.clone() for t in s) for s in states])
+        own = [tuple(t.clone() for t in s) for s in states]
+        from ssmkit._checks import trusted_inputs
+        with trusted_inputs():
+            out = bb.step_(tokens, own)
+    assert_close_to_reference(out, ref, 1e-5, "features")
+    for a, b in zip(own, ref_states):
+        assert_close_to_reference(a[1], b[1], 1e-5, "state")
