@@ -36,7 +36,7 @@ from ..ops import decode_step
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
-from .mamba_family import CausalConv, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -68,7 +68,7 @@ class GroupGatedRMSNorm(nn.Module):
 
 
 @register_layer("mamba2")
-class Mamba2(SequenceLayer):
+class Mamba2(InPlaceStep, SequenceLayer):
     """The Mamba-2 block over (batch, length, d_model).
 
     ``bias``: biases of ``in_proj`` and ``out_proj``; ``conv_bias``: bias of the conv;
@@ -217,26 +217,6 @@ class Mamba2(SequenceLayer):
             prev = conv0.to(zxbcdt.dtype) if conv0 is not None else zxbcdt.new_zeros(zxbcdt.shape[0], self.conv_dim, K1)
             tail = torch.cat([prev, tail], dim=-1)[..., -K1:]
         return tail
-
-    def step(self, x_t: torch.Tensor, state):
-        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1).
-
-        On the CPU outside autograd (float32 / float64) the part between the two projections
-        runs as one native call (:func:`ssmkit.ops.decode_step.mamba2_step`); otherwise, and as
-        the reference, :meth:`torch_step`."""
-        check_step_input(x_t, self.d_model)
-        self._check_state(state, x_t.shape[0])
-        return self._step(x_t, state, None)
-
-    def step_(self, x_t: torch.Tensor, state, check: bool = True) -> torch.Tensor:
-        """``step`` writing the new state into ``state``'s own tensors (in place) and returning
-        ``y_t`` only: a decoding loop that owns its states allocates no state per token.
-        ``check=False`` skips the checks of ``x_t`` and ``state``, for a loop that made the state
-        (``initial_state`` or ``forward``) and checked its input once."""
-        if check:
-            check_step_input(x_t, self.d_model)
-            self._check_state(state, x_t.shape[0])
-        return self._step(x_t, state, state)[0]
 
     def _step(self, x_t, state, out_state):
         x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)

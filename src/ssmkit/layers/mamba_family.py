@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_finite, right_padding_lengths, value_checks_enabled
+from .._checks import check_finite, check_step_input, right_padding_lengths, value_checks_enabled
 from ..ops import decode_step
 from ..ops.decode_step import rows_matmul
 
@@ -79,6 +79,29 @@ def fused_step(kernel, proj: torch.Tensor, state, out_state, params, cache: dict
     if w_out is not out_state[0]:
         out_state[0].copy_(w_out)
     return y, out_state
+
+
+class InPlaceStep:
+    """``step`` and ``step_`` of the Mamba-family layers, around the layer's ``_step(x_t, state, out_state)``.
+
+    On the CPU outside autograd (float32 / float64) a layer's step runs as one native call
+    (:mod:`ssmkit.ops.decode_step`); otherwise, and as the reference, its ``torch_step``."""
+
+    def step(self, x_t: torch.Tensor, state):
+        """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
+        check_step_input(x_t, self.d_model)
+        self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state, None)
+
+    def step_(self, x_t: torch.Tensor, state, check: bool = True) -> torch.Tensor:
+        """``step`` writing the new state into ``state``'s own tensors (in place) and returning
+        ``y_t`` only: a decoding loop that owns its states allocates no state per token.
+        ``check=False`` skips the checks of ``x_t`` and ``state``, for a loop that made the state
+        (``initial_state`` or ``forward``) and checked its input once."""
+        if check:
+            check_step_input(x_t, self.d_model)
+            self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state, state)[0]
 
 
 def padding_lengths(mask: Optional[torch.Tensor], L: int) -> Optional[torch.Tensor]:
