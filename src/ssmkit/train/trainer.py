@@ -187,6 +187,7 @@ class _Run:
         self.step = 0
         self.best_step: Optional[int] = None
         self.best: Optional[float] = None
+        self.best_loss: Optional[float] = None  # breaks ties of the validation metric (small val splits)
         self.bad_evals = 0
         self.elapsed_before = 0.0
         self.resumed: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
@@ -244,13 +245,14 @@ class _Run:
         self.step = int(st["step"])
         self.schedule.load_state_dict(st.get("schedule", {}))
         self.best, self.best_step = st.get("best"), st.get("best_step")
+        self.best_loss = st.get("best_loss")
         self.bad_evals = int(st.get("bad_evals", 0))
         self.elapsed_before = float(st.get("elapsed", 0.0))
 
     def trainer_state(self) -> Dict[str, Any]:
         return {"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "step": self.step,
                 "schedule": self.schedule.state_dict(), "best": self.best, "best_step": self.best_step,
-                "bad_evals": self.bad_evals, "elapsed": self.elapsed()}
+                "best_loss": self.best_loss, "bad_evals": self.bad_evals, "elapsed": self.elapsed()}
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t_start
@@ -292,9 +294,13 @@ class _Run:
             if self.main:
                 res = evaluate_dataset(self.model, self.task.kind, self.val_data, max(c.batch_size, 64), c.precision)
                 value = res[self.key]
-                improved = self.best is None or (value < self.best if self.key == "mse" else value > self.best)
+                # a better metric wins; an equal one wins with a lower validation loss (a small val
+                # split is often perfect for many evaluations: keep the most confident of those)
+                improved = (self.best is None or (value < self.best if self.key == "mse" else value > self.best)
+                            or (value == self.best and self.best_loss is not None and res["loss"] < self.best_loss))
                 if improved:
                     self.best, self.best_step, self.bad_evals = value, self.step, 0
+                    self.best_loss = float(res["loss"])
                 else:
                     self.bad_evals += 1
                 self.log.write({"split": "val", "step": self.step, "epoch": epoch, **res,
