@@ -177,6 +177,18 @@ def _init_weights(model: nn.Module, path) -> None:
                                   "with the same layer, widths and vocabulary")
 
 
+def improves(value: float, loss: float, best: Optional[float], best_loss: Optional[float],
+             lower_is_better: bool = False) -> bool:
+    """Whether a validation result (metric ``value``, loss ``loss``) beats the best so far: a
+    better metric wins; an equal metric wins with a lower loss (a small validation split is often
+    perfect for many evaluations in a row: this keeps the most confident of those models)."""
+    if best is None:
+        return True
+    if value != best:
+        return value < best if lower_is_better else value > best
+    return best_loss is not None and loss < best_loss
+
+
 # --- one run ---------------------------------------------------------------------------------
 class _Run:
     """The state of one training run and its named parts; :func:`fit` drives them."""
@@ -294,10 +306,7 @@ class _Run:
             if self.main:
                 res = evaluate_dataset(self.model, self.task.kind, self.val_data, max(c.batch_size, 64), c.precision)
                 value = res[self.key]
-                # a better metric wins; an equal one wins with a lower validation loss (a small val
-                # split is often perfect for many evaluations: keep the most confident of those)
-                improved = (self.best is None or (value < self.best if self.key == "mse" else value > self.best)
-                            or (value == self.best and self.best_loss is not None and res["loss"] < self.best_loss))
+                improved = improves(value, res["loss"], self.best, self.best_loss, lower_is_better=self.key == "mse")
                 if improved:
                     self.best, self.best_step, self.bad_evals = value, self.step, 0
                     self.best_loss = float(res["loss"])
