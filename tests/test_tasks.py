@@ -250,6 +250,51 @@ def test_smnist_and_psmnist_split_and_permutation():
         build_task("smnist", size=7, n_train=-5)
 
 
+def _shift_reference(img, dy, dx):
+    """One image moved by (dy, dx) with plain loops: out[r, c] = img[r - dy, c - dx], else 0."""
+    H, W = img.shape
+    out = torch.zeros_like(img)
+    for r in range(H):
+        for c in range(W):
+            if 0 <= r - dy < H and 0 <= c - dx < W:
+                out[r, c] = img[r - dy, c - dx]
+    return out
+
+
+def test_shift_images_matches_a_loop_reference():
+    from ssmkit.tasks.images import shift_images
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(6, 1, 5, 7, generator=g)
+    dy, dx = torch.tensor([0, 1, -2, 3, 0, -1]), torch.tensor([0, -1, 2, 0, -6, 1])
+    out = shift_images(X, dy, dx)
+    for i in range(6):
+        assert torch.equal(out[i, 0], _shift_reference(X[i, 0], int(dy[i]), int(dx[i])))
+
+
+def test_smnist_augment_adds_shifted_training_copies_only():
+    a = build_task("smnist", size=14)
+    b = build_task("smnist", size=14, augment=2, max_shift=1)
+    n = len(a.train)
+    assert len(b.train) == 3 * n and task_sizes("smnist", size=14, augment=2)["train"] == 3 * n
+    assert torch.equal(b.train.x[:n], a.train.x)  # the originals come first, unchanged
+    assert torch.equal(b.train.y, a.train.y.repeat(3))
+    assert torch.equal(b.val.x, a.val.x) and torch.equal(b.test.x, a.test.x)  # never shifted
+    copies = b.train.x[n:].view(2 * n, 14, 14)
+    assert not torch.equal(copies[:n], a.train.x.view(n, 14, 14))  # every copy moved by a nonzero offset
+    # at 28x28 every copy is an original moved by one of the 8 offsets within 1 pixel
+    c = build_task("smnist", size=28, n_train=40, augment=1, max_shift=1)
+    originals, moved = c.train.x[:40].view(40, 28, 28), c.train.x[40:].view(40, 28, 28)
+    for img, shifted in zip(originals, moved):
+        hits = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                if (dy, dx) != (0, 0) and torch.equal(_shift_reference(img, dy, dx), shifted)]
+        assert hits
+    assert torch.equal(build_task("smnist", size=7, augment=1).train.x, build_task("smnist", size=7, augment=1).train.x)
+    with raises_naming(ValueError, "augment"):
+        build_task("smnist", size=7, augment=-1)
+    with raises_naming(ValueError, "max_shift"):
+        build_task("smnist", size=7, augment=1, max_shift=0)
+
+
 @pytest.mark.parametrize("name", sorted(SMALL) + ["smnist"])
 def test_task_sizes_match_the_built_task(name):
     opts = dict(SMALL.get(name, {}), **({"size": 7, "n_test": 200} if name == "smnist" else {}))

@@ -167,7 +167,8 @@ def test_training_selects_on_val_and_tests_the_best_model_once(tmp_path):
     assert not any(r.get("split") == "test" for r in rows)
     vals = [r for r in rows if r.get("split") == "val"]
     assert [r["step"] for r in vals] == [2, 4, 6, 8, 10]
-    best = max(vals, key=lambda r: r["acc"])  # the first of the best (later ties do not replace it)
+    # the best accuracy; among equal accuracies the lower validation loss; then the earlier step
+    best = min(vals, key=lambda r: (-r["acc"], r["loss"], r["step"]))
     assert res["best_step"] == best["step"] and res["val_acc"] == best["acc"]
     model, _, task2 = load_model(tmp_path / "run")  # the best checkpoint by default
     assert evaluate(model, task2, "test")["acc"] == pytest.approx(res["test_acc"])
@@ -343,3 +344,14 @@ def test_load_model_names_a_path_of_the_wrong_type(tmp_path):
             load_model(bad)
     with pytest.raises(CheckpointError):
         load_model(tmp_path / "missing")
+
+
+def test_improves_prefers_the_better_metric_then_the_lower_loss():
+    from ssmkit.train.trainer import improves
+    assert improves(0.5, 9.0, None, None)  # the first evaluation is the best so far
+    assert improves(0.8, 9.0, 0.7, 0.1) and not improves(0.6, 0.01, 0.7, 0.1)  # accuracy: higher wins
+    assert improves(1.0, 0.05, 1.0, 0.1) and not improves(1.0, 0.1, 1.0, 0.1)  # a tie: strictly lower loss
+    assert not improves(1.0, 0.2, 1.0, 0.1)
+    assert improves(0.2, 5.0, 0.3, 0.3, lower_is_better=True) and not improves(0.4, 0.0, 0.3, 0.3, lower_is_better=True)
+    assert improves(0.3, 0.2, 0.3, 0.3, lower_is_better=True)
+    assert not improves(1.0, 0.0, 1.0, None)  # a run resumed from a state without the loss keeps its best

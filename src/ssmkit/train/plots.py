@@ -87,7 +87,9 @@ def run_summary(run_dir) -> Dict[str, Any]:
         "run": run_dir.name, "task": cfg.get("task", "?"), "layer": cfg.get("layer", "?"),
         "params": res.get("params", start.get("params")), "steps": res.get("step", max((r.get("step", 0) for r in rows), default=0)),
         "seconds": res.get("train_seconds"), "metric": key,
-        "best_val": best[key] if best else None, "best_step": best["step"] if best else None,
+        # the run's own choice when it finished (ties of the metric go to the lower val loss)
+        "best_val": res.get(f"val_{key}", best[key] if best else None),
+        "best_step": res.get("best_step", best["step"] if best else None),
         "test": res.get(f"test_{key}"), "finished": bool(res),
     }
 

@@ -177,6 +177,18 @@ def _init_weights(model: nn.Module, path) -> None:
                                   "with the same layer, widths and vocabulary")
 
 
+def improves(value: float, loss: float, best: Optional[float], best_loss: Optional[float],
+             lower_is_better: bool = False) -> bool:
+    """Whether a validation result (metric ``value``, loss ``loss``) beats the best so far: a
+    better metric wins; an equal metric wins with a lower loss (a small validation split is often
+    perfect for many evaluations in a row: this keeps the most confident of those models)."""
+    if best is None:
+        return True
+    if value != best:
+        return value < best if lower_is_better else value > best
+    return best_loss is not None and loss < best_loss
+
+
 # --- one run ---------------------------------------------------------------------------------
 class _Run:
     """The state of one training run and its named parts; :func:`fit` drives them."""
@@ -187,6 +199,7 @@ class _Run:
         self.step = 0
         self.best_step: Optional[int] = None
         self.best: Optional[float] = None
+        self.best_loss: Optional[float] = None  # breaks ties of the validation metric (small val splits)
         self.bad_evals = 0
         self.elapsed_before = 0.0
         self.resumed: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
@@ -244,13 +257,14 @@ class _Run:
         self.step = int(st["step"])
         self.schedule.load_state_dict(st.get("schedule", {}))
         self.best, self.best_step = st.get("best"), st.get("best_step")
+        self.best_loss = st.get("best_loss")
         self.bad_evals = int(st.get("bad_evals", 0))
         self.elapsed_before = float(st.get("elapsed", 0.0))
 
     def trainer_state(self) -> Dict[str, Any]:
         return {"optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "step": self.step,
                 "schedule": self.schedule.state_dict(), "best": self.best, "best_step": self.best_step,
-                "bad_evals": self.bad_evals, "elapsed": self.elapsed()}
+                "best_loss": self.best_loss, "bad_evals": self.bad_evals, "elapsed": self.elapsed()}
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.t_start
@@ -292,9 +306,10 @@ class _Run:
             if self.main:
                 res = evaluate_dataset(self.model, self.task.kind, self.val_data, max(c.batch_size, 64), c.precision)
                 value = res[self.key]
-                improved = self.best is None or (value < self.best if self.key == "mse" else value > self.best)
+                improved = improves(value, res["loss"], self.best, self.best_loss, lower_is_better=self.key == "mse")
                 if improved:
                     self.best, self.best_step, self.bad_evals = value, self.step, 0
+                    self.best_loss = float(res["loss"])
                 else:
                     self.bad_evals += 1
                 self.log.write({"split": "val", "step": self.step, "epoch": epoch, **res,
