@@ -13,7 +13,7 @@ from .._checks import check_finite, check_step_input, right_padding_lengths, val
 from ..ops import decode_step
 from ..ops.decode_step import rows_matmul
 
-__all__ = ["rows_linear", "fused_step", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+__all__ = ["rows_linear", "fused_step", "cached_float_copies", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
 
 
 def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -39,8 +39,9 @@ def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(x)
 
 
-def _float_copies(cache: dict, params):
-    """float32 copies of half-precision parameters, kept until one of them changes."""
+def cached_float_copies(cache: dict, params):
+    """float32 copies of (half-precision) parameters, kept in ``cache`` until one of them changes
+    (in place, replaced, or in dtype)."""
     key = tuple(None if p is None else (p._version, p.data_ptr(), p.dtype) for p in params)
     hit = cache.get("f32")
     if hit is not None and hit[0] == key:
@@ -65,7 +66,7 @@ def fused_step(kernel, proj: torch.Tensor, state, out_state, params, cache: dict
         if (sd != torch.float32 or proj.dtype not in (torch.bfloat16, torch.float16) or torch.is_grad_enabled()
                 or not decode_step.applies(h)):
             return None
-        params = _float_copies(cache, params)
+        params = cached_float_copies(cache, params)
         proj = proj.float()
     win = conv_state if conv_state.dtype == sd else conv_state.to(sd)
     if not (params[0].dtype == sd and decode_step.params_apply(cache, params)

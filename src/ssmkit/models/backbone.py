@@ -28,6 +28,7 @@ from torch import nn
 from .._checks import (check_bool, check_choice, check_finite, check_float, check_fraction, check_mask, check_positive_int,
                        match_parameter_dtype, trusted_inputs, value_checks_enabled)
 from ..layers import get_layer
+from ..layers.mamba_family import cached_float_copies
 from ..ops import decode_step
 from .mixer import ChannelMixer
 
@@ -290,29 +291,40 @@ class Backbone(nn.Module):
         and ``states`` (a list the loop owns, made by ``forward`` or ``initial_state``) is
         updated in place (each layer's tensors where the layer can, else its list entry).
         Returns the features (B, d_model)."""
-        if self._fused_rms_applies():
-            return self._step_fused_rms(x_t, states)
+        weights = self._fused_rms_weights()
+        if weights is not None:
+            return self._step_fused_rms(x_t, states, weights)
         h = self._embed(x_t)
         for i, block in enumerate(self.blocks):
             h, states[i] = block.step_(h, states[i])
         return self._final(h)
 
-    def _fused_rms_applies(self) -> bool:
-        """Pre-norm RMSNorm blocks with a plain residual (no mixer, no dropout), float32 norms and
-        residual: the residual stream between layers can run as one native call per layer."""
+    def _fused_rms_weights(self) -> Optional[List[torch.Tensor]]:
+        """The float32 weights of every RMSNorm (the blocks', then the final one) when the residual
+        stream between layers can run as one native call per layer, else None: pre-norm RMSNorm
+        blocks with a plain residual (no mixer, no dropout), outside autograd, and a float32
+        residual (float32 norms, or half-precision ones with ``residual_in_fp32``, whose float32
+        copies are cached until the weights change)."""
         if not (self.prenorm and self.norm_kind == "rms" and not torch.is_grad_enabled()):
-            return False
+            return None
+        if not all(b._plain for b in self.blocks):
+            return None
         norms = [b.norm.weight for b in self.blocks] + [self.norm.weight]
-        return all(b._plain for b in self.blocks) and decode_step.applies(*norms) and norms[0].dtype == torch.float32
+        if norms[0].dtype in (torch.bfloat16, torch.float16) and all(b.residual_in_fp32 for b in self.blocks):
+            norms = list(cached_float_copies(self.__dict__.setdefault("_f32_norms", {}), norms))
+        elif norms[0].dtype != torch.float32:
+            return None
+        return norms if decode_step.applies(*norms) else None
 
-    def _step_fused_rms(self, x_t, states: List[Any]):
+    def _step_fused_rms(self, x_t, states: List[Any], weights: List[torch.Tensor]):
         """``step_`` with the residual add and the next RMSNorm fused (same numbers up to float
-        rounding): r = embed(x); for each block, y = layer(norm(r)); r += y."""
+        rounding): r = embed(x); for each block, y = layer(norm(r)); r += y. ``weights``: the
+        float32 norm weights (:meth:`_fused_rms_weights`)."""
         r = self._embed(x_t).float().contiguous()
         if r.data_ptr() == self.encoder.weight.data_ptr():  # never write into the embedding
             r = r.clone()
         blocks = self.blocks
-        x = decode_step.add_rms_norm(None, r, blocks[0].norm.weight, blocks[0].norm.eps)
+        x = decode_step.add_rms_norm(None, r, weights[0], blocks[0].norm.eps)
         for i, block in enumerate(blocks):
             y = block.layer.step_(x, states[i], check=False) if hasattr(block.layer, "step_") else None
             if y is None:
@@ -321,7 +333,7 @@ class Backbone(nn.Module):
             y = y.float()
             if not y.is_contiguous():
                 y = y.contiguous()
-            x = decode_step.add_rms_norm(y, r, nxt.weight, nxt.eps)
+            x = decode_step.add_rms_norm(y, r, weights[i + 1], nxt.eps)
         return x
 
 

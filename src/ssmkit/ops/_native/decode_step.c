@@ -143,6 +143,32 @@ static inline __attribute__((always_inline)) void dec_tile_bf16(const uint16_t *
             out[a][r] = t;
         }
 }
+/* One row of x (nb = 1): the weight rows one after another, a single linear stream from memory
+ * (the hardware prefetcher follows it better than the four interleaved streams of the tile, which
+ * for short bfloat16 rows are each only a few cache lines long), with four independent
+ * accumulators over k to hide the latency of the multiply-adds. x is permuted as for the tile. */
+static inline float dec_row_bf16(const uint16_t *w, const float *x, long K) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    long k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(w + k));
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(w + k + 16));
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, u)), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, u)), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v)), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v)), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    if (k + 16 <= K) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(w + k));
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, u)), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, u)), _mm256_loadu_ps(x + k + 8), a1);
+        k += 16;
+    }
+    float t = dec_hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) t += dec_bf16_to_f32(w[k]) * x[k];
+    return t;
+}
 /* row of K floats -> the order the tile reads: per block of 16, elements 0-3, 8-11, 4-7, 12-15 */
 static void dec_bf16_perm(float *x, long K) {
     float t[16];
@@ -156,6 +182,11 @@ static void dec_bf16_perm(float *x, long K) {
 #else
 DEC_TILE(dec_tile_bf16, uint16_t, dec_ld8_bf16, dec_bf16_to_f32)
 static void dec_bf16_perm(float *x, long K) { (void)x; (void)K; }
+static inline float dec_row_bf16(const uint16_t *w, const float *x, long K) {
+    float t = 0;
+    for (long k = 0; k < K; k++) t += dec_bf16_to_f32(w[k]) * x[k];
+    return t;
+}
 #endif
 
 /* the tile shapes: 4 weight rows (4 concurrent streams from memory) by 1 or 2 rows of x (at most
@@ -194,7 +225,13 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
     for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
     for (long b = 0; b < nb; b++) dec_bf16_perm(x + b * K, K);
 #define STORE(i, v, jj) y[i] = dec_f32_to_bf16((v) + (bias ? dec_bf16_to_f32(bias[jj]) : 0.0f))
-    DEC_ROWS_LOOP(dec_tile_bf16, STORE)
+    if (nb == 1) {
+        long j;
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads)")
+        for (j = 0; j < M; j++) STORE(j, dec_row_bf16(W + j * K, x, K), j);
+    } else {
+        DEC_ROWS_LOOP(dec_tile_bf16, STORE)
+    }
 #undef STORE
     free(x);
     return 0;
