@@ -80,21 +80,6 @@ def test_mamba2_bad_input():
         layer.step(torch.randn(2, 16), layer.initial_state(2))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_mamba2_other_input_dtype_is_computed_in_the_parameters_dtype(dtype):
-    torch.manual_seed(0)
-    layer = Mamba2(8, d_state=4, headdim=4, chunk_size=4).eval()
-    x = torch.randn(2, 5, 8).to(dtype)
-    with torch.no_grad():
-        y, (c, h) = layer(x, return_state=True)
-        want, (cw, hw) = layer(x.float(), return_state=True)
-        yt, _ = layer.step(x[:, 0], layer.initial_state(2))
-        want_t, _ = layer.step(x[:, 0].float(), layer.initial_state(2))
-    assert y.dtype == dtype and yt.dtype == dtype
-    assert torch.equal(y, want.to(dtype)) and torch.equal(yt, want_t.to(dtype))
-    assert torch.equal(c, cw) and torch.equal(h, hw)
-
-
 def test_mamba2_initial_state_and_constructor_arguments_are_named():
     layer = Mamba2(8, d_state=4, headdim=4)
     for bad in (2.0, "3", None):

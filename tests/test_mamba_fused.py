@@ -86,12 +86,26 @@ def test_fused_without_grad_equals_with_grad():
     assert torch.equal(y.detach(), y0) and torch.equal(h.detach(), h0)
 
 
-@pytest.mark.parametrize("dtype,tol", [(f64, 1e-11), (torch.float32, 2e-5)])
-def test_layer_fused_path_equals_composed_path(dtype, tol):
+def _mamba_layer():
     torch.manual_seed(3)
-    layer = Mamba(24, d_state=8).to(dtype)
-    x = torch.randn(3, 30, 24, dtype=dtype, requires_grad=True)
-    s0 = layer.initial_state(3, dtype=dtype)
+    return Mamba(24, d_state=8), (3, 30, 24)
+
+
+def _mamba2_layer():
+    from ssmkit.layers import Mamba2
+    torch.manual_seed(4)
+    return Mamba2(16, d_state=8, headdim=8, ngroups=2, chunk_size=8), (2, 19, 16)
+
+
+@pytest.mark.parametrize("make", [_mamba_layer, _mamba2_layer], ids=["mamba", "mamba2"])
+@pytest.mark.parametrize("dtype,tol", [(f64, 1e-11), (torch.float32, 2e-5)])
+def test_layer_fused_path_equals_composed_path(make, dtype, tol):
+    """``layer.fused`` (Mamba's fused inner block, Mamba-2's fused conv) against the composed
+    torch operations: outputs, final state and every gradient."""
+    layer, shape = make()
+    layer = layer.to(dtype)
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    s0 = layer.initial_state(shape[0], dtype=dtype)
     s0 = (torch.randn_like(s0[0]), torch.randn_like(s0[1]))
     results = []
     for fused in (True, False):
@@ -154,26 +168,3 @@ def test_mamba2_conv_equals_reference_float64_with_gradients(E, GN, H, K, L, wit
     want = torch.autograd.grad(sum((r * v).sum() for r, v in zip(refs, weights)), live)
     for name, a, r in zip(["zxbcdt", "conv_weight", "conv_bias", "conv_state"], got, want):
         assert_close_to_reference(a, r, 1e-13, f"grad of {name}")
-
-
-@pytest.mark.parametrize("dtype,tol", [(f64, 1e-11), (torch.float32, 2e-5)])
-def test_mamba2_layer_fused_path_equals_composed_path(dtype, tol):
-    from ssmkit.layers import Mamba2
-    torch.manual_seed(4)
-    layer = Mamba2(16, d_state=8, headdim=8, ngroups=2, chunk_size=8).to(dtype)
-    x = torch.randn(2, 19, 16, dtype=dtype, requires_grad=True)
-    s0 = layer.initial_state(2, dtype=dtype)
-    s0 = (torch.randn_like(s0[0]), torch.randn_like(s0[1]))
-    results = []
-    for fused in (True, False):
-        layer.fused = fused
-        y, (c, h) = layer(x, initial_state=s0, return_state=True)
-        grads = torch.autograd.grad((y ** 2).sum() + h.sum(), [x, *layer.parameters()])
-        results.append((y, c, h, grads))
-    layer.fused = True
-    (y1, c1, h1, g1), (y2, c2, h2, g2) = results
-    assert_close_to_reference(y1, y2, tol, "y")
-    assert torch.equal(c1, c2)
-    assert_close_to_reference(h1, h2, tol, "state")
-    for (name, _), a, r in zip([("x", None), *layer.named_parameters()], g1, g2):
-        assert_close_to_reference(a, r, 10 * tol, f"grad of {name}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssmkit.layers import Mamba
+from ssmkit.layers import Mamba, Mamba2
 from ssmkit.layers.base import run_steps
 
 from helpers import assert_close_to_reference, assert_pieces_equal_one_pass, raises_naming, rel_err
@@ -95,12 +95,14 @@ def test_mamba_bad_input():
         layer.step(torch.randn(2, 8), layer.initial_state(2))
 
 
+@pytest.mark.parametrize("make", [lambda: Mamba(8, d_state=4), lambda: Mamba2(8, d_state=4, headdim=4, chunk_size=4)],
+                         ids=["mamba", "mamba2"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_other_input_dtype_is_computed_in_the_parameters_dtype(dtype):
+def test_other_input_dtype_is_computed_in_the_parameters_dtype(make, dtype):
     # the rule of every layer and model (docs/reliability.md): an input in another floating dtype
     # is cast to the parameters' dtype, and the layer returns its output in the input's dtype
     torch.manual_seed(0)
-    layer = Mamba(8, d_state=4).eval()
+    layer = make().eval()
     x = torch.randn(2, 5, 8).to(dtype)
     with torch.no_grad():
         y, (c, h) = layer(x, return_state=True)
