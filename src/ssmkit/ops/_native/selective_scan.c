@@ -48,6 +48,16 @@
 #include <omp.h>
 #endif
 
+/* the calling thread's number inside an OpenMP parallel region (0 without OpenMP): indexes
+ * the per-thread scratch buffers */
+static inline long ssm_thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 #define SSM_BLOCK 8
 #define MI_CB 32 /* channels per vector block in the fused Mamba kernels */
 
@@ -208,11 +218,7 @@ void SSM_CAT(ssm_bwd, SSM_SFX)(const S *restrict u, const S *restrict dt, const 
     memset(dArow, 0, (size_t)nb * D * N * sizeof(S));
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *H = work + tid * 2 * T * N, *E = H + T * N;
         for (long seg = nseg - 1; seg >= 0; seg--) {
             const long s0 = seg * Sseg, s1 = (s0 + Sseg < L) ? s0 + Sseg : L;
@@ -401,11 +407,7 @@ void SSM_CAT(mi_fwd, SSM_SFX)(const S *restrict u, S *restrict dtr, const S *res
     const long nblk = (E + MI_CB - 1) / MI_CB;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *h = work + tid * N * MI_CB;
         long task;
 #pragma omp for schedule(dynamic, 1)
@@ -561,11 +563,7 @@ void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
     S *partB = part, *partC = part + ntask * L * N;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *H = work + tid * (2 * T * N + 2 * N) * MI_CB;
         S *Eb = H + T * N * MI_CB, *hs = Eb + T * N * MI_CB, *gv = hs + N * MI_CB;
         long task;
@@ -664,11 +662,7 @@ void SSM_CAT(cv_fwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt
     const long nblk = (E + MI_CB - 1) / MI_CB;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *xb = work + tid * (L + 2 * K) * MI_CB, *wb = xb + (L + K - 1) * MI_CB;
         long task;
 #pragma omp for schedule(dynamic, 1)
@@ -700,11 +694,7 @@ void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt
     const long nblk = (E + MI_CB - 1) / MI_CB;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *xb = work + tid * (2 * L + 5 * K) * MI_CB;  /* L + K - 1 rows */
         S *dp = xb + (L + K - 1) * MI_CB;              /* L + 2(K-1) rows: dpre_t at row t + K - 1 */
         S *wb = dp + (L + 2 * K - 2) * MI_CB;          /* K rows */
