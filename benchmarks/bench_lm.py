@@ -9,14 +9,16 @@ Run (one thread; the shapes of mamba-130m and mamba2-130m, random weights, no do
 Measured, per model:
 - prompt forward (logits of every position) at batch 1 and 4, lengths 512 and 2048, float32;
 - greedy decode tokens/s at batch 1 and 4, float32 and bfloat16 weights (the state and the scan
-  accumulate in float32 in ssmkit): per-token time = (time of n+1 new tokens - time of 1) / n;
+  accumulate in float32 in ssmkit): per-token time = (time of n+1 new tokens - time of 1) / n,
+  both taken back to back, the median over rounds; the bfloat16 rows also time transformers'
+  float32 decode in the same rounds (the target compares bfloat16 with it);
 - the bandwidth bound of decode: bytes of weights read per token (every weight matrix once;
   the embedding only once, as the LM head, when tied; one row otherwise) over the memory
   bandwidth measured here (the larger of a 256 MB read (sum) and copy (read + write) rate);
 - the matmul bound of the prompt forward: 2 x (weights of every linear map) x tokens FLOPs
   over the float32 matmul rate measured here (the scan, conv and norms are not counted, so
   the bound is optimistic).
-Each timing is the fastest of a few repeats, ssmkit and transformers alternated. The machine
+Each prompt timing is the fastest of a few repeats, ssmkit and transformers alternated. The machine
 may be shared: the ratios measured in one run are what to read, not the absolute times.
 """
 from __future__ import annotations
@@ -80,6 +82,22 @@ def _alternate(fns, repeats):
             fn()
             ts[k].append(time.perf_counter() - t0)
     return {k: min(v) for k, v in ts.items()}
+
+
+def _per_token(gens, n_new, repeats):
+    """Median over ``repeats`` rounds of the per-token time ``(t(n_new + 1) - t(1)) / n_new`` of
+    each generator, both times taken back to back in the same round and the generators alternated
+    (a difference of two times from different moments is what a shared machine spoils)."""
+    per = {k: [] for k in gens}
+    for _ in range(repeats):
+        for k, fn in gens.items():
+            t0 = time.perf_counter()
+            fn(1)
+            t1 = time.perf_counter()
+            fn(n_new + 1)
+            t2 = time.perf_counter()
+            per[k].append(max((t2 - t1) - (t1 - t0), 1e-9) / n_new)
+    return {k: statistics.median(v) for k, v in per.items()}
 
 
 def bandwidth():
@@ -171,16 +189,20 @@ def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
             def hf_gen(n, m=m_hf, x=x):
                 m.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
+            gens = {"ssmkit": ours_gen, "transformers": hf_gen}
+            if dtype == "bfloat16":  # the target compares bfloat16 decode with transformers' float32 decode
+                gens["transformers_f32"] = lambda n, x=x: hf.generate(x, max_new_tokens=n, min_new_tokens=n,
+                                                                      do_sample=False)
             with torch.no_grad(), _quiet():
-                ours_gen(4), hf_gen(4)
-                t_long = _alternate({"ssmkit": lambda: ours_gen(n_new + 1), "transformers": lambda: hf_gen(n_new + 1)},
-                                    repeats)
-                t_one = _alternate({"ssmkit": lambda: ours_gen(1), "transformers": lambda: hf_gen(1)}, repeats)
-            per = {k: max(t_long[k] - t_one[k], 1e-9) / n_new for k in t_long}
+                for fn in gens.values():
+                    fn(4)
+                per = _per_token(gens, n_new, repeats)
             bound = weight_bytes_per_token(m_ours) / bw  # per token, batch independent
             rows.append(dict(model=name, what=f"decode b={b} {dtype}", ssmkit_s=per["ssmkit"],
                              transformers_s=per["transformers"], bound_s=bound, bound="bandwidth",
                              ssmkit_tok_s=b / per["ssmkit"], transformers_tok_s=b / per["transformers"]))
+            if "transformers_f32" in per:
+                rows[-1]["transformers_f32_s"] = per["transformers_f32"]
             _print(rows[-1])
     del hf, hf16, ours, ours16
 
@@ -189,6 +211,8 @@ def _print(r):
     extra = ""
     if "ssmkit_tok_s" in r:
         extra = f"  ({r['ssmkit_tok_s']:.1f} vs {r['transformers_tok_s']:.1f} tokens/s)"
+    if "transformers_f32_s" in r:
+        extra += f"; transformers float32 {r['transformers_f32_s'] * 1e3:.1f} ms: {r['transformers_f32_s'] / r['ssmkit_s']:.2f}x"
     print(f"  {r['what']:<34} ssmkit {r['ssmkit_s'] * 1e3:9.1f} ms  transformers {r['transformers_s'] * 1e3:9.1f} ms  "
           f"speed-up {r['transformers_s'] / r['ssmkit_s']:5.2f}x  {r['bound']} bound {r['bound_s'] * 1e3:8.1f} ms "
           f"(ssmkit at {r['ssmkit_s'] / r['bound_s']:5.2f}x the bound){extra}", flush=True)
