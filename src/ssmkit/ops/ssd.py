@@ -29,7 +29,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._checks import check_int, check_tensor, value_checks_enabled
+from .._checks import check_bool, check_int, check_tensor, value_checks_enabled
+from . import _native
 
 __all__ = ["ssd", "ssd_ref"]
 
@@ -96,7 +97,7 @@ def _compute_dtype(*tensors) -> torch.dtype:
 
 
 def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None,
-        chunk_size: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
+        chunk_size: int = 64, native: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD (see the module docstring); same arguments and results as :func:`ssd_ref`.
 
     ``chunk_size`` bounds the chunk length; the length used is the smallest that covers ``L``
@@ -106,6 +107,8 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None,
     """
     _check(x, dt, A, B, C, initial_state)
     check_int("chunk_size", chunk_size, minimum=1)
+    if native is not None:  # (0 == False: a membership test would let 0 and 1 through)
+        check_bool("native", native)
     ct = _compute_dtype(x, dt, A, B, C, initial_state)
     out_dtype = x.dtype
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -115,8 +118,98 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None,
         if x.shape[0] == 0:  # an empty batch: empty outputs
             h = x.new_zeros(0, x.shape[2], x.shape[3], B.shape[3]) if initial_state is None else initial_state * 1
             return x * 0, h
-        y, h = _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size)
+        use_native = native is not False and _native_applies(x)
+        if native and not use_native:
+            raise RuntimeError("native=True but the native SSD kernel cannot be used here (it needs CPU "
+                               "float32/float64 tensors and a built library; see ssmkit.ops._native)")
+        if use_native:
+            y, h = _ssd_native(x, dt, A, B, C, initial_state)
+        else:
+            y, h = _ssd_chunked(x, dt, A, B, C, initial_state, chunk_size)
     return y.to(out_dtype), h
+
+
+def _native_applies(x) -> bool:
+    """The native kernel runs CPU float32/float64 (every operand is already in ``x``'s dtype)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _native.available()
+
+
+# The native backward recomputes the T + 1 states of a chunk of T steps into a per-thread
+# buffer; T is chosen so that the buffer stays about this size (bytes), within a core's L2 cache.
+_WORK_BYTES = 1 << 18
+
+
+def checkpoint_every(P: int, N: int, itemsize: int) -> int:
+    """Steps between the states the native forward saves for its backward pass (4 to 64)."""
+    return max(4, min(64, _WORK_BYTES // max(1, P * N * itemsize) - 1))
+
+
+def _ssd_native(x, dt, A, B, C, h0):
+    every = checkpoint_every(x.shape[3], B.shape[3], x.element_size())
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0)):
+        return _NativeSSDFn.apply(x, dt, A, B, C, h0, every)
+    with torch.no_grad():
+        return _native_forward(x, dt, A, B, C, h0, every, save=False)[:2]
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+def _native_forward(x, dt, A, B, C, h0, every, save):
+    """y (bsz, L, H, P), the final state (bsz, H, P, N), the saved states (bsz, H, K, P, N) when
+    ``save`` (K = ceil(L / every)), and the contiguous operands the backward pass reads."""
+    lib = _native.library()
+    bsz, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    x, dt, A, B, C = (t.detach().contiguous() for t in (x, dt, A, B, C))
+    h0 = None if h0 is None else h0.detach().contiguous()
+    y = x.new_empty(bsz, L, H, P)
+    last = x.new_empty(bsz, H, P, N)
+    states = x.new_empty(bsz, H, -(-L // every), P, N) if save else None
+    fn = lib.ssd_fwd_f32 if x.dtype == torch.float32 else lib.ssd_fwd_f64
+    fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _ptr(h0), y.data_ptr(),
+       last.data_ptr(), _ptr(states), bsz, L, H, P, G, N, every, torch.get_num_threads())
+    return y, last, states, (x, dt, A, B, C)
+
+
+class _NativeSSDFn(torch.autograd.Function):
+    """The SSD scan through the native kernels: a sequential recurrence per (batch, head) and
+    its analytic reverse scan (formulas in ``_native/ssd_scan.c``)."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, every):
+        y, last, states, saved = _native_forward(x, dt, A, B, C, h0, every, save=True)
+        ctx.save_for_backward(*saved, states)
+        ctx.every, ctx.has_h0 = every, h0 is not None
+        ctx.set_materialize_grads(False)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        x, dt, A, B, C, states = ctx.saved_tensors
+        lib = _native.library()
+        bsz, L, H, P = x.shape
+        G, N = B.shape[2], B.shape[3]
+        T = ctx.every
+        threads = torch.get_num_threads()
+        dy = x.new_zeros(bsz, L, H, P) if dy is None else dy.contiguous()
+        dlast = None if dlast is None else dlast.contiguous()
+        dx, ddt, dA = torch.empty_like(x), torch.empty_like(dt), torch.empty_like(A)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        want_h0 = ctx.has_h0 and ctx.needs_input_grad[5]
+        dh0 = x.new_empty(bsz, H, P, N) if want_h0 else None
+        # per-head dB, dC terms (summed over each group's heads in order, in the kernel) and
+        # per-(batch, head) dA terms: a fixed summation order whatever the thread count
+        part = x.new_empty(2, bsz, L, H, N) if H != G else None
+        dA_part = x.new_empty(bsz, H)
+        work = x.new_empty(threads, (T + 2) * P * N + T)
+        fn = lib.ssd_bwd_f32 if x.dtype == torch.float32 else lib.ssd_bwd_f64
+        fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), states.data_ptr(),
+           dy.data_ptr(), _ptr(dlast), dx.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
+           dC.data_ptr(), _ptr(dh0), dA_part.data_ptr(), _ptr(part), work.data_ptr(),
+           bsz, L, H, P, G, N, T, threads)
+        return dx, ddt, dA, dB, dC, dh0, None
 
 
 def _ssd_chunked(x, dt, A, B, C, initial_state, chunk):
