@@ -195,10 +195,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.argtypes = [P] * 8 + [L] * 3 + [I] * 2
         f.restype = None
         f = getattr(lib, f"ssd_fwd_{sfx}")  # Mamba-2's SSD scan (ssmkit.ops.ssd)
-        f.argtypes = [P] * 9 + [L] * 7 + [I]
+        f.argtypes = [P] * 8 + [L] * 6 + [I]
         f.restype = None
         f = getattr(lib, f"ssd_bwd_{sfx}")
-        f.argtypes = [P] * 17 + [L] * 7 + [I]
+        f.argtypes = [P] * 18 + [L] * 7 + [I]
         f.restype = None
     D = ctypes.c_double
     for sfx in ("f32", "f64"):
