@@ -46,6 +46,20 @@
 #include <omp.h>
 #endif
 
+/* The rows a step reads (x, y, dy: P values; B, C: N values) lie far apart in memory (one
+ * step is a row of the (b, L, H, P) or (b, L, G, N) tensors), and the reverse sweep walks them
+ * backwards: hardware prefetchers miss such strides, so the rows of the step SSD_AHEAD steps
+ * ahead are requested explicitly. */
+#define SSD_AHEAD 2
+static inline void ssd_prefetch(const void *p, long bytes) {
+#if defined(__GNUC__)
+    for (long i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 #define SSD_SCALAR float
 #define SSD_SFX f32
 #define SSD_EXP expf
@@ -118,6 +132,12 @@ void SSD_CAT(ssd_fwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
         for (long t = 0; t < L; t++) {
             const long row = bi * L + t;
             const S dtt = dt[row * H + hh];
+            if (t + SSD_AHEAD < L) {
+                const long ra = row + SSD_AHEAD;
+                ssd_prefetch(x + (ra * H + hh) * P, P * sizeof(S));
+                ssd_prefetch(B + (ra * G + g) * N, N * sizeof(S));
+                ssd_prefetch(C + (ra * G + g) * N, N * sizeof(S));
+            }
             SSD_CAT(ssd_step, SSD_SFX)(h, x + (row * H + hh) * P, B + (row * G + g) * N, C + (row * G + g) * N,
                                        y + (row * H + hh) * P, SSD_EXP(dtt * Ah), dtt, P, N);
         }
@@ -229,6 +249,12 @@ void SSD_CAT(ssd_bwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
             for (long t = 0; t < L; t++) {
                 const long row = bi * L + t;
                 const S dtt = dt[row * H + hh];
+                if (t + SSD_AHEAD < L) {
+                    const long ra = row + SSD_AHEAD;
+                    ssd_prefetch(x + (ra * H + hh) * P, P * sizeof(S));
+                    ssd_prefetch(dy + (ra * H + hh) * P, P * sizeof(S));
+                    ssd_prefetch(B + (ra * G + g) * N, N * sizeof(S));
+                }
                 S *dCt = pC + (row * H + slot) * N;
                 memset(dCt, 0, N * sizeof(S));
                 SSD_CAT(ssd_step_dc, SSD_SFX)(hg, x + (row * H + hh) * P, B + (row * G + g) * N,
@@ -242,6 +268,15 @@ void SSD_CAT(ssd_bwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
             for (long t = L - 1; t >= 0; t--) {
                 const long row = bi * L + t, xo = (row * H + hh) * P;
                 const S dtt = dt[row * H + hh];
+                if (t >= SSD_AHEAD) {
+                    const long ra = row - SSD_AHEAD, xa = (ra * H + hh) * P;
+                    ssd_prefetch(x + xa, P * sizeof(S));
+                    ssd_prefetch(y + xa, P * sizeof(S));
+                    ssd_prefetch(dy + xa, P * sizeof(S));
+                    ssd_prefetch(B + (ra * G + g) * N, N * sizeof(S));
+                    ssd_prefetch(C + (ra * G + g) * N, N * sizeof(S));
+                    ssd_prefetch(dt + ra * H + hh, sizeof(S));
+                }
                 if ((t + 1) % T == 0 || t == L - 1) { /* restart: D_{t+1} = <c_t, h_t> */
                     const S *hk = hb + (t / T) * PN;
                     S acc = 0;
