@@ -21,9 +21,10 @@ Two algorithms compute it (same arguments and results; :func:`ssd` picks one):
   need no stored states. The backward recomputes the states in a forward sweep from the
   inputs; nothing but the inputs and ``y`` is kept for it. Per-head and per-batch partial sums
   are reduced in a fixed order: gradients are bit-identical for any thread count.
-  Measured against the chunked path (``benchmarks/bench_ssd.py``, one thread): 2-7x faster
-  forward and 1.1-2.4x faster forward + backward at every shape tried (N = 64 and 128, up to
-  L = 4096), so it is used whenever it applies; ``native=False`` selects the chunked path.
+  Measured against the chunked path (``benchmarks/bench_ssd.py``, one thread, seven shapes
+  with N = 64 and 128, batch 1 to 32, L = 196 to 4096, one and two groups): 1.5-3.0x faster
+  forward and 1.3-2.2x faster forward + backward, the chunked path faster at none of them, so
+  the native kernel is used whenever it applies; ``native=False`` selects the chunked path.
 - **Chunked** (every other device and dtype, and the fallback), below.
 
 Chunked computation (chunks of Q steps): inside a chunk, with ``S_t = Σ_{s≤t} Δ_s A`` (log

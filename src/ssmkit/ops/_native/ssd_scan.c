@@ -21,9 +21,10 @@
  * D_t needs no state: since a_t h_{t-1} = h_t - dt_t x_t B_tᵀ and <g_t, h_t> = <c_t, h_t> +
  * <dy_t, y_t> with <c_t, h_t> = D_{t+1},
  *     D_t = D_{t+1} + <dy_t, y_t> - dt_t <x_t, r_t>,
- * a scalar recursion over P-vectors. Its rounding errors would add up along the sequence, so
- * it restarts from the exact D_{e} = <c_{e-1}, h_{e-1}> at the end of every chunk of T steps
- * (one P x N dot product per chunk).
+ * a scalar recursion whose terms are dot products over P. Its rounding errors would add up
+ * along the sequence, so it restarts from the exact D_{e} = <c_{e-1}, h_{e-1}> at the end of
+ * every chunk of T steps (one P x N dot product per chunk; T is the caller's, see
+ * ssmkit.ops.ssd.restart_every).
  * A task runs two sweeps: forward from h0, recomputing the states, writing dC_t (it needs h_t
  * and dy_t only) and keeping the state at the end of each chunk (K = ceil(L / T) states in a
  * per-thread buffer); then backward over the carry, writing dx, dB, ddt and dA. Nothing but
@@ -47,8 +48,9 @@
 #endif
 
 /* The rows a step reads (x, y, dy: P values; B, C: N values) lie far apart in memory (one
- * step is a row of the (b, L, H, P) or (b, L, G, N) tensors), and the reverse sweep walks them
- * backwards: hardware prefetchers miss such strides, so the rows of the step SSD_AHEAD steps
+ * step is a row of the (b, L, H, P) or (b, L, G, N) tensors, up to several kB apart), and the
+ * reverse sweep walks them backwards; hardware prefetchers follow such strides poorly (the
+ * reverse sweep stalled on these loads in a profile), so the rows of the step SSD_AHEAD steps
  * ahead are requested explicitly. */
 #define SSD_AHEAD 2
 static inline void ssd_prefetch(const void *p, long bytes) {
