@@ -125,8 +125,9 @@ def ssd(x, dt, A, B, C, initial_state: Optional[torch.Tensor] = None,
     compute dtype, the library built, ``SSMKIT_NATIVE`` not 0), False forces the chunked torch
     path, True requires the native kernel (RuntimeError if it cannot be used).
 
-    Chunked path: ``chunk_size`` bounds the chunk length (it does not affect the native path); the length used is the smallest that covers ``L``
-    with the same number of chunks (:func:`chunk_layout`). Work is laid out head-major,
+    Chunked path: ``chunk_size`` bounds the chunk length (the native path ignores it); the
+    length used is the smallest that covers ``L`` with the same number of chunks
+    (:func:`chunk_layout`). Work is laid out head-major,
     (batch, groups, heads per group, chunk, step, ·), so every contraction is a batched matmul
     on contiguous blocks; ``C Bᵀ`` is formed and causally masked once per group, not per head.
     """
