@@ -62,6 +62,16 @@ static inline void ssd_prefetch(const void *p, long bytes) {
 #endif
 }
 
+/* The same for rows about to be written (dx, dB, dC, y): fetched for writing. */
+static inline void ssd_prefetch_w(void *p, long bytes) {
+#if defined(__GNUC__)
+    for (long i = 0; i < bytes; i += 64) __builtin_prefetch((char *)p + i, 1, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 #define SSD_SCALAR float
 #define SSD_SFX f32
 #define SSD_EXP expf
@@ -139,6 +149,7 @@ void SSD_CAT(ssd_fwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
                 ssd_prefetch(x + (ra * H + hh) * P, P * sizeof(S));
                 ssd_prefetch(B + (ra * G + g) * N, N * sizeof(S));
                 ssd_prefetch(C + (ra * G + g) * N, N * sizeof(S));
+                ssd_prefetch_w(y + (ra * H + hh) * P, P * sizeof(S));
             }
             SSD_CAT(ssd_step, SSD_SFX)(h, x + (row * H + hh) * P, B + (row * G + g) * N, C + (row * G + g) * N,
                                        y + (row * H + hh) * P, SSD_EXP(dtt * Ah), dtt, P, N);
@@ -256,6 +267,7 @@ void SSD_CAT(ssd_bwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
                     ssd_prefetch(x + (ra * H + hh) * P, P * sizeof(S));
                     ssd_prefetch(dy + (ra * H + hh) * P, P * sizeof(S));
                     ssd_prefetch(B + (ra * G + g) * N, N * sizeof(S));
+                    ssd_prefetch_w(pC + (ra * H + slot) * N, N * sizeof(S));
                 }
                 S *dCt = pC + (row * H + slot) * N;
                 memset(dCt, 0, N * sizeof(S));
@@ -278,6 +290,8 @@ void SSD_CAT(ssd_bwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
                     ssd_prefetch(B + (ra * G + g) * N, N * sizeof(S));
                     ssd_prefetch(C + (ra * G + g) * N, N * sizeof(S));
                     ssd_prefetch(dt + ra * H + hh, sizeof(S));
+                    ssd_prefetch_w(dx + xa, P * sizeof(S));
+                    ssd_prefetch_w(pB + (ra * H + slot) * N, N * sizeof(S));
                 }
                 if ((t + 1) % T == 0 || t == L - 1) { /* restart: D_{t+1} = <c_t, h_t> */
                     const S *hk = hb + (t / T) * PN;
