@@ -22,8 +22,8 @@ Two algorithms compute it (same arguments and results; :func:`ssd` picks one):
   inputs; nothing but the inputs and ``y`` is kept for it. Per-head and per-batch partial sums
   are reduced in a fixed order: gradients are bit-identical for any thread count.
   Measured against the chunked path (``benchmarks/bench_ssd.py``, one thread, seven shapes
-  with N = 64 and 128, batch 1 to 32, L = 196 to 4096, one and two groups): 1.5-3.0x faster
-  forward and 1.3-2.2x faster forward + backward, the chunked path faster at none of them, so
+  with N = 64 and 128, batch 1 to 32, L = 196 to 4096, one and two groups): 1.9-3.0x faster
+  forward and 1.4-2.7x faster forward + backward, the chunked path faster at none of them, so
   the native kernel is used whenever it applies; ``native=False`` selects the chunked path.
 - **Chunked** (every other device and dtype, and the fallback), below.
 
