@@ -1,6 +1,7 @@
-"""Mamba-2's SSD scan on the CPU: ssmkit's chunked `ssd` against the torch path of
-transformers' Mamba-2 (`mamba2_chunk_scan`, the chunked SSD that `Mamba2Mixer` runs without
-CUDA kernels), on the same inputs, in one process, alternating the two.
+"""Mamba-2's SSD scan on the CPU: ssmkit's `ssd` (its native sequential kernel, the default on
+a CPU, and its chunked torch path, ``native=False``) against the torch path of transformers'
+Mamba-2 (`mamba2_chunk_scan`, the chunked SSD that `Mamba2Mixer` runs without CUDA kernels),
+on the same inputs, in one process, alternating them.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_ssd.py [--threads 1] [--repeats 5] [--layers-only]
 
@@ -11,9 +12,9 @@ layer runs both with its fused conv (the default) and with ``fused = False`` (th
 torch operations), alternated in the same loop. ``--layers-only`` prints only this table.
 
 ssmkit is called as its layers call it (inside `trusted_inputs`, so the full-tensor value
-checks of the public entry are skipped) with its default chunk of 64 steps, and also with
-transformers' chunk of 256 steps (the result does not depend on the chunk length, only the
-work does). transformers runs with its configured chunk of 256. Printed: median seconds of a
+checks of the public entry are skipped): the native kernel, and the chunked path with its
+default chunk of 64 steps (the result does not depend on the chunk length, only the work
+does). transformers runs with its configured chunk of 256. Printed: median seconds of a
 forward pass (inference, no autograd) and of forward + backward, and the speed-up
 (transformers time / ssmkit time). Timings on a shared machine are noisy; the ratio, taken
 from alternated runs, is the figure to read.
@@ -29,9 +30,11 @@ import torch
 from ssmkit._checks import trusted_inputs
 from ssmkit.ops.ssd import ssd
 
-# (batch, length, heads, head dim, state size, groups): a mamba2-130m layer (d_model 768), a
-# small model (d_model 64), and a long sequence
-SHAPES = [(1, 1024, 24, 64, 128, 1), (8, 512, 2, 64, 64, 1), (1, 4096, 8, 64, 128, 1)]
+# (batch, length, heads, head dim, state size, groups): the demo's training shape (d_model 64),
+# a mamba2-130m layer (d_model 768) at two lengths, a batch of them, a small model at batch 8,
+# a long sequence, and heads sharing two groups
+SHAPES = [(32, 196, 2, 64, 64, 1), (1, 512, 24, 64, 128, 1), (1, 1024, 24, 64, 128, 1), (4, 512, 24, 64, 128, 1),
+          (8, 512, 2, 64, 64, 1), (1, 4096, 8, 64, 128, 1), (8, 256, 8, 64, 64, 2)]
 
 
 def _inputs(b, L, H, P, N, G, grad):
@@ -62,28 +65,30 @@ def main() -> None:
         return
     theirs = _transformers_scan()
 
-    def ours(q):
+    def ours(native):
         def run(x, dt, A, B, C):
             with trusted_inputs():
-                return ssd(x, dt, A, B, C, chunk_size=q)
+                return ssd(x, dt, A, B, C, chunk_size=64, native=native)
         return run
 
-    impls = {"ssmkit ssd (chunk 64)": ours(64), "ssmkit ssd (chunk 256)": ours(256),
-             "transformers torch SSD (chunk 256)": lambda x, dt, A, B, C: theirs(x, dt, A, B, C, chunk_size=256,
-                                                                                  return_final_states=True)}
+    NAT, CH, TF = "ssmkit native", "ssmkit chunked (chunk 64)", "transformers torch SSD (chunk 256)"
+    impls = {NAT: ours(None), CH: ours(False),
+             TF: lambda x, dt, A, B, C: theirs(x, dt, A, B, C, chunk_size=256, return_final_states=True)}
     print(f"threads={args.threads}, repeats={args.repeats} (median)")
-    print("| batch, L, heads, P, N | mode | " + " | ".join(impls) + " | speed-up (chunk 64) |")
-    print("|---|---|" + "---|" * (len(impls) + 1))
+    print("| batch, L, heads, P, N, groups | mode | " + " | ".join(impls)
+          + " | native vs chunked | native vs transformers |")
+    print("|---|---|" + "---|" * (len(impls) + 2))
     for shape in SHAPES:
         for mode in ("forward", "forward+backward"):
             grad = mode != "forward"
             ins = _inputs(*shape, grad=grad)
             # same answer first
             with torch.no_grad():
-                y1, h1 = impls["ssmkit ssd (chunk 64)"](*[t.detach() for t in ins])
-                y2, h2 = impls["transformers torch SSD (chunk 256)"](*[t.detach() for t in ins])
-            err = float((y1 - y2).abs().max() / y2.abs().max())
-            assert err < 1e-4, f"outputs differ: {err:.2g}"
+                y2, h2 = impls[TF](*[t.detach() for t in ins])
+                for name in (NAT, CH):
+                    y1, h1 = impls[name](*[t.detach() for t in ins])
+                    err = float((y1 - y2).abs().max() / y2.abs().max())
+                    assert err < 1e-4, f"outputs of {name} differ: {err:.2g}"
             times = {k: [] for k in impls}
             for _ in range(args.repeats + 1):  # the first round warms up and is dropped
                 for name, fn in impls.items():
@@ -96,9 +101,9 @@ def main() -> None:
                             fn(*ins)
                     times[name].append(time.perf_counter() - t0)
             med = {k: statistics.median(v[1:]) for k, v in times.items()}
-            ratio = med["transformers torch SSD (chunk 256)"] / med["ssmkit ssd (chunk 64)"]
             cells = " | ".join(f"{med[k]:.4f} s" for k in impls)
-            print(f"| {', '.join(map(str, shape[:5]))} | {mode} | {cells} | **{ratio:.1f}x** |", flush=True)
+            print(f"| {', '.join(map(str, shape))} | {mode} | {cells} | **{med[CH] / med[NAT]:.2f}x** | "
+                  f"**{med[TF] / med[NAT]:.1f}x** |", flush=True)
     layers(args.repeats)
 
 

@@ -39,15 +39,15 @@ from ..._io import fsync_dir
 __all__ = ["available", "library", "cache_dir"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
-# every source compiled into the one library: the selective scan, and the fused decoding steps
-_SRCS = (_SRC, Path(__file__).with_name("decode_step.c"))
+# every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan
+_SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"))
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
 # but link without it: on some gcc versions linking a shared object with -ffast-math pulls in
 # crtfastmath.o, which flips the whole process to flush-denormals-to-zero at load time.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 4
+_ABI = 5
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -193,6 +193,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.restype = None
         f = getattr(lib, f"lti_bwd_{sfx}")
         f.argtypes = [P] * 8 + [L] * 3 + [I] * 2
+        f.restype = None
+        f = getattr(lib, f"ssd_fwd_{sfx}")  # Mamba-2's SSD scan (ssmkit.ops.ssd)
+        f.argtypes = [P] * 8 + [L] * 6 + [I]
+        f.restype = None
+        f = getattr(lib, f"ssd_bwd_{sfx}")
+        f.argtypes = [P] * 18 + [L] * 7 + [I]
         f.restype = None
     D = ctypes.c_double
     for sfx in ("f32", "f64"):
