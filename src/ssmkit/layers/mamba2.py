@@ -33,6 +33,7 @@ from .._checks import (check_bool, check_dt_range, check_float, check_int, check
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba2_conv
 from ..ops import decode_step
+from ..ops.gated_norm import native_applies as gated_norm_applies, skip_gated_rms_norm
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import log_uniform_dt
@@ -77,7 +78,9 @@ class Mamba2(InPlaceStep, SequenceLayer):
 
     needs_channel_mixer = False
     #: without a padding mask, run the conv + SiLU of [x, B, C] as one fused operation
-    #: (:func:`ssmkit.ops.mamba_fused.mamba2_conv`); False uses the separate torch operations
+    #: (:func:`ssmkit.ops.mamba_fused.mamba2_conv`), and (float32/float64 on CPU, with or without
+    #: a mask) the D skip + gated group RMSNorm as one native operation
+    #: (:func:`ssmkit.ops.gated_norm.skip_gated_rms_norm`); False uses the separate torch operations
     fused = True
 
     def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64,
@@ -198,8 +201,14 @@ class Mamba2(InPlaceStep, SequenceLayer):
             dt = dt * mask[..., None]
         A = negative_A(self.A_log, self._A_cache).to(sd)
         y, h = ssd(xs, dt, A, Bm, Cm, initial_state=h0, chunk_size=self.chunk_size)
-        y = y + self.D.to(sd)[:, None] * xs
-        out = self.out_proj(self.norm(y.reshape(b, L, self.d_inner), z).to(x.dtype))
+        nm = self.norm
+        if self.fused and gated_norm_applies(y, xs, self.D, z, nm.weight):
+            # D skip + gated group RMSNorm as one native operation (ssmkit.ops.gated_norm)
+            yn = skip_gated_rms_norm(y, xs, self.D, z, nm.weight, nm.group_size, nm.eps, nm.norm_before_gate)
+        else:
+            y = y + self.D.to(sd)[:, None] * xs
+            yn = nm(y.reshape(b, L, self.d_inner), z)
+        out = self.out_proj(yn.to(x.dtype))
         if x is not x_in:  # returned in the input's dtype
             out = out.to(x_in.dtype)
         if mask is not None:

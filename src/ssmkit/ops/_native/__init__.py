@@ -39,15 +39,17 @@ from ..._io import fsync_dir
 __all__ = ["available", "library", "cache_dir"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
-# every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan
-_SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"))
+# every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
+# Mamba-2's D skip + gated group RMSNorm
+_SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
+         Path(__file__).with_name("gated_norm.c"))
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
 # but link without it: on some gcc versions linking a shared object with -ffast-math pulls in
 # crtfastmath.o, which flips the whole process to flush-denormals-to-zero at load time.
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 5
+_ABI = 6
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -200,6 +202,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         f = getattr(lib, f"ssd_bwd_{sfx}")
         f.argtypes = [P] * 18 + [L] * 7 + [I]
         f.restype = None
+        f = getattr(lib, f"gn_fwd_{sfx}")  # D skip + gated group RMSNorm (ssmkit.ops.gated_norm)
+        f.argtypes = [P] * 4 + [L] + [P] * 4 + [L] * 4 + [ctypes.c_double, I, I]
+        f.restype = None
+        f = getattr(lib, f"gn_bwd_{sfx}")
+        f.argtypes = [P] * 4 + [L] + [P] * 10 + [L] * 4 + [I, I]
+        f.restype = None
     D = ctypes.c_double
     for sfx in ("f32", "f64"):
         f = getattr(lib, f"mamba_step_{sfx}")
@@ -219,6 +227,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
     lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I
+    lib.gn_blocks.argtypes = [L]
+    lib.gn_blocks.restype = L
     lib.ssm_bwd_tasks.argtypes = [L] * 4
     lib.ssm_bwd_tasks.restype = L
 

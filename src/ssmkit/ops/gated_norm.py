@@ -1,0 +1,143 @@
+"""Mamba-2's output side before the out-projection as one operation: the D skip and the gated
+group RMSNorm (Dao & Gu 2024, "Transformers are SSMs", §7; docs/mamba.md).
+
+With ``y, x`` (..., H, P), ``D`` (H,), ``z`` (..., E = H·P), ``weight`` (E,) and groups of
+``group_size`` channels:
+
+    v = y + D_h x                                  (per head h)
+    out = weight · RMSNorm_group(v · silu(z))      (norm_before_gate=False)
+    out = weight · RMSNorm_group(v) · silu(z)      (norm_before_gate=True)
+
+``RMSNorm_group(u)_e = u_e / sqrt(mean_{j in group(e)} u_j² + eps)``. The result is
+(..., E). :func:`skip_gated_rms_norm_ref` composes the torch operations (what
+:class:`ssmkit.layers.Mamba2` computes without the native library). :func:`skip_gated_rms_norm`
+runs it as one native kernel on CPU float32/float64 operands of one dtype (one pass over the
+rows forward, one backward; the forward keeps only the per-row, per-group ``1/rms`` for the
+backward, which recomputes ``v`` and the gate). Its backward, with ``n`` the normalised values,
+``dn`` their gradient and ``c = mean_group(dn · n)``: ``∂u = (dn - n c) / rms``; the gate,
+``D`` and ``weight`` gradients follow by the chain rule, and the sums over rows (``∂D``,
+``∂weight``) are taken over fixed blocks of rows reduced in block order, so the gradients do
+not depend on the thread count. Elsewhere the reference is used.
+
+No input checks here: an internal operation of :class:`ssmkit.layers.Mamba2`, which passes
+consistent operands. ``z`` may be a slice with a row stride (its last dimension contiguous).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _native
+
+__all__ = ["skip_gated_rms_norm", "skip_gated_rms_norm_ref", "native_applies"]
+
+
+def skip_gated_rms_norm_ref(y, x, D, z, weight, group_size: int, eps: float, norm_before_gate: bool):
+    """The composed torch arithmetic (see the module docstring); same arguments and result as
+    :func:`skip_gated_rms_norm`."""
+    v = (y + D[:, None] * x).reshape(z.shape)
+    g = F.silu(z)
+    if not norm_before_gate:
+        v = v * g
+    shape = v.shape
+    n = F.rms_norm(v.reshape(*shape[:-1], shape[-1] // group_size, group_size), (group_size,), None,
+                   eps).reshape(shape)
+    if norm_before_gate:
+        n = n * g
+    return weight * n
+
+
+def native_applies(y, x, D, z, weight) -> bool:
+    """True when the native kernel can run: CPU operands, all float32 or all float64, autocast
+    off, the library available."""
+    dt = y.dtype
+    if dt not in (torch.float32, torch.float64):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != dt for t in (y, x, D, z, weight)):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return _native.available()
+
+
+def skip_gated_rms_norm(y, x, D, z, weight, group_size: int, eps: float, norm_before_gate: bool):
+    """``weight · RMSNorm_group((y + D x) · silu(z))`` (or gated after the norm with
+    ``norm_before_gate``): ``y, x`` (..., H, P), ``D`` (H,), ``z`` (..., H·P), ``weight``
+    (H·P,) -> (..., H·P). Native when :func:`native_applies`, else
+    :func:`skip_gated_rms_norm_ref`."""
+    E = z.shape[-1]
+    if (not native_applies(y, x, D, z, weight) or E % group_size or y.shape[-2] * y.shape[-1] != E
+            or y.shape[:-2] != z.shape[:-1] or x.shape != y.shape):
+        return skip_gated_rms_norm_ref(y, x, D, z, weight, group_size, eps, norm_before_gate)
+    args = (int(group_size), float(eps), bool(norm_before_gate))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, x, D, z, weight)):
+        return _SkipGatedRMSNormFn.apply(y, x, D, z, weight, *args)
+    return _forward(y, x, D, z, weight, *args)[0]
+
+
+def _fn(lib, name: str, dtype: torch.dtype):
+    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
+
+def _rows(z):
+    """``z`` as (rows, E) with its last dimension contiguous (a view when possible) and its row stride."""
+    E = z.shape[-1]
+    if z.stride(-1) != 1 or z.numel() == 0:
+        z = z.contiguous()
+    try:
+        z2 = z.view(-1, E)
+    except RuntimeError:  # rows not evenly strided: copy
+        z2 = z.contiguous().view(-1, E)
+    return z2, (z2.stride(0) if z2.shape[0] > 1 else E)
+
+
+def _forward(y, x, D, z, weight, group_size, eps, nbg):
+    lib = _native.library()
+    dtype = y.dtype
+    E = z.shape[-1]
+    H, P = y.shape[-2], y.shape[-1]
+    y, x, D, weight = (t.detach().contiguous() for t in (y, x, D, weight))
+    z2, zs = _rows(z.detach())
+    rows = z2.shape[0]
+    out = y.new_empty(*z.shape)
+    rstd = y.new_empty(rows, E // group_size)
+    threads = torch.get_num_threads()
+    if rows:
+        work = y.new_empty(threads * 2 * E)
+        _fn(lib, "gn_fwd", dtype)(y.data_ptr(), x.data_ptr(), D.data_ptr(), z2.data_ptr(), zs, weight.data_ptr(),
+                                  out.data_ptr(), rstd.data_ptr(), work.data_ptr(), rows, H, P, group_size, eps,
+                                  int(nbg), threads)
+    return out, (y, x, D, z2, weight, rstd)
+
+
+class _SkipGatedRMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, x, D, z, weight, group_size, eps, nbg):
+        out, saved = _forward(y, x, D, z, weight, group_size, eps, nbg)
+        ctx.save_for_backward(*saved)
+        ctx.args = (group_size, nbg, y.shape, z.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, x, D, z2, weight, rstd = ctx.saved_tensors
+        group_size, nbg, yshape, zshape = ctx.args
+        lib = _native.library()
+        H, P = yshape[-2], yshape[-1]
+        E = H * P
+        rows = z2.shape[0]
+        zs = z2.stride(0) if rows > 1 else E
+        dout = dout.contiguous()
+        dy, dx, dz = y.new_empty(yshape), y.new_empty(yshape), y.new_empty(zshape)
+        dD, dw = y.new_zeros(H), y.new_zeros(E)
+        threads = torch.get_num_threads()
+        if rows:
+            nblk = lib.gn_blocks(rows)
+            part = y.new_empty(nblk * (E + H))
+            work = y.new_empty(threads * 4 * E)
+            _fn(lib, "gn_bwd", y.dtype)(y.data_ptr(), x.data_ptr(), D.data_ptr(), z2.data_ptr(), zs,
+                                        weight.data_ptr(), rstd.data_ptr(), dout.data_ptr(), dy.data_ptr(),
+                                        dx.data_ptr(), dz.data_ptr(), dD.data_ptr(), dw.data_ptr(),
+                                        part.data_ptr(), work.data_ptr(), rows, H, P, group_size, int(nbg),
+                                        threads)
+        return dy, dx, dD, dz, dw, None, None, None
