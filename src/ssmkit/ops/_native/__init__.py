@@ -43,6 +43,8 @@ _SRC = Path(__file__).with_name("selective_scan.c")
 # Mamba-2's D skip + gated group RMSNorm
 _SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
          Path(__file__).with_name("gated_norm.c"))
+# headers the sources include (part of the cache key, like the sources)
+_HEADERS = (Path(__file__).with_name("native_common.h"),)
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
 # but link without it: on some gcc versions linking a shared object with -ffast-math pulls in
 # crtfastmath.o, which flips the whole process to flush-denormals-to-zero at load time.
@@ -92,9 +94,9 @@ def _has_libmvec(cc: str) -> bool:
 
 
 def _key() -> str:
-    """Cache key: source, flags, ABI, machine and CPU features (no compiler needed to compute it)."""
+    """Cache key: sources and headers, flags, ABI, machine and CPU features (no compiler needed to compute it)."""
     return hashlib.sha256(b"\0".join([
-        *(src.read_bytes() for src in _SRCS), " ".join(_CFLAGS + _LDFLAGS + _LIBS).encode(),
+        *(src.read_bytes() for src in _SRCS + _HEADERS), " ".join(_CFLAGS + _LDFLAGS + _LIBS).encode(),
         platform.machine().encode(), _cpu_flags().encode(), str(_ABI).encode(),
     ])).hexdigest()[:16]
 

@@ -32,9 +32,7 @@
 #include <string.h>
 
 #include <stdint.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "native_common.h"
 
 /* y = x Wᵀ (+ bias) for a few rows x (nb, K) and a weight W (M, K), both row-major: every row of
  * W is read once for all rows of x (in groups of up to 4 rows), so the product streams the weight

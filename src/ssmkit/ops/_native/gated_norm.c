@@ -30,9 +30,7 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "native_common.h"
 
 #define GN_ROWS 32 /* rows per block of the backward's partial sums */
 
@@ -97,11 +95,7 @@ void GN_CAT(gn_fwd, GN_SFX)(const S *restrict y, const S *restrict x, const S *r
     const long E = H * P, G = E / gs;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *v = work + tid * 2 * E, *g = v + E;
         long r;
 #pragma omp for schedule(static)
@@ -142,11 +136,7 @@ void GN_CAT(gn_bwd, GN_SFX)(const S *restrict y, const S *restrict x, const S *r
     const long E = H * P, G = E / gs, nblk = (rows + GN_ROWS - 1) / GN_ROWS;
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *v = work + tid * 4 * E, *g = v + E, *ds = g + E, *dv = ds + E;
         long blk;
 #pragma omp for schedule(static)

@@ -44,19 +44,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-/* the calling thread's number inside an OpenMP parallel region (0 without OpenMP): indexes
- * the per-thread scratch buffers */
-static inline long ssm_thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
+#include "native_common.h"
 
 #define SSM_BLOCK 8
 #define MI_CB 32 /* channels per vector block in the fused Mamba kernels */

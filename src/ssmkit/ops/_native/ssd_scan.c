@@ -43,9 +43,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "native_common.h"
 
 /* The rows a step reads (x, y, dy: P values; B, C: N values) lie far apart in memory (one
  * step is a row of the (b, L, H, P) or (b, L, G, N) tensors, up to several kB apart), and the
@@ -245,11 +243,7 @@ void SSD_CAT(ssd_bwd, SSD_SFX)(const S *restrict x, const S *restrict dt, const 
     S *pB = R > 1 ? part : dB, *pC = R > 1 ? part + nb * L * H * N : dC; /* (b, L, H, N) each */
 #pragma omp parallel num_threads(nthreads)
     {
-#ifdef _OPENMP
-        const long tid = omp_get_thread_num();
-#else
-        const long tid = 0;
-#endif
+        const long tid = ssm_thread_id();
         S *hg = work + tid * (K + 1) * PN, *hb = hg + PN;
         long task;
 #pragma omp for schedule(dynamic, 1)
