@@ -79,6 +79,12 @@ PYEOF
 run recipe_induction_heads --recipe induction_heads --threads 1 &
 run recipe_selective_copying --recipe selective_copying --threads 1 &
 wait
+# the LTI layer beside each (another --layer drops the recipe's Mamba-only layer options)
+run recipe_induction_heads_s4d --recipe induction_heads --layer s4d --time-budget 720 --threads 1 &
+run recipe_selective_copying_s4d --recipe selective_copying --layer s4d --batch-size 32 --threads 1 &
+wait
+# ablation: the induction heads recipe with the default init (state 64 alone)
+run recipe_induction_heads_default --recipe induction_heads --layer-opt init=default --time-budget 1200 --threads 1
 for L in 256 4096; do
   "$SSMKIT" evaluate "$OUT/recipe_induction_heads" --task-opt test_length=$L --task-opt n_test=200 \
       > "$OUT/recipe_induction_heads_$L.json" || true
@@ -88,12 +94,13 @@ run recipe_smnist_seed1 --recipe smnist --seed 1 --threads 1 &
 wait
 "$SSMKIT" compare "$OUT/recipe_smnist=seed 0" "$OUT/recipe_smnist_seed1=seed 1" --out docs/figures/recipe_smnist.png \
     --title "smnist recipe (14x14): validation accuracy"
-"$SSMKIT" compare "$OUT/recipe_induction_heads=Mamba" --out docs/figures/recipe_induction_heads.png \
-    --title "induction_heads recipe (length 256, from scratch)"
+"$SSMKIT" compare "$OUT/recipe_induction_heads=Mamba (mimetic, N 64)" \
+    "$OUT/recipe_induction_heads_default=Mamba (default init, N 64)" "$OUT/recipe_induction_heads_s4d=S4D (N 64)" \
+    --out docs/figures/recipe_induction_heads.png --title "induction_heads recipe (length 256, from scratch)"
 "$SSMKIT" compare "$OUT/recipe_sktime_GunPoint=GunPoint" "$OUT/recipe_sktime_ArrowHead=ArrowHead" \
     "$OUT/recipe_sktime_OSULeaf=OSULeaf" "$OUT/recipe_sktime_ACSF1=ACSF1" \
     --out docs/figures/recipe_sktime.png --title "sktime recipe (S4D): validation curves"
-"$SSMKIT" compare "$OUT/recipe_selective_copying=Mamba" --out docs/figures/recipe_selective_copying.png \
-    --title "selective_copying recipe (16 tokens among 256)"
+"$SSMKIT" compare "$OUT/recipe_selective_copying=Mamba (mimetic, batch 16)" "$OUT/recipe_selective_copying_s4d=S4D (batch 32)" \
+    --out docs/figures/recipe_selective_copying.png --title "selective_copying recipe (16 tokens among 256)"
 "$SSMKIT" compare "$OUT/recipe_listops=S4D" --out docs/figures/recipe_listops.png --title "listops recipe (20-200 tokens)"
 fi

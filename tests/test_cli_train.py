@@ -220,6 +220,24 @@ def test_recipes_are_listed_valid_and_overridden_by_flags(tmp_path, capsys):
     assert "unknown recipe 'nope'" in capsys.readouterr().err
 
 
+def test_recipe_layer_options_stay_with_the_recipe_layer(tmp_path):
+    """The selective copying recipe sets Mamba's init; `--layer s4d` drops it (S4D has no such
+    option), while `--layer-opt` still applies to the chosen layer."""
+    from ssmkit.train.recipes import load_recipe
+
+    assert load_recipe("selective_copying")[1]["layer_options"] == {"init": "mimetic"}
+    small = ["--task-opt", "n_train=8", "--task-opt", "n_test=4", "--task-opt", "length=8", "--task-opt", "n_tokens=2",
+             "--d-model", "8", "--max-steps", "1", "--batch-size", "4", "--time-budget", "0", "--progress", "none"]
+    out = tmp_path / "s4d"
+    assert main(["train", "--recipe", "selective_copying", "--layer", "s4d", "--layer-opt", "discretization=zoh",
+                 *small, "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["layer"] == "s4d" and cfg["layer_options"] == {"discretization": "zoh"}
+    out = tmp_path / "mamba"
+    assert main(["train", "--recipe", "selective_copying", "--layer", "mamba", *small, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["layer_options"] == {"init": "mimetic"}
+
+
 def test_compare_prints_a_table_and_writes_one_figure(trained, tmp_path, capsys):
     other = tmp_path / "other"
     assert main(["train", "--layer", "rtf", *TINY, "--out", str(other)]) == 0

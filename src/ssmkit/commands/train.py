@@ -104,6 +104,10 @@ def config_from_args(args) -> TrainConfig:
     data = {}
     if args.recipe:
         data = load_recipe(args.recipe)[1]
+        if args.layer is not None and args.layer != data.get("layer"):
+            # a recipe's layer options belong to its layer (e.g. Mamba's init): another --layer
+            # starts from that layer's defaults (--layer-opt and --config still apply)
+            data.pop("layer_options", None)
     if args.config:
         file_data = load_config_file(args.config)
         for k in ("task_options", "layer_options", "backbone_options"):  # options merge, key by key

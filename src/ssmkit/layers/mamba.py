@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
+from .._checks import (check_bool, check_choice, check_dt_range, check_float, check_int, check_mask, check_positive_int,
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba_inner
 from ..ops import decode_step
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
-from .init import log_uniform_dt
+from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
 from .mamba_family import CausalConv, InPlaceStep, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
@@ -44,7 +44,14 @@ class Mamba(InPlaceStep, SequenceLayer):
     """The Mamba-1 block over (batch, length, d_model); defaults as in the paper.
 
     ``bias``: biases of ``in_proj`` and ``out_proj``; ``conv_bias``: bias of the conv;
-    ``device``, ``dtype``: where and in which dtype the parameters are created."""
+    ``device``, ``dtype``: where and in which dtype the parameters are created.
+
+    ``init="mimetic"`` (default ``"default"``, the paper's init above) starts the layer close to
+    linear attention (Trockman et al. 2024, arXiv 2410.11135; :func:`ssmkit.layers.init.mimetic_A_log`):
+    ``|A|`` log-uniform in ``mimetic_A_range`` (default ``[1e-3, 0.05]``) instead of ``n + 1``, so
+    the state barely decays, and the rows of ``x_proj`` that give ``C`` copied from those that
+    give ``B`` (``W_C = W_B``). Everything else is drawn exactly as by the default init (the
+    mimetic values are drawn after it)."""
 
     needs_channel_mixer = False
     #: run the inner block (conv, x/Δ projections, scan, gate) as one fused operation
@@ -54,10 +61,12 @@ class Mamba(InPlaceStep, SequenceLayer):
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank="auto",
                  dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4, bias: bool = False,
-                 conv_bias: bool = True, device=None, dtype=None):
+                 conv_bias: bool = True, init: str = "default", mimetic_A_range=(1e-3, 0.05), device=None, dtype=None):
         super().__init__()
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand).items():
             check_positive_int(k, v)
+        check_choice("init", init, MAMBA_INITS)
+        a_range = check_pair("mimetic_A_range", mimetic_A_range)
         check_dt_range(dt_min, dt_max)
         check_float("dt_init_floor", dt_init_floor, low=0.0)
         check_bool("bias", bias)
@@ -83,6 +92,12 @@ class Mamba(InPlaceStep, SequenceLayer):
         set_optim_hints(self.A_log, weight_decay=0.0)
         set_optim_hints(self.D, weight_decay=0.0)
         self.out_proj = nn.Linear(E, d_model, bias=bias, **fk)
+        self.init = init
+        if init == "mimetic":  # drawn after everything else: the other parameters are the default's
+            with torch.no_grad():
+                self.A_log.copy_(mimetic_A_log((E, d_state), *a_range))
+            R, N = self.dt_rank, d_state
+            tie_rows_(self.x_proj.weight, slice(R, R + N), slice(R + N, R + 2 * N))  # W_C = W_B
         self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, torch.Tensor]:

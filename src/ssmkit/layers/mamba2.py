@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import (check_bool, check_dt_range, check_float, check_int, check_mask, check_positive_int,
+from .._checks import (check_bool, check_choice, check_dt_range, check_float, check_int, check_mask, check_positive_int,
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba2_conv
 from ..ops import decode_step
 from ..ops.gated_norm import native_applies as gated_norm_applies, skip_gated_rms_norm
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
-from .init import log_uniform_dt
+from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
 from .mamba_family import CausalConv, InPlaceStep, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
@@ -74,7 +74,14 @@ class Mamba2(InPlaceStep, SequenceLayer):
 
     ``bias``: biases of ``in_proj`` and ``out_proj``; ``conv_bias``: bias of the conv;
     ``dt_limit``: (min, max) clamp of Δ; ``norm_eps``, ``norm_before_gate``: the gated RMSNorm
-    (per group of ``d_inner / ngroups`` channels); ``device``, ``dtype``: factory arguments."""
+    (per group of ``d_inner / ngroups`` channels); ``device``, ``dtype``: factory arguments.
+
+    ``init="mimetic"`` (default ``"default"``) starts the layer close to linear attention
+    (Trockman et al. 2024, arXiv 2410.11135; :func:`ssmkit.layers.init.mimetic_A_log`): each
+    head's ``|A|`` log-uniform in ``mimetic_A_range`` (default ``[1e-3, 0.05]``) instead of
+    ``A_init_range``, so the state barely decays, and the ``in_proj`` rows and conv channels that
+    give ``C`` copied from those that give ``B`` (``W_C = W_B``). Everything else is drawn exactly
+    as by the default init (the mimetic values are drawn after it)."""
 
     needs_channel_mixer = False
     #: without a padding mask, run the conv + SiLU of [x, B, C] as one fused operation
@@ -87,8 +94,10 @@ class Mamba2(InPlaceStep, SequenceLayer):
                  ngroups: int = 1, chunk_size: int = 64, dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, A_init_range=(1.0, 16.0), bias: bool = False, conv_bias: bool = True,
                  dt_limit=(0.0, float("inf")), norm_eps: float = 1e-5, norm_before_gate: bool = False,
-                 device=None, dtype=None):
+                 init: str = "default", mimetic_A_range=(1e-3, 0.05), device=None, dtype=None):
         super().__init__()
+        check_choice("init", init, MAMBA_INITS)
+        m_range = check_pair("mimetic_A_range", mimetic_A_range)
         for k, v in dict(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim,
                          ngroups=ngroups, chunk_size=chunk_size).items():
             check_positive_int(k, v)
@@ -129,6 +138,18 @@ class Mamba2(InPlaceStep, SequenceLayer):
             set_optim_hints(p, weight_decay=0.0)
         self.norm = GroupGatedRMSNorm(E, E // ngroups, eps=norm_eps, norm_before_gate=norm_before_gate, **fk)
         self.out_proj = nn.Linear(E, d_model, bias=bias, **fk)
+        self.init = init
+        if init == "mimetic":  # drawn after everything else: the other parameters are the default's
+            with torch.no_grad():
+                self.A_log.copy_(mimetic_A_log((H,), *m_range))
+            GN = ngroups * d_state
+            b_in, b_conv = 2 * E, E  # where B starts in in_proj's rows [z, x, B, C, dt] and the conv's [x, B, C]
+            tie_rows_(self.in_proj.weight, slice(b_in, b_in + GN), slice(b_in + GN, b_in + 2 * GN))
+            if self.in_proj.bias is not None:
+                tie_rows_(self.in_proj.bias, slice(b_in, b_in + GN), slice(b_in + GN, b_in + 2 * GN))
+            tie_rows_(self.conv1d.weight, slice(b_conv, b_conv + GN), slice(b_conv + GN, b_conv + 2 * GN))
+            if self.conv1d.bias is not None:
+                tie_rows_(self.conv1d.bias, slice(b_conv, b_conv + GN), slice(b_conv + GN, b_conv + 2 * GN))
         self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None):
