@@ -103,10 +103,7 @@ class Mamba2(InPlaceStep, SequenceLayer):
             check_positive_int(k, v)
         check_dt_range(dt_min, dt_max)
         check_float("dt_init_floor", dt_init_floor, low=0.0)
-        if not isinstance(A_init_range, (tuple, list)) or len(A_init_range) != 2:
-            raise TypeError(f"A_init_range must be a (low, high) pair, got {A_init_range!r}")
-        a_lo = check_float("A_init_range", A_init_range[0], low=0.0, low_open=True)
-        a_hi = check_float("A_init_range", A_init_range[1], low=a_lo)  # A = -exp(A_log) in -[low, high]
+        a_lo, a_hi = check_pair("A_init_range", A_init_range)  # A = -exp(A_log) in -[low, high]
         check_bool("bias", bias)
         check_bool("conv_bias", conv_bias)
         check_bool("norm_before_gate", norm_before_gate)

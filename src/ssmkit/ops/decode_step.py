@@ -27,10 +27,6 @@ from . import _native
 __all__ = ["add_rms_norm", "applies", "params_apply", "mamba_layer_step", "mamba2_layer_step", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
-def _ptr(t: Optional[torch.Tensor]):
-    return None if t is None else t.data_ptr()
-
-
 def params_apply(cache: dict, params, slot: str = "applies") -> bool:
     """:func:`applies` for a layer's parameters, remembered in ``cache[slot]`` outside autograd
     until one of them is replaced or moved (their storages, which change with dtype or device)."""
@@ -83,8 +79,8 @@ def mamba_step(xz: torch.Tensor, state, conv_weight: torch.Tensor, conv_bias: Op
     y = xz.new_empty(b, E)
     lib = _native._lib  # loaded: the caller checked applies()
     fn = lib.mamba_step_f32 if xz.dtype == torch.float32 else lib.mamba_step_f64
-    if fn(xz.data_ptr(), xz.stride(0), xz.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _ptr(conv_bias),
-          x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _ptr(dt_proj_bias), A.data_ptr(), D.data_ptr(),
+    if fn(xz.data_ptr(), xz.stride(0), xz.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _native.ptr(conv_bias),
+          x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _native.ptr(dt_proj_bias), A.data_ptr(), D.data_ptr(),
           h.data_ptr(), h_out.data_ptr(), y.data_ptr(), b, E, K, R, N):
         raise MemoryError("mamba_step: the native kernel could not allocate its scratch buffer")
     return y, (win_out, h_out)
@@ -107,7 +103,7 @@ def mamba2_step(zxbcdt: torch.Tensor, state, conv_weight: torch.Tensor, conv_bia
     y = zxbcdt.new_empty(b, H * headdim)
     lib = _native._lib  # loaded: the caller checked applies()
     fn = lib.mamba2_step_f32 if zxbcdt.dtype == torch.float32 else lib.mamba2_step_f64
-    if fn(zxbcdt.data_ptr(), zxbcdt.stride(0), zxbcdt.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _ptr(conv_bias),
+    if fn(zxbcdt.data_ptr(), zxbcdt.stride(0), zxbcdt.stride(1), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(), _native.ptr(conv_bias),
           dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(), h_out.data_ptr(),
           y.data_ptr(), b, H, headdim, ngroups, d_state, K, lo, hi, float(eps), int(bool(norm_before_gate))):
         raise MemoryError("mamba2_step: the native kernel could not allocate its scratch buffer")
@@ -133,7 +129,7 @@ def rows_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     b, K = x.shape
     M = weight.shape[0]
     y = x.new_empty(b, M)
-    if getattr(lib, name)(x.data_ptr(), weight.data_ptr(), _ptr(bias), y.data_ptr(), b, M, K, torch.get_num_threads()):
+    if getattr(lib, name)(x.data_ptr(), weight.data_ptr(), _native.ptr(bias), y.data_ptr(), b, M, K, torch.get_num_threads()):
         raise MemoryError("rows_matmul: the native kernel could not allocate its buffer")
     return y
 
@@ -144,7 +140,7 @@ def add_rms_norm(h: Optional[torch.Tensor], r: torch.Tensor, weight: torch.Tenso
     returned as a new tensor. float32, contiguous (b, d) operands on the CPU, outside autograd;
     the caller checks that (:func:`applies`)."""
     out = torch.empty_like(r)
-    _native._lib.add_rms_norm_f32(_ptr(h), r.data_ptr(), weight.data_ptr(), out.data_ptr(), r.shape[0],
+    _native._lib.add_rms_norm_f32(_native.ptr(h), r.data_ptr(), weight.data_ptr(), out.data_ptr(), r.shape[0],
                                        r.shape[1], float(eps))
     return out
 
@@ -160,9 +156,9 @@ def mamba_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_p
     win_out, h_out = _out(state, out_state)
     out = x.new_empty(b, Dm)
     if _native._lib.mamba_layer_step_f32(
-            x.data_ptr(), in_proj_weight.data_ptr(), _ptr(in_proj_bias), out_proj_weight.data_ptr(),
-            _ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
-            _ptr(conv_bias), x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _ptr(dt_proj_bias), A.data_ptr(),
+            x.data_ptr(), in_proj_weight.data_ptr(), _native.ptr(in_proj_bias), out_proj_weight.data_ptr(),
+            _native.ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
+            _native.ptr(conv_bias), x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _native.ptr(dt_proj_bias), A.data_ptr(),
             D.data_ptr(), h.data_ptr(), h_out.data_ptr(), b, Dm, E, K, dt_proj_weight.shape[1], N,
             torch.get_num_threads()):
         raise MemoryError("mamba_layer_step: the native kernel could not allocate its buffers")
@@ -179,9 +175,9 @@ def mamba2_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_
     win_out, h_out = _out(state, out_state)
     out = x.new_empty(b, Dm)
     if _native._lib.mamba2_layer_step_f32(
-            x.data_ptr(), in_proj_weight.data_ptr(), _ptr(in_proj_bias), out_proj_weight.data_ptr(),
-            _ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
-            _ptr(conv_bias), dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(),
+            x.data_ptr(), in_proj_weight.data_ptr(), _native.ptr(in_proj_bias), out_proj_weight.data_ptr(),
+            _native.ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
+            _native.ptr(conv_bias), dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(),
             h_out.data_ptr(), b, Dm, H, headdim, ngroups, d_state, K, float(dt_limit[0]), min(float(dt_limit[1]), 1e30),
             float(eps), int(bool(norm_before_gate)), torch.get_num_threads()):
         raise MemoryError("mamba2_layer_step: the native kernel could not allocate its buffers")

@@ -75,10 +75,6 @@ def skip_gated_rms_norm(y, x, D, z, weight, group_size: int, eps: float, norm_be
     return _forward(y, x, D, z, weight, *args)[0]
 
 
-def _fn(lib, name: str, dtype: torch.dtype):
-    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-
-
 def _rows(z):
     """``z`` as (rows, E) with its last dimension contiguous (a view when possible) and its row stride."""
     E = z.shape[-1]
@@ -92,7 +88,6 @@ def _rows(z):
 
 
 def _forward(y, x, D, z, weight, group_size, eps, nbg):
-    lib = _native.library()
     dtype = y.dtype
     E = z.shape[-1]
     H, P = y.shape[-2], y.shape[-1]
@@ -104,7 +99,7 @@ def _forward(y, x, D, z, weight, group_size, eps, nbg):
     threads = torch.get_num_threads()
     if rows:
         work = y.new_empty(threads * 2 * E)
-        _fn(lib, "gn_fwd", dtype)(y.data_ptr(), x.data_ptr(), D.data_ptr(), z2.data_ptr(), zs, weight.data_ptr(),
+        _native.kernel("gn_fwd", dtype)(y.data_ptr(), x.data_ptr(), D.data_ptr(), z2.data_ptr(), zs, weight.data_ptr(),
                                   out.data_ptr(), rstd.data_ptr(), work.data_ptr(), rows, H, P, group_size, eps,
                                   int(nbg), threads)
     return out, (y, x, D, z2, weight, rstd)
@@ -135,7 +130,7 @@ class _SkipGatedRMSNormFn(torch.autograd.Function):
             nblk = lib.gn_blocks(rows)
             part = y.new_empty(nblk * (E + H))
             work = y.new_empty(threads * 4 * E)
-            _fn(lib, "gn_bwd", y.dtype)(y.data_ptr(), x.data_ptr(), D.data_ptr(), z2.data_ptr(), zs,
+            _native.kernel("gn_bwd", y.dtype)(y.data_ptr(), x.data_ptr(), D.data_ptr(), z2.data_ptr(), zs,
                                         weight.data_ptr(), rstd.data_ptr(), dout.data_ptr(), dy.data_ptr(),
                                         dx.data_ptr(), dz.data_ptr(), dD.data_ptr(), dw.data_ptr(),
                                         part.data_ptr(), work.data_ptr(), rows, H, P, group_size, int(nbg),

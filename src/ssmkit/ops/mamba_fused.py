@@ -35,7 +35,7 @@ checks its inputs and parameters and passes operands of one dtype and device.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -102,19 +102,10 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_pr
     return out, last
 
 
-def _p(t: Optional[torch.Tensor]):
-    return None if t is None else t.data_ptr()
-
-
-def _fn(lib, name: str, dtype: torch.dtype):
-    return getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-
-
 def _fused_forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
                    conv_state, ssm_state, every, save):
     """The native forward: ``y`` (b, L, E), the last state, and when ``save`` the tensors the
     backward pass reads (else None)."""
-    lib = _native.library()
     dtype = xz.dtype
     threads = torch.get_num_threads()
     bsz, L, E2 = xz.shape
@@ -130,7 +121,7 @@ def _fused_forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt
     h0 = None if ssm_state is None else ssm_state.detach().contiguous()
     u = xz.new_empty(bsz, L, E)
     cwork = xz.new_empty(threads * (L + 2 * K) * _CB)
-    _fn(lib, "cv_fwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _p(cb), _p(win), u.data_ptr(), cwork.data_ptr(),
+    _native.kernel("cv_fwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _native.ptr(cb), _native.ptr(win), u.data_ptr(), cwork.data_ptr(),
                               bsz, E, L, K, threads)
     xdbl = torch.mm(u.view(-1, E), Wx.t())  # (b L, R + 2N)
     dtr = torch.mm(xdbl[:, :R], Wdt.t())  # (b L, E)
@@ -139,8 +130,8 @@ def _fused_forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt
     states = xz.new_empty(bsz, -(-L // every), N, E) if save else None
     work = xz.new_empty(threads * N * _CB)
     zptr = xz.data_ptr() + E * xz.element_size()  # z: the second half of each row of xz
-    _fn(lib, "mi_fwd", dtype)(u.data_ptr(), dtr.data_ptr(), _p(dtb), At.data_ptr(), xdbl.data_ptr(), R + 2 * N, R,
-                              _p(Dv), zptr, E2, _p(h0), out.data_ptr(), last.data_ptr(), _p(states),
+    _native.kernel("mi_fwd", dtype)(u.data_ptr(), dtr.data_ptr(), _native.ptr(dtb), At.data_ptr(), xdbl.data_ptr(), R + 2 * N, R,
+                              _native.ptr(Dv), zptr, E2, _native.ptr(h0), out.data_ptr(), last.data_ptr(), _native.ptr(states),
                               work.data_ptr(), bsz, E, L, N, every, threads)
     saved = (xz, wt, cb, win, Wx, Wdt, dtb, Dv, At, u, xdbl, dtr, states) if save else None
     return out, last, saved
@@ -162,7 +153,6 @@ class _MambaInnerFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlast):
         xz, wt, cb, win, Wx, Wdt, dtb, Dv, At, u, xdbl, dtr, states = ctx.saved_tensors
-        lib = _native.library()
         dtype = xz.dtype
         threads = torch.get_num_threads()
         bsz, L, E2 = xz.shape
@@ -185,10 +175,10 @@ class _MambaInnerFn(torch.autograd.Function):
         acc = xz.new_empty(bsz * nblk * (N + 2) * _CB)
         work = xz.new_empty(threads * (2 * T * N + 2 * N) * _CB)
         esz = xz.element_size()
-        _fn(lib, "mi_bwd", dtype)(u.data_ptr(), dtr.data_ptr(), _p(dtb), At.data_ptr(), xdbl.data_ptr(), R + 2 * N, R,
-                                  _p(Dv), xz.data_ptr() + E * esz, E2, states.data_ptr(), dout.data_ptr(), _p(dlast),
+        _native.kernel("mi_bwd", dtype)(u.data_ptr(), dtr.data_ptr(), _native.ptr(dtb), At.data_ptr(), xdbl.data_ptr(), R + 2 * N, R,
+                                  _native.ptr(Dv), xz.data_ptr() + E * esz, E2, states.data_ptr(), dout.data_ptr(), _native.ptr(dlast),
                                   du.data_ptr(), ddtr.data_ptr(), dxz.data_ptr() + E * esz, E2,
-                                  dxdbl.data_ptr(), R + 2 * N, dAt.data_ptr(), _p(dD), _p(ddtb), _p(dh0),
+                                  dxdbl.data_ptr(), R + 2 * N, dAt.data_ptr(), _native.ptr(dD), _native.ptr(ddtb), _native.ptr(dh0),
                                   part.data_ptr(), acc.data_ptr(), work.data_ptr(), bsz, E, L, N, T, ngrp, threads)
         # the two small projections: δ -> Δ (W_Δ), u -> [δ, B, C] (W_x)
         # (the operand orders below are the fast ones for these thin shapes, measured: the
@@ -202,8 +192,8 @@ class _MambaInnerFn(torch.autograd.Function):
         dwin = xz.new_empty(bsz, K - 1, E) if has_win else None
         part2 = xz.new_empty(bsz * nblk * (K + 1) * _CB)
         work2 = xz.new_empty(threads * (2 * L + 5 * K) * _CB)
-        _fn(lib, "cv_bwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _p(cb), _p(win), du2.data_ptr(), dxz.data_ptr(), E2,
-                                  _p(dwin), dwt.data_ptr(), _p(dcb), part2.data_ptr(), work2.data_ptr(),
+        _native.kernel("cv_bwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _native.ptr(cb), _native.ptr(win), du2.data_ptr(), dxz.data_ptr(), E2,
+                                  _native.ptr(dwin), dwt.data_ptr(), _native.ptr(dcb), part2.data_ptr(), work2.data_ptr(),
                                   bsz, E, L, K, threads)
         return (dxz, dwt.t().reshape(E, 1, K), dcb, dWx, dWdt, ddtb, dAt.t(), dD,
                 None if dwin is None else dwin.transpose(1, 2), dh0, None)
@@ -251,7 +241,6 @@ def _m2_parts(sizes):
 
 
 def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
-    lib = _native.library()
     dtype = zxbcdt.dtype
     threads = torch.get_num_threads()
     E, Ex, GN, H = sizes
@@ -270,7 +259,7 @@ def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
         bpart = None if cb is None else cb[ch:ch + width].contiguous()
         wnp = None if win is None else win[..., ch:ch + width].contiguous()
         u = zxbcdt.new_empty(bsz, L, width)
-        _fn(lib, "cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _p(bpart), _p(wnp),
+        _native.kernel("cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
                                   u.data_ptr(), cwork.data_ptr(), bsz, width, L, K, threads)
         outs.append(u)
         pieces.append((wpart, bpart, wnp))
@@ -294,7 +283,6 @@ class _Mamba2ConvFn(torch.autograd.Function):
     def backward(ctx, dz, dx, dB, dC, ddt):
         zxbcdt, *flat = ctx.saved_tensors
         pieces = [flat[i:i + 3] for i in range(0, len(flat), 3)]
-        lib = _native.library()
         dtype = zxbcdt.dtype
         threads = torch.get_num_threads()
         E, Ex, GN, H = ctx.sizes
@@ -321,8 +309,8 @@ class _Mamba2ConvFn(torch.autograd.Function):
             dcb = zxbcdt.new_empty(width) if has_cb else None
             dwn = zxbcdt.new_empty(bsz, K - 1, width) if has_win else None
             part = zxbcdt.new_empty(bsz * nblk * (K + 1) * _CB)
-            _fn(lib, "cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _p(bpart), _p(wnp),
-                                      du.data_ptr(), g.data_ptr() + col * esz, Din, _p(dwn), dwt.data_ptr(), _p(dcb),
+            _native.kernel("cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
+                                      du.data_ptr(), g.data_ptr() + col * esz, Din, _native.ptr(dwn), dwt.data_ptr(), _native.ptr(dcb),
                                       part.data_ptr(), work.data_ptr(), bsz, width, L, K, threads)
             dw.append(dwt)
             db.append(dcb)

@@ -156,12 +156,6 @@ def _native_lti_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
-def _native_fn(name: str, dtype: torch.dtype):
-    lib = _native.library()
-    single = dtype in (torch.float32, torch.complex64)
-    return getattr(lib, f"{name}_{'f32' if single else 'f64'}")
-
-
 class _LinearScanLTI(torch.autograd.Function):
     """``h_t = a ⊙ h_{t-1} + b_t`` with one ``a`` for every step and batch entry (``a``
     broadcasts to ``b.shape[2:]``); its gradient is ``Σ_{batch, t} g_t conj(h_{t-1})``.
@@ -177,7 +171,7 @@ class _LinearScanLTI(torch.autograd.Function):
             h0 = None if h0 is None else h0.detach().contiguous()
             hs = torch.empty_like(b)
             bsz, L, M = b.shape
-            _native_fn("lti_fwd", b.dtype)(a.data_ptr(), b.data_ptr(), None if h0 is None else h0.data_ptr(),
+            _native.kernel("lti_fwd", b.dtype)(a.data_ptr(), b.data_ptr(), None if h0 is None else h0.data_ptr(),
                                            hs.data_ptr(), bsz, L, M, int(b.is_complex()), torch.get_num_threads())
             ctx.save_for_backward(a, hs, h0)
             ctx.native = True
@@ -197,7 +191,7 @@ class _LinearScanLTI(torch.autograd.Function):
             da = torch.empty_like(a)
             dh0 = torch.empty_like(h0) if h0 is not None else None
             part = hs.new_empty(bsz, M)
-            _native_fn("lti_bwd", hs.dtype)(a.data_ptr(), hs.data_ptr(), None if h0 is None else h0.data_ptr(),
+            _native.kernel("lti_bwd", hs.dtype)(a.data_ptr(), hs.data_ptr(), None if h0 is None else h0.data_ptr(),
                                             gh.data_ptr(), g.data_ptr(), da.data_ptr(),
                                             None if dh0 is None else dh0.data_ptr(), part.data_ptr(),
                                             bsz, L, M, int(hs.is_complex()), torch.get_num_threads())

@@ -313,10 +313,6 @@ def _native_applies(u) -> bool:
     return u.device.type == "cpu" and u.dtype in (torch.float32, torch.float64) and _native.available()
 
 
-def _ptr(t: Optional[torch.Tensor]):
-    return None if t is None else t.data_ptr()
-
-
 def _native_forward(u, dt, A, B, C, h0, every, save):
     """Native forward: returns y (bsz, D, L), last state (bsz, D, N), and when ``save`` the saved
     states (bsz, D, K, N) plus the contiguous operands, with B, C time-major (bsz, G, L, N), that the
@@ -334,8 +330,8 @@ def _native_forward(u, dt, A, B, C, h0, every, save):
     last = u.new_empty(bsz, d, N)
     states = u.new_empty(bsz, d, K, N) if save else None
     fn = lib.ssm_fwd_f32 if u.dtype == torch.float32 else lib.ssm_fwd_f64
-    fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), _ptr(h0), y.data_ptr(),
-       last.data_ptr(), _ptr(states), bsz, d, L, N, GB, GC, every, torch.get_num_threads())
+    fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), _native.ptr(h0), y.data_ptr(),
+       last.data_ptr(), _native.ptr(states), bsz, d, L, N, GB, GC, every, torch.get_num_threads())
     return y, last, states, (u, dt, A, Bt, Ct)
 
 
@@ -375,8 +371,8 @@ class _NativeScanFn(torch.autograd.Function):
         work = u.new_empty(threads, 2 * T * N)
         fn = lib.ssm_bwd_f32 if u.dtype == torch.float32 else lib.ssm_bwd_f64
         fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), states.data_ptr(),
-           dy.data_ptr(), _ptr(dh_last), du.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
-           dC.data_ptr(), _ptr(dh0), carry.data_ptr(), part.data_ptr(), work.data_ptr(),
+           dy.data_ptr(), _native.ptr(dh_last), du.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
+           dC.data_ptr(), _native.ptr(dh0), carry.data_ptr(), part.data_ptr(), work.data_ptr(),
            bsz, d, L, N, GB, GC, T, S, threads)
         return du, ddt, dA, dB.transpose(-1, -2), dC.transpose(-1, -2), dh0, None
 

@@ -176,10 +176,6 @@ def _ssd_native(x, dt, A, B, C, h0):
         return _native_forward(x, dt, A, B, C, h0)[:2]
 
 
-def _ptr(t: Optional[torch.Tensor]):
-    return None if t is None else t.data_ptr()
-
-
 def _native_forward(x, dt, A, B, C, h0):
     """y (bsz, L, H, P), the final state (bsz, H, P, N), and the contiguous operands (the
     backward pass reads them)."""
@@ -191,7 +187,7 @@ def _native_forward(x, dt, A, B, C, h0):
     y = x.new_empty(bsz, L, H, P)
     last = x.new_empty(bsz, H, P, N)
     fn = lib.ssd_fwd_f32 if x.dtype == torch.float32 else lib.ssd_fwd_f64
-    fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _ptr(h0), y.data_ptr(),
+    fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _native.ptr(h0), y.data_ptr(),
        last.data_ptr(), bsz, L, H, P, G, N, torch.get_num_threads())
     return y, last, (x, dt, A, B, C, h0)
 
@@ -227,9 +223,9 @@ class _NativeSSDFn(torch.autograd.Function):
         dA_part = x.new_empty(bsz, H)
         work = x.new_empty(threads, (-(-L // T) + 1) * P * N)
         fn = lib.ssd_bwd_f32 if x.dtype == torch.float32 else lib.ssd_bwd_f64
-        fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _ptr(h0), y.data_ptr(),
-           dy.data_ptr(), _ptr(dlast), dx.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
-           dC.data_ptr(), _ptr(dh0), dA_part.data_ptr(), _ptr(part), work.data_ptr(),
+        fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _native.ptr(h0), y.data_ptr(),
+           dy.data_ptr(), _native.ptr(dlast), dx.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
+           dC.data_ptr(), _native.ptr(dh0), dA_part.data_ptr(), _native.ptr(part), work.data_ptr(),
            bsz, L, H, P, G, N, T, threads)
         return dx, ddt, dA, dB, dC, dh0
 

@@ -34,9 +34,11 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from ..._io import fsync_dir
 
-__all__ = ["available", "library", "cache_dir"]
+__all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
@@ -262,3 +264,14 @@ def library() -> Optional[ctypes.CDLL]:
 def available() -> bool:
     """True if the native kernels are enabled and built (building them on the first call)."""
     return library() is not None
+
+
+def ptr(t) -> Optional[int]:
+    """The address of a tensor's data for a kernel argument (None for an absent tensor: NULL)."""
+    return None if t is None else t.data_ptr()
+
+
+def kernel(name: str, dtype):
+    """The loaded library's ``name_f32`` for float32 / complex64 operands, else ``name_f64``."""
+    single = dtype in (torch.float32, torch.complex64)
+    return getattr(library(), f"{name}_{'f32' if single else 'f64'}")
