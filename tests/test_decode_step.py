@@ -5,6 +5,7 @@
   with and without conv bias, 1 and 2 groups, a Δ clamp, both gated-norm orders;
 - ``step_`` (in place) leaves in the state's own tensors what ``step`` returns;
 - ``rows_matmul`` against a float64 ``F.linear``;
+- a layer with bfloat16 projections steps in one native call, bit for bit as the composed step;
 - ``LanguageModel.generate`` gives the same tokens and final logits with the native kernels
   disabled (``SSMKIT_NATIVE=0``: the torch path everywhere).
 """
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from helpers import assert_close_to_reference
 from ssmkit import Backbone, LanguageModel
 from ssmkit.layers import Mamba, Mamba2
+from ssmkit.layers.mamba_family import fused_step, negative_A, rows_linear
 from ssmkit.ops import _native, decode_step
 
 pytestmark = pytest.mark.skipif(not _native.available(), reason="needs the native kernels (a C compiler)")
@@ -149,6 +151,43 @@ def test_bfloat16_weights_fused_step_matches_float32_and_the_torch_path(batch):
         assert_close_to_reference(new[1], new32[1], 2e-2, f"{name} state against float32")
         assert torch.equal(new[0], new_torch[0])  # the window holds in_proj outputs, already bfloat16
         assert torch.equal(y_inplace, y) and all(torch.equal(a, b) for a, b in zip(own, new))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bfloat16_layer_step_in_one_call_equals_the_composed_step(batch, monkeypatch):
+    """bfloat16 projections, float32 residual and state: the whole layer in one native call
+    (``bf16_layer_step``) rounds where the composed step rounds (x to bfloat16, in_proj output,
+    y before out_proj, out_proj output) and runs the same kernels in between, so the two agree
+    bit for bit; the window comes back in bfloat16, the state in float32, written in place."""
+    torch.manual_seed(7)
+    calls = []
+    for name in ("mamba_layer_step", "mamba2_layer_step"):
+        fn = getattr(decode_step, name)
+        monkeypatch.setattr(decode_step, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    for layer in _layers(torch.float32):
+        half = type(layer)(**_config(layer), dtype=torch.bfloat16)
+        half.load_state_dict(_perturbed(layer).state_dict())
+        state = (torch.randn_like(half.initial_state(batch)[0]), torch.randn(half.initial_state(batch)[1].shape))
+        x = torch.randn(batch, half.d_model)  # the float32 residual stream
+        c, ip, op = half.conv1d, half.in_proj, half.out_proj
+        A = negative_A(half.A_log, half._A_cache)
+        if isinstance(half, Mamba):
+            kernel, params, kw = decode_step.mamba_step, (c.weight, c.bias, half.x_proj.weight, half.dt_proj.weight,
+                                                          half.dt_proj.bias, A, half.D), {}
+        else:
+            kernel, params = decode_step.mamba2_step, (c.weight, c.bias, half.dt_bias, A, half.D, half.norm.weight)
+            kw = dict(headdim=half.headdim, ngroups=half.ngroups, d_state=half.d_state, dt_limit=half.dt_limit,
+                      eps=half.norm.eps, norm_before_gate=half.norm.norm_before_gate)
+        with torch.no_grad():
+            own = tuple(t.clone() for t in state)
+            y_one = half.step_(x, own)  # in place: the one-call path
+            y, new = fused_step(kernel, rows_linear(ip, x.to(torch.bfloat16)), state, None, params, half._A_cache, **kw)
+            y_ref = rows_linear(op, y.to(torch.bfloat16)).float()
+        name = type(half).__name__
+        assert calls and calls.pop() == ("mamba_layer_step" if isinstance(half, Mamba) else "mamba2_layer_step")
+        assert y_one.dtype == torch.float32 and own[0].dtype == torch.bfloat16 and own[1].dtype == torch.float32
+        assert torch.equal(y_one, y_ref), f"{name}: output differs from the composed step"
+        assert torch.equal(own[0], new[0]) and torch.equal(own[1], new[1]), f"{name}: state differs"
 
 
 def _config(layer):

@@ -175,6 +175,21 @@ def test_causal_conv_against_padded_conv1d_and_steps():
     assert_close_to_reference(torch.stack(steps, -1), expected, 1e-14, "steps")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_causal_conv_in_half_precision_equals_the_float64_product_rounded(dtype):
+    """Half-precision input on the CPU: the product is taken in float32 (torch's half-precision
+    depthwise conv runs channel by channel); against the float64 product of the same rounded
+    numbers, rounded once to the half dtype: within one rounding (2^-8 bfloat16, 2^-11 float16)."""
+    torch.manual_seed(8)
+    conv = CausalConv(12, 4, dtype=dtype)
+    x, w0 = torch.randn(2, 12, 9).to(dtype), torch.randn(2, 12, 3).to(dtype)
+    y, window = conv(x, w0, return_window=True)
+    ref = F.conv1d(torch.cat([w0, x], -1).double(), conv.weight.double(), conv.bias.double(), groups=12)
+    assert y.dtype == dtype and torch.equal(window, x[..., -3:])
+    tol = 2 ** -8 if dtype == torch.bfloat16 else 2 ** -11
+    assert ((y.double() - ref).abs() <= tol * ref.abs() + 1e-6).all()
+
+
 @pytest.mark.parametrize("norm_before_gate", [False, True])
 def test_mamba2_grouped_gated_norm_against_the_formula(norm_before_gate):
     torch.manual_seed(5)

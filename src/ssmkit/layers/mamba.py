@@ -34,7 +34,7 @@ from ..ops import decode_step
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
-from .mamba_family import CausalConv, InPlaceStep, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, bf16_layer_step, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -186,9 +186,14 @@ class Mamba(InPlaceStep, SequenceLayer):
             if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
                 out, new = decode_step.mamba_layer_step(x_t, state, *params, out_state=out_state)
                 return (out if x_t is x_in else out.to(x_in.dtype)), new
-        xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
         A = negative_A(self.A_log, self._A_cache)
-        c = self.conv1d
+        c, ip, op = self.conv1d, self.in_proj, self.out_proj
+        done = bf16_layer_step(decode_step.mamba_layer_step, x_in, state, out_state, (ip.weight, ip.bias, op.weight, op.bias),
+                               (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D),
+                               self._A_cache)
+        if done is not None:
+            return done
+        xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
         fused = fused_step(decode_step.mamba_step, xz, state, out_state,
                            (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D),
                            self._A_cache)

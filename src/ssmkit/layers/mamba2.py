@@ -37,7 +37,7 @@ from ..ops.gated_norm import native_applies as gated_norm_applies, skip_gated_rm
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
-from .mamba_family import CausalConv, InPlaceStep, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, bf16_layer_step, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -258,9 +258,15 @@ class Mamba2(InPlaceStep, SequenceLayer):
                     dt_limit=self.dt_limit, eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate,
                     out_state=out_state)
                 return (out if x_t is x_in else out.to(x_in.dtype)), new
-        zxbcdt = rows_linear(self.in_proj, x_t)
         A = negative_A(self.A_log, self._A_cache)
-        c = self.conv1d
+        c, ip, op = self.conv1d, self.in_proj, self.out_proj
+        done = bf16_layer_step(decode_step.mamba2_layer_step, x_in, state, out_state, (ip.weight, ip.bias, op.weight, op.bias),
+                               (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache,
+                               headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
+                               eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
+        if done is not None:
+            return done
+        zxbcdt = rows_linear(self.in_proj, x_t)
         fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state,
                            (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache,
                            headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,

@@ -24,7 +24,7 @@ import torch
 
 from . import _native
 
-__all__ = ["add_rms_norm", "applies", "params_apply", "mamba_layer_step", "mamba2_layer_step", "mamba_step", "mamba2_step", "rows_matmul"]
+__all__ = ["add_rms_norm", "applies", "applies_bf16_layer", "params_apply", "mamba_layer_step", "mamba2_layer_step", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
 def params_apply(cache: dict, params, slot: str = "applies") -> bool:
@@ -145,17 +145,35 @@ def add_rms_norm(h: Optional[torch.Tensor], r: torch.Tensor, weight: torch.Tenso
     return out
 
 
+def applies_bf16_layer(x: torch.Tensor, win: torch.Tensor, h: torch.Tensor, weights, params) -> bool:
+    """True if a layer step with bfloat16 projections (``mamba_layer_step`` / ``mamba2_layer_step``
+    given bfloat16 ``weights``) can run: outside autograd on the CPU, ``x``, ``h`` and the small
+    ``params`` contiguous float32, the projection ``weights`` (None entries skipped) and the window
+    ``win`` contiguous bfloat16, native library available."""
+    if torch.is_grad_enabled():
+        return False
+    for t, dtype in ((win, torch.bfloat16), *((w, torch.bfloat16) for w in weights), (x, torch.float32),
+                     (h, torch.float32), *((p, torch.float32) for p in params)):
+        if t is not None and (t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous()):
+            return False
+    return _native.available()
+
+
 def mamba_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                      conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, out_state=None):
-    """A whole Mamba layer's step in one native call (float32): ``x`` (b, d_model) ->
+    """A whole Mamba layer's step in one native call: ``x`` (b, d_model) ->
     ``out_proj(mamba_step(in_proj(x)))`` (b, d_model) and the new state, the projections by the
-    few-row kernel of :func:`rows_matmul`. Operands must satisfy :func:`applies`."""
+    few-row kernel of :func:`rows_matmul`. float32 operands (:func:`applies`), or bfloat16
+    projection weights and conv window with everything else float32 (:func:`applies_bf16_layer`;
+    the projections' inputs and outputs rounded to bfloat16 as a bfloat16 layer rounds them, the
+    rest computed in float32, ``x`` and the output float32)."""
     win, h = state
     b, Dm = x.shape
     E, N, K = A.shape[0], A.shape[1], conv_weight.shape[-1]
     win_out, h_out = _out(state, out_state)
     out = x.new_empty(b, Dm)
-    if _native._lib.mamba_layer_step_f32(
+    fn = _native._lib.mamba_layer_step_bf16 if in_proj_weight.dtype == torch.bfloat16 else _native._lib.mamba_layer_step_f32
+    if fn(
             x.data_ptr(), in_proj_weight.data_ptr(), _native.ptr(in_proj_bias), out_proj_weight.data_ptr(),
             _native.ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
             _native.ptr(conv_bias), x_proj_weight.data_ptr(), dt_proj_weight.data_ptr(), _native.ptr(dt_proj_bias), A.data_ptr(),
@@ -168,13 +186,15 @@ def mamba_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_p
 def mamba2_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                       conv_weight, conv_bias, dt_bias, A, D, norm_weight, *, headdim: int, ngroups: int, d_state: int,
                       dt_limit=(0.0, math.inf), eps: float = 1e-5, norm_before_gate: bool = False, out_state=None):
-    """A whole Mamba-2 layer's step in one native call (float32), as :func:`mamba_layer_step`."""
+    """A whole Mamba-2 layer's step in one native call, as :func:`mamba_layer_step` (float32, or
+    bfloat16 projection weights and window)."""
     win, h = state
     b, Dm = x.shape
     H, K = A.shape[0], conv_weight.shape[-1]
     win_out, h_out = _out(state, out_state)
     out = x.new_empty(b, Dm)
-    if _native._lib.mamba2_layer_step_f32(
+    fn = _native._lib.mamba2_layer_step_bf16 if in_proj_weight.dtype == torch.bfloat16 else _native._lib.mamba2_layer_step_f32
+    if fn(
             x.data_ptr(), in_proj_weight.data_ptr(), _native.ptr(in_proj_bias), out_proj_weight.data_ptr(),
             _native.ptr(out_proj_bias), out.data_ptr(), win.data_ptr(), win_out.data_ptr(), conv_weight.data_ptr(),
             _native.ptr(conv_bias), dt_bias.data_ptr(), A.data_ptr(), D.data_ptr(), norm_weight.data_ptr(), h.data_ptr(),

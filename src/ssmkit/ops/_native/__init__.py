@@ -53,7 +53,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 6
+_ABI = 7
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -228,6 +228,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mamba_layer_step_f32.restype = I
     lib.mamba2_layer_step_f32.argtypes = [P] * 16 + [L] * 7 + [D] * 3 + [I, I]
     lib.mamba2_layer_step_f32.restype = I
+    lib.mamba_layer_step_bf16.argtypes = lib.mamba_layer_step_f32.argtypes
+    lib.mamba_layer_step_bf16.restype = I
+    lib.mamba2_layer_step_bf16.argtypes = lib.mamba2_layer_step_f32.argtypes
+    lib.mamba2_layer_step_bf16.restype = I
     lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
     lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I

@@ -215,14 +215,14 @@ int rows_matmul_f32(const float *x, const float *W, const float *bias, float *y,
     return 0;
 }
 
-/* The same for bfloat16 x, W, bias and y (products accumulated in float32, the result rounded). */
-int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias, uint16_t *y, long nb, long M,
-                     long K, int nthreads) {
-    float *x = (float *)malloc((size_t)(nb * K) * sizeof(float));
-    if (!x) return 1;
-    for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
-    for (long b = 0; b < nb; b++) dec_bf16_perm(x + b * K, K);
-#define STORE(i, v, jj) y[i] = dec_f32_to_bf16((v) + (bias ? dec_bf16_to_f32(bias[jj]) : 0.0f))
+/* bfloat16 W and bias, x already widened to float32 and permuted (dec_bf16_perm): y as bfloat16
+ * (yh) or, when yh is NULL, as float32 holding the same rounded values (yf). */
+static void dec_rows_bf16w(const float *x, const uint16_t *W, const uint16_t *bias, uint16_t *yh, float *yf, long nb,
+                           long M, long K, int nthreads) {
+#define STORE(i, v, jj) do {                                                          \
+        const uint16_t r_ = dec_f32_to_bf16((v) + (bias ? dec_bf16_to_f32(bias[jj]) : 0.0f)); \
+        if (yh) yh[i] = r_; else yf[i] = dec_bf16_to_f32(r_);                          \
+    } while (0)
     if (nb == 1) {
         long j;
         _Pragma("omp parallel for schedule(static) num_threads(nthreads)")
@@ -231,8 +231,25 @@ int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias
         DEC_ROWS_LOOP(dec_tile_bf16, STORE)
     }
 #undef STORE
+}
+
+/* The same for bfloat16 x, W, bias and y (products accumulated in float32, the result rounded). */
+int rows_matmul_bf16(const uint16_t *xh, const uint16_t *W, const uint16_t *bias, uint16_t *y, long nb, long M,
+                     long K, int nthreads) {
+    float *x = (float *)malloc((size_t)(nb * K) * sizeof(float));
+    if (!x) return 1;
+    for (long i = 0; i < nb * K; i++) x[i] = dec_bf16_to_f32(xh[i]);
+    for (long b = 0; b < nb; b++) dec_bf16_perm(x + b * K, K);
+    dec_rows_bf16w(x, W, bias, y, NULL, nb, M, K, nthreads);
     free(x);
     return 0;
+}
+
+/* float32 rows (n values) rounded to bfloat16 and permuted for dec_rows_bf16w: the input of a
+ * bfloat16 projection, as torch would round it before a bfloat16 product. */
+static void dec_round_perm(const float *src, float *dst, long nb, long K) {
+    for (long i = 0; i < nb * K; i++) dst[i] = dec_bf16_to_f32(dec_f32_to_bf16(src[i]));
+    for (long b = 0; b < nb; b++) dec_bf16_perm(dst + b * K, K);
 }
 
 /* The residual stream of a pre-norm block between two layers, for a few rows (nb, d):
@@ -312,6 +329,70 @@ int mamba2_layer_step_f32(const float *x, const float *in_w, const float *in_b, 
                              H, P, G, N, K, dt_lo, dt_hi, eps, norm_before_gate);
     if (!rc) rows_matmul_f32(y, out_w, out_b, out, nb, Dm, E, nthreads);
     free(zx);
+    return rc;
+}
+
+/* The layer steps with bfloat16 in_proj / out_proj weights (and biases), the small parameters
+ * (conv, x_proj, dt_proj, A, D, norm) as float32 copies, the conv window in bfloat16 and the
+ * SSM state in float32: the values are rounded to bfloat16 where a bfloat16 torch layer rounds
+ * them (the projections' inputs and outputs), everything between them runs in float32. x and
+ * out are float32 (nb, Dm) (the float32 residual stream of the released models). */
+static float *dec_widen_window(const uint16_t *win, long n) {
+    float *w = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (w) for (long i = 0; i < n; i++) w[i] = dec_bf16_to_f32(win[i]);
+    return w;
+}
+
+static void dec_store_window(const float *w, uint16_t *win, long n) {
+    for (long i = 0; i < n; i++) win[i] = dec_f32_to_bf16(w[i]);
+}
+
+int mamba_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t *in_b, const uint16_t *out_w,
+                          const uint16_t *out_b, float *out, const uint16_t *win_in, uint16_t *win_out,
+                          const float *conv_w, const float *conv_b, const float *x_proj_w, const float *dt_proj_w,
+                          const float *dt_proj_b, const float *A, const float *Dv, const float *h_in, float *h_out,
+                          long nb, long Dm, long E, long K, long R, long N, int nthreads) {
+    const long nw = nb * E * (K - 1);
+    float *buf = (float *)malloc((size_t)(nb * (Dm + 4 * E)) * sizeof(float));
+    float *win = dec_widen_window(win_in, nw);
+    if (!buf || !win) { free(buf); free(win); return 1; }
+    float *xr = buf, *xz = xr + nb * Dm, *y = xz + nb * 2 * E, *yr = y + nb * E;
+    dec_round_perm(x, xr, nb, Dm);
+    dec_rows_bf16w(xr, in_w, in_b, NULL, xz, nb, 2 * E, Dm, nthreads);
+    int rc = mamba_step_f32(xz, 2 * E, 1, win, win, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A, Dv, h_in,
+                            h_out, y, nb, E, K, R, N);
+    if (!rc) {
+        dec_store_window(win, win_out, nw);
+        dec_round_perm(y, yr, nb, E);
+        dec_rows_bf16w(yr, out_w, out_b, NULL, out, nb, Dm, E, nthreads);
+    }
+    free(win);
+    free(buf);
+    return rc;
+}
+
+int mamba2_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t *in_b, const uint16_t *out_w,
+                           const uint16_t *out_b, float *out, const uint16_t *win_in, uint16_t *win_out,
+                           const float *conv_w, const float *conv_b, const float *dt_bias, const float *A,
+                           const float *Dv, const float *norm_w, const float *h_in, float *h_out, long nb, long Dm,
+                           long H, long P, long G, long N, long K, double dt_lo, double dt_hi, double eps,
+                           int norm_before_gate, int nthreads) {
+    const long E = H * P, C = E + 2 * G * N, W = 2 * E + 2 * G * N + H, nw = nb * C * (K - 1);
+    float *buf = (float *)malloc((size_t)(nb * (Dm + W + 2 * E)) * sizeof(float));
+    float *win = dec_widen_window(win_in, nw);
+    if (!buf || !win) { free(buf); free(win); return 1; }
+    float *xr = buf, *zx = xr + nb * Dm, *y = zx + nb * W, *yr = y + nb * E;
+    dec_round_perm(x, xr, nb, Dm);
+    dec_rows_bf16w(xr, in_w, in_b, NULL, zx, nb, W, Dm, nthreads);
+    int rc = mamba2_step_f32(zx, W, 1, win, win, conv_w, conv_b, dt_bias, A, Dv, norm_w, h_in, h_out, y, nb, H, P,
+                             G, N, K, dt_lo, dt_hi, eps, norm_before_gate);
+    if (!rc) {
+        dec_store_window(win, win_out, nw);
+        dec_round_perm(y, yr, nb, E);
+        dec_rows_bf16w(yr, out_w, out_b, NULL, out, nb, Dm, E, nthreads);
+    }
+    free(win);
+    free(buf);
     return rc;
 }
 
