@@ -95,8 +95,14 @@ def bf16_layer_step(layer_step, x_in: torch.Tensor, state, out_state, weights, p
         return None
     x = x_in if x_in.dtype == torch.float32 else x_in.float()
     small = cached_float_copies(cache, params)
+    # the parameters' check, remembered until one of them is replaced (their storages)
+    key = tuple(None if t is None else t.data_ptr() for t in (*weights, *small))
+    hit = cache.get("bf16_layer")
+    if hit is None or hit[0] != key:
+        hit = (key, decode_step.applies_bf16_layer(x, conv_state, h, weights, small))
+        cache["bf16_layer"] = hit
     outs = () if out_state is None else out_state
-    if not (decode_step.applies_bf16_layer(x, conv_state, h, weights, small)
+    if not (hit[1] and decode_step.applies_bf16_layer(x, conv_state, h, (), ())
             and all(o.is_contiguous() and o.dtype == s.dtype for o, s in zip(outs, state))):
         return None
     out, new = layer_step(x, state, *weights, *small, out_state=out_state, **kw)
