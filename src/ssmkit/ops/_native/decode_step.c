@@ -337,14 +337,36 @@ int mamba2_layer_step_f32(const float *x, const float *in_w, const float *in_b, 
  * SSM state in float32: the values are rounded to bfloat16 where a bfloat16 torch layer rounds
  * them (the projections' inputs and outputs), everything between them runs in float32. x and
  * out are float32 (nb, Dm) (the float32 residual stream of the released models). */
-static float *dec_widen_window(const uint16_t *win, long n) {
-    float *w = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    if (w) for (long i = 0; i < n; i++) w[i] = dec_bf16_to_f32(win[i]);
-    return w;
+/* The frame around the step: rounds x and runs in_proj into proj (nb, Wp), widens the window
+ * (nw values) into win; buf holds proj, y (nb, E) and the rounded copies. 1 if out of memory. */
+typedef struct { float *buf, *win, *proj, *y; } dec_frame;
+
+static int dec_bf16_open(dec_frame *f, const float *x, const uint16_t *in_w, const uint16_t *in_b,
+                         const uint16_t *win_in, long nb, long Dm, long Wp, long E, long nw, int nthreads) {
+    f->buf = (float *)malloc((size_t)(nb * (Dm + Wp + 2 * E)) * sizeof(float));
+    f->win = (float *)malloc((size_t)(nw > 0 ? nw : 1) * sizeof(float));
+    if (!f->buf || !f->win) { free(f->buf); free(f->win); return 1; }
+    for (long i = 0; i < nw; i++) f->win[i] = dec_bf16_to_f32(win_in[i]);
+    float *xr = f->buf;
+    f->proj = xr + nb * Dm;
+    f->y = f->proj + nb * Wp;
+    dec_round_perm(x, xr, nb, Dm);
+    dec_rows_bf16w(xr, in_w, in_b, NULL, f->proj, nb, Wp, Dm, nthreads);
+    return 0;
 }
 
-static void dec_store_window(const float *w, uint16_t *win, long n) {
-    for (long i = 0; i < n; i++) win[i] = dec_f32_to_bf16(w[i]);
+/* After the step (rc its return code): the window back in bfloat16, out = out_proj(round(y)). */
+static int dec_bf16_close(dec_frame *f, int rc, uint16_t *win_out, const uint16_t *out_w, const uint16_t *out_b,
+                          float *out, long nb, long Dm, long E, long nw, int nthreads) {
+    if (!rc) {
+        for (long i = 0; i < nw; i++) win_out[i] = dec_f32_to_bf16(f->win[i]);
+        float *yr = f->y + nb * E;
+        dec_round_perm(f->y, yr, nb, E);
+        dec_rows_bf16w(yr, out_w, out_b, NULL, out, nb, Dm, E, nthreads);
+    }
+    free(f->win);
+    free(f->buf);
+    return rc;
 }
 
 int mamba_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t *in_b, const uint16_t *out_w,
@@ -353,22 +375,11 @@ int mamba_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t *
                           const float *dt_proj_b, const float *A, const float *Dv, const float *h_in, float *h_out,
                           long nb, long Dm, long E, long K, long R, long N, int nthreads) {
     const long nw = nb * E * (K - 1);
-    float *buf = (float *)malloc((size_t)(nb * (Dm + 4 * E)) * sizeof(float));
-    float *win = dec_widen_window(win_in, nw);
-    if (!buf || !win) { free(buf); free(win); return 1; }
-    float *xr = buf, *xz = xr + nb * Dm, *y = xz + nb * 2 * E, *yr = y + nb * E;
-    dec_round_perm(x, xr, nb, Dm);
-    dec_rows_bf16w(xr, in_w, in_b, NULL, xz, nb, 2 * E, Dm, nthreads);
-    int rc = mamba_step_f32(xz, 2 * E, 1, win, win, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A, Dv, h_in,
-                            h_out, y, nb, E, K, R, N);
-    if (!rc) {
-        dec_store_window(win, win_out, nw);
-        dec_round_perm(y, yr, nb, E);
-        dec_rows_bf16w(yr, out_w, out_b, NULL, out, nb, Dm, E, nthreads);
-    }
-    free(win);
-    free(buf);
-    return rc;
+    dec_frame f;
+    if (dec_bf16_open(&f, x, in_w, in_b, win_in, nb, Dm, 2 * E, E, nw, nthreads)) return 1;
+    int rc = mamba_step_f32(f.proj, 2 * E, 1, f.win, f.win, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A, Dv,
+                            h_in, h_out, f.y, nb, E, K, R, N);
+    return dec_bf16_close(&f, rc, win_out, out_w, out_b, out, nb, Dm, E, nw, nthreads);
 }
 
 int mamba2_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t *in_b, const uint16_t *out_w,
@@ -377,23 +388,12 @@ int mamba2_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t 
                            const float *Dv, const float *norm_w, const float *h_in, float *h_out, long nb, long Dm,
                            long H, long P, long G, long N, long K, double dt_lo, double dt_hi, double eps,
                            int norm_before_gate, int nthreads) {
-    const long E = H * P, C = E + 2 * G * N, W = 2 * E + 2 * G * N + H, nw = nb * C * (K - 1);
-    float *buf = (float *)malloc((size_t)(nb * (Dm + W + 2 * E)) * sizeof(float));
-    float *win = dec_widen_window(win_in, nw);
-    if (!buf || !win) { free(buf); free(win); return 1; }
-    float *xr = buf, *zx = xr + nb * Dm, *y = zx + nb * W, *yr = y + nb * E;
-    dec_round_perm(x, xr, nb, Dm);
-    dec_rows_bf16w(xr, in_w, in_b, NULL, zx, nb, W, Dm, nthreads);
-    int rc = mamba2_step_f32(zx, W, 1, win, win, conv_w, conv_b, dt_bias, A, Dv, norm_w, h_in, h_out, y, nb, H, P,
-                             G, N, K, dt_lo, dt_hi, eps, norm_before_gate);
-    if (!rc) {
-        dec_store_window(win, win_out, nw);
-        dec_round_perm(y, yr, nb, E);
-        dec_rows_bf16w(yr, out_w, out_b, NULL, out, nb, Dm, E, nthreads);
-    }
-    free(win);
-    free(buf);
-    return rc;
+    const long E = H * P, W = 2 * E + 2 * G * N + H, nw = nb * (E + 2 * G * N) * (K - 1);
+    dec_frame f;
+    if (dec_bf16_open(&f, x, in_w, in_b, win_in, nb, Dm, W, E, nw, nthreads)) return 1;
+    int rc = mamba2_step_f32(f.proj, W, 1, f.win, f.win, conv_w, conv_b, dt_bias, A, Dv, norm_w, h_in, h_out, f.y,
+                             nb, H, P, G, N, K, dt_lo, dt_hi, eps, norm_before_gate);
+    return dec_bf16_close(&f, rc, win_out, out_w, out_b, out, nb, Dm, E, nw, nthreads);
 }
 
 #else /* template body */
