@@ -31,6 +31,7 @@ from .._checks import (check_bool, check_choice, check_dt_range, check_float, ch
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba_inner
 from ..ops import decode_step
+from ..ops.cpu_half import module_linear
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
@@ -133,7 +134,7 @@ class Mamba(InPlaceStep, SequenceLayer):
             conv0, h0 = None, None
         if self.fused and mask is None:
             return self._forward_fused(x, x_in, conv0, h0, return_state)
-        xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        xi, z = module_linear(self.in_proj, x).chunk(2, dim=-1)  # (B, L, E) each
         xi = xi.transpose(1, 2)  # (B, E, L)
         if mask is not None:
             xi = xi * mask[:, None, :]
@@ -146,7 +147,7 @@ class Mamba(InPlaceStep, SequenceLayer):
         A = negative_A(self.A_log, self._A_cache)
         y, h = selective_scan(u, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D, z=z.transpose(1, 2),
                               return_last_state=True, initial_state=h0)
-        out = self.out_proj(y.transpose(1, 2))
+        out = module_linear(self.out_proj, y.transpose(1, 2))
         if x is not x_in:  # returned in the input's dtype
             out = out.to(x_in.dtype)
         if mask is not None:
@@ -157,12 +158,12 @@ class Mamba(InPlaceStep, SequenceLayer):
 
     def _forward_fused(self, x, x_in, conv0, h0, return_state):
         """``forward`` without a mask, the inner block fused (ssmkit.ops.mamba_fused)."""
-        xz = self.in_proj(x)  # (B, L, 2E)
+        xz = module_linear(self.in_proj, x)  # (B, L, 2E)
         A = negative_A(self.A_log, self._A_cache)
         sd = h0.dtype if h0 is not None else state_dtype(x.dtype)
         y, h = mamba_inner(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                            self.dt_proj.bias, A, self.D, None if conv0 is None else conv0.to(x.dtype), h0)
-        out = self.out_proj(y)
+        out = module_linear(self.out_proj, y)
         if x is not x_in:
             out = out.to(x_in.dtype)
         if not return_state:

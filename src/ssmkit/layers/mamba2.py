@@ -33,6 +33,7 @@ from .._checks import (check_bool, check_choice, check_dt_range, check_float, ch
                        check_sequence_input, check_step_input, match_parameter_dtype)
 from ..ops.mamba_fused import mamba2_conv
 from ..ops import decode_step
+from ..ops.cpu_half import module_linear
 from ..ops.gated_norm import native_applies as gated_norm_applies, skip_gated_rms_norm
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
@@ -194,7 +195,7 @@ class Mamba2(InPlaceStep, SequenceLayer):
         if initial_state is not None:
             self._check_state(initial_state, b, "initial_state")
             conv0, h0 = initial_state
-        zxbcdt = self.in_proj(x)
+        zxbcdt = module_linear(self.in_proj, x)
         sd = state_dtype(x.dtype) if h0 is None else h0.dtype
         if self.fused and mask is None:
             # conv + SiLU of [x, B, C] as one operation on the projection's layout (no transposes,
@@ -226,7 +227,7 @@ class Mamba2(InPlaceStep, SequenceLayer):
         else:
             y = y + self.D.to(sd)[:, None] * xs
             yn = nm(y.reshape(b, L, self.d_inner), z)
-        out = self.out_proj(yn.to(x.dtype))
+        out = module_linear(self.out_proj, yn.to(x.dtype))
         if x is not x_in:  # returned in the input's dtype
             out = out.to(x_in.dtype)
         if mask is not None:

@@ -8,6 +8,7 @@ from torch import nn
 
 from .._checks import check_bool, check_choice, check_float, check_int, check_mask, check_positive_int, trusted_inputs
 from ..layers.mamba_family import rows_linear
+from ..ops.cpu_half import module_linear
 from .backbone import Backbone
 
 __all__ = ["SequenceClassifier", "TokenModel", "LanguageModel"]
@@ -76,7 +77,7 @@ class TokenModel(nn.Module):
             self.head.weight = backbone.encoder.weight
 
     def _logits(self, h):
-        return self.head(h.to(self.head.weight.dtype))
+        return module_linear(self.head, h.to(self.head.weight.dtype))
 
     def forward(self, x, mask=None, states=None, return_state=False):
         out = self.backbone(x, mask=mask, states=states, return_state=return_state)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _native
+from .cpu_half import depthwise_conv1d, linear
 from .selective_scan import CHECKPOINT_EVERY, selective_scan, selective_scan_ref
 
 __all__ = ["mamba_inner", "mamba_inner_ref", "mamba2_conv", "mamba2_conv_ref", "fused_applies"]
@@ -58,9 +59,9 @@ def _composed(scan, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, d
     x, z = xz[..., :E].transpose(1, 2), xz[..., E:].transpose(1, 2)  # (b, E, L)
     if conv_state is None:
         conv_state = x.new_zeros(x.shape[0], E, K - 1)
-    u = F.silu(F.conv1d(torch.cat([conv_state, x], dim=-1), conv_weight, conv_bias, groups=E))
-    dt_low, Bm, Cm = torch.split(F.linear(u.transpose(1, 2), x_proj_weight), [R, N, N], dim=-1)
-    delta = F.linear(dt_low, dt_proj_weight)
+    u = F.silu(depthwise_conv1d(torch.cat([conv_state, x], dim=-1), conv_weight, conv_bias))
+    dt_low, Bm, Cm = torch.split(linear(u.transpose(1, 2), x_proj_weight), [R, N, N], dim=-1)
+    delta = linear(dt_low, dt_proj_weight)
     y, h = scan(u, delta.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z=z,
                 delta_bias=dt_proj_bias, delta_softplus=True, return_last_state=True, initial_state=ssm_state)
     return y.transpose(1, 2), h
@@ -211,7 +212,7 @@ def mamba2_conv_ref(zxbcdt, conv_weight, conv_bias, sizes, conv_state=None):
     xt = xBC.transpose(1, 2)
     if conv_state is None:
         conv_state = xt.new_zeros(xt.shape[0], Cd, K - 1)
-    u = F.silu(F.conv1d(torch.cat([conv_state, xt], dim=-1), conv_weight, conv_bias, groups=Cd)).transpose(1, 2)
+    u = F.silu(depthwise_conv1d(torch.cat([conv_state, xt], dim=-1), conv_weight, conv_bias)).transpose(1, 2)
     x, Bm, Cm = torch.split(u, [Ex, GN, GN], dim=-1)
     return z, x, Bm, Cm, dt
 
