@@ -92,8 +92,12 @@ done
 run recipe_listops --recipe listops --threads 1 &
 run recipe_smnist_seed1 --recipe smnist --seed 1 --threads 1 &
 wait
-"$SSMKIT" compare "$OUT/recipe_smnist=seed 0" "$OUT/recipe_smnist_seed1=seed 1" --out docs/figures/recipe_smnist.png \
-    --title "smnist recipe (14x14): validation accuracy"
+run recipe_smnist_seed2 --recipe smnist --seed 2 --threads 1 &
+run recipe_smnist_seed3 --recipe smnist --seed 3 --threads 1 &
+wait
+"$SSMKIT" compare "$OUT/recipe_smnist=seed 0" "$OUT/recipe_smnist_seed1=seed 1" "$OUT/recipe_smnist_seed2=seed 2" \
+    "$OUT/recipe_smnist_seed3=seed 3" --out docs/figures/recipe_smnist.png \
+    --title "smnist recipe (14x14, 7 shifted copies): validation accuracy"
 "$SSMKIT" compare "$OUT/recipe_induction_heads=Mamba (mimetic, N 64)" \
     "$OUT/recipe_induction_heads_default=Mamba (default init, N 64)" "$OUT/recipe_induction_heads_s4d=S4D (N 64)" \
     --out docs/figures/recipe_induction_heads.png --title "induction_heads recipe (length 256, from scratch)"
