@@ -178,26 +178,23 @@ class Mamba(InPlaceStep, SequenceLayer):
         return out, (tail, h.to(sd))
 
     def _step(self, x_t, state, out_state):
-        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
+        c, ip, op = self.conv1d, self.in_proj, self.out_proj
+        A = negative_A(self.A_log, self._A_cache)
+        small = (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D)
+        if ip.weight.dtype == torch.bfloat16:  # the whole layer in one native call, from the (float32) input as given
+            done = bf16_layer_step(decode_step.mamba_layer_step, x_t, state, out_state,
+                                   (ip.weight, ip.bias, op.weight, op.bias), small, self._A_cache)
+            if done is not None:
+                return done
+        x_in, x_t = x_t, match_parameter_dtype(x_t, ip.weight.dtype)
         conv_state, h = state
         if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
-            c, ip, op = self.conv1d, self.in_proj, self.out_proj
-            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.x_proj.weight,
-                      self.dt_proj.weight, self.dt_proj.bias, negative_A(self.A_log, self._A_cache), self.D)
+            params = (ip.weight, ip.bias, op.weight, op.bias, *small)
             if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
                 out, new = decode_step.mamba_layer_step(x_t, state, *params, out_state=out_state)
                 return (out if x_t is x_in else out.to(x_in.dtype)), new
-        A = negative_A(self.A_log, self._A_cache)
-        c, ip, op = self.conv1d, self.in_proj, self.out_proj
-        done = bf16_layer_step(decode_step.mamba_layer_step, x_in, state, out_state, (ip.weight, ip.bias, op.weight, op.bias),
-                               (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D),
-                               self._A_cache)
-        if done is not None:
-            return done
         xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
-        fused = fused_step(decode_step.mamba_step, xz, state, out_state,
-                           (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D),
-                           self._A_cache)
+        fused = fused_step(decode_step.mamba_step, xz, state, out_state, small, self._A_cache)
         if fused is not None:
             y, new = fused
         else:

@@ -141,13 +141,11 @@ class Mamba2(InPlaceStep, SequenceLayer):
             with torch.no_grad():
                 self.A_log.copy_(mimetic_A_log((H,), *m_range))
             GN = ngroups * d_state
-            b_in, b_conv = 2 * E, E  # where B starts in in_proj's rows [z, x, B, C, dt] and the conv's [x, B, C]
-            tie_rows_(self.in_proj.weight, slice(b_in, b_in + GN), slice(b_in + GN, b_in + 2 * GN))
-            if self.in_proj.bias is not None:
-                tie_rows_(self.in_proj.bias, slice(b_in, b_in + GN), slice(b_in + GN, b_in + 2 * GN))
-            tie_rows_(self.conv1d.weight, slice(b_conv, b_conv + GN), slice(b_conv + GN, b_conv + 2 * GN))
-            if self.conv1d.bias is not None:
-                tie_rows_(self.conv1d.bias, slice(b_conv, b_conv + GN), slice(b_conv + GN, b_conv + 2 * GN))
+            # where B starts: in_proj's rows [z, x, B, C, dt] and the conv's channels [x, B, C]
+            for t, b0 in ((self.in_proj.weight, 2 * E), (self.in_proj.bias, 2 * E),
+                          (self.conv1d.weight, E), (self.conv1d.bias, E)):
+                if t is not None:
+                    tie_rows_(t, slice(b0, b0 + GN), slice(b0 + GN, b0 + 2 * GN))
         self._A_cache: dict = {}  # A = -exp(A_log) between changes of A_log (decoding)
 
     def initial_state(self, batch_size: int, device=None, dtype=None):
@@ -247,31 +245,25 @@ class Mamba2(InPlaceStep, SequenceLayer):
         return tail
 
     def _step(self, x_t, state, out_state):
-        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
+        c, ip, op = self.conv1d, self.in_proj, self.out_proj
+        A = negative_A(self.A_log, self._A_cache)
+        kw = dict(headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
+                  eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
+        if ip.weight.dtype == torch.bfloat16:  # the whole layer in one native call, from the (float32) input as given
+            done = bf16_layer_step(decode_step.mamba2_layer_step, x_t, state, out_state, (ip.weight, ip.bias, op.weight, op.bias),
+                                   (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache, **kw)
+            if done is not None:
+                return done
+        x_in, x_t = x_t, match_parameter_dtype(x_t, ip.weight.dtype)
         conv_state, h = state
         if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
-            c, ip, op = self.conv1d, self.in_proj, self.out_proj
-            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.dt_bias,
-                      negative_A(self.A_log, self._A_cache), self.D, self.norm.weight)
+            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight)
             if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
-                out, new = decode_step.mamba2_layer_step(
-                    x_t, state, *params, headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state,
-                    dt_limit=self.dt_limit, eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate,
-                    out_state=out_state)
+                out, new = decode_step.mamba2_layer_step(x_t, state, *params, out_state=out_state, **kw)
                 return (out if x_t is x_in else out.to(x_in.dtype)), new
-        A = negative_A(self.A_log, self._A_cache)
-        c, ip, op = self.conv1d, self.in_proj, self.out_proj
-        done = bf16_layer_step(decode_step.mamba2_layer_step, x_in, state, out_state, (ip.weight, ip.bias, op.weight, op.bias),
-                               (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache,
-                               headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
-                               eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
-        if done is not None:
-            return done
         zxbcdt = rows_linear(self.in_proj, x_t)
         fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state,
-                           (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache,
-                           headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
-                           eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
+                           (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache, **kw)
         if fused is not None:
             y, new = fused
             y = y.to(x_t.dtype)

@@ -318,7 +318,6 @@ def _native_forward(u, dt, A, B, C, h0, every, save):
     states (bsz, D, K, N) plus the contiguous operands, with B, C time-major (bsz, G, L, N), that the
     backward pass reads. Any strides and any grouping of B and C are accepted: the operands are
     copied into the kernel's layout here (no copy when they already have it)."""
-    lib = _native.library()
     bsz, d, L = u.shape
     N, GB, GC = A.shape[1], B.shape[1], C.shape[1]
     u, dt, A = u.detach().contiguous(), dt.detach().contiguous(), A.detach().contiguous()
@@ -329,7 +328,7 @@ def _native_forward(u, dt, A, B, C, h0, every, save):
     y = u.new_empty(bsz, d, L)
     last = u.new_empty(bsz, d, N)
     states = u.new_empty(bsz, d, K, N) if save else None
-    fn = lib.ssm_fwd_f32 if u.dtype == torch.float32 else lib.ssm_fwd_f64
+    fn = _native.kernel("ssm_fwd", u.dtype)
     fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), _native.ptr(h0), y.data_ptr(),
        last.data_ptr(), _native.ptr(states), bsz, d, L, N, GB, GC, every, torch.get_num_threads())
     return y, last, states, (u, dt, A, Bt, Ct)
@@ -369,7 +368,7 @@ class _NativeScanFn(torch.autograd.Function):
         carry = u.new_empty(2, bsz, d, N)
         part = u.new_empty(2, ntask, S, N)
         work = u.new_empty(threads, 2 * T * N)
-        fn = lib.ssm_bwd_f32 if u.dtype == torch.float32 else lib.ssm_bwd_f64
+        fn = _native.kernel("ssm_bwd", u.dtype)
         fn(u.data_ptr(), dt.data_ptr(), A.data_ptr(), Bt.data_ptr(), Ct.data_ptr(), states.data_ptr(),
            dy.data_ptr(), _native.ptr(dh_last), du.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
            dC.data_ptr(), _native.ptr(dh0), carry.data_ptr(), part.data_ptr(), work.data_ptr(),

@@ -179,14 +179,13 @@ def _ssd_native(x, dt, A, B, C, h0):
 def _native_forward(x, dt, A, B, C, h0):
     """y (bsz, L, H, P), the final state (bsz, H, P, N), and the contiguous operands (the
     backward pass reads them)."""
-    lib = _native.library()
     bsz, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     x, dt, A, B, C = (t.detach().contiguous() for t in (x, dt, A, B, C))
     h0 = None if h0 is None else h0.detach().contiguous()
     y = x.new_empty(bsz, L, H, P)
     last = x.new_empty(bsz, H, P, N)
-    fn = lib.ssd_fwd_f32 if x.dtype == torch.float32 else lib.ssd_fwd_f64
+    fn = _native.kernel("ssd_fwd", x.dtype)
     fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _native.ptr(h0), y.data_ptr(),
        last.data_ptr(), bsz, L, H, P, G, N, torch.get_num_threads())
     return y, last, (x, dt, A, B, C, h0)
@@ -207,7 +206,6 @@ class _NativeSSDFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dlast):
         x, dt, A, B, C, h0, y = ctx.saved_tensors
-        lib = _native.library()
         bsz, L, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
         T = restart_every(L)
@@ -222,7 +220,7 @@ class _NativeSSDFn(torch.autograd.Function):
         part = x.new_empty(2, bsz, L, H, N) if H != G else None
         dA_part = x.new_empty(bsz, H)
         work = x.new_empty(threads, (-(-L // T) + 1) * P * N)
-        fn = lib.ssd_bwd_f32 if x.dtype == torch.float32 else lib.ssd_bwd_f64
+        fn = _native.kernel("ssd_bwd", x.dtype)
         fn(x.data_ptr(), dt.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), _native.ptr(h0), y.data_ptr(),
            dy.data_ptr(), _native.ptr(dlast), dx.data_ptr(), ddt.data_ptr(), dA.data_ptr(), dB.data_ptr(),
            dC.data_ptr(), _native.ptr(dh0), dA_part.data_ptr(), _native.ptr(part), work.data_ptr(),
