@@ -14,7 +14,7 @@ from ssmkit.layers import Mamba2
 from ssmkit.ops import _native
 from ssmkit.ops.gated_norm import native_applies, skip_gated_rms_norm, skip_gated_rms_norm_ref
 
-from helpers import assert_close_to_reference
+from helpers import assert_close_to_reference, raises_naming
 
 TESTS = str(Path(__file__).resolve().parent)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -132,3 +132,26 @@ def test_mamba2_layer_native_norm_equals_composed_path(nbg, ngroups, masked):
     assert_close_to_reference(o1, o2, 1e-12)
     for (name, _), a, r in zip([("x", None), *layer.named_parameters()], g1, g2):
         assert_close_to_reference(a, r, 1e-11, f"grad of {name}")
+
+
+@pytest.mark.parametrize("fn", [skip_gated_rms_norm, skip_gated_rms_norm_ref])
+def test_bad_operands_are_named(fn):
+    y, x, D, z, w = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8), torch.randn(4), torch.randn(2, 3, 32), torch.randn(32)
+    with raises_naming(ValueError, "x"):
+        fn(y, x[..., :7], D, z, w, 8, 1e-5, False)
+    with raises_naming(ValueError, "D"):
+        fn(y, x, D[:3], z, w, 8, 1e-5, False)
+    with raises_naming(ValueError, "z"):
+        fn(y, x, D, z[..., :31], w, 8, 1e-5, False)
+    with raises_naming(ValueError, "weight"):
+        fn(y, x, D, z, w[:16], 8, 1e-5, False)
+    with raises_naming(ValueError, "group_size"):
+        fn(y, x, D, z, w, 5, 1e-5, False)
+    with raises_naming(ValueError, "eps"):
+        fn(y, x, D, z, w, 8, -1.0, False)
+    with raises_naming(ValueError, "z"):
+        fn(y, x, D, z.clone().index_fill_(2, torch.tensor([0]), float("nan")), w, 8, 1e-5, False)
+    with raises_naming(TypeError, "y"):
+        fn(y.to(torch.int64), x, D, z, w, 8, 1e-5, False)
+    # a batch of 0 rows: an empty result of the right shape
+    assert fn(y[:0], x[:0], D, z[:0], w, 8, 1e-5, False).shape == (0, 3, 32)

@@ -19,22 +19,44 @@ backward, which recomputes ``v`` and the gate). Its backward, with ``n`` the nor
 ``∂weight``) are taken over fixed blocks of rows reduced in block order, so the gradients do
 not depend on the thread count. Elsewhere the reference is used.
 
-No input checks here: an internal operation of :class:`ssmkit.layers.Mamba2`, which passes
-consistent operands. ``z`` may be a slice with a row stride (its last dimension contiguous).
+Both functions check their operands' shapes and dtypes, and their values (finite) outside
+``trusted_inputs`` as every public operator does. ``z`` may be a slice with a row stride (its
+last dimension contiguous).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_float, check_positive_int, check_tensor
 from . import _native
 
 __all__ = ["skip_gated_rms_norm", "skip_gated_rms_norm_ref", "native_applies"]
 
 
+def _check(y, x, D, z, weight, group_size, eps):
+    check_tensor("y", y, floating=True)
+    if y.dim() < 2:
+        raise ValueError(f"y must have shape (..., heads, headdim), got {tuple(y.shape)}")
+    H, P = y.shape[-2], y.shape[-1]
+    check_tensor("x", x, shape=tuple(y.shape), floating=True)
+    check_tensor("D", D, shape=(H,), floating=True)
+    check_tensor("z", z, shape=(*y.shape[:-2], H * P), floating=True)
+    check_tensor("weight", weight, shape=(H * P,), floating=True)
+    check_positive_int("group_size", group_size)
+    if (H * P) % group_size:
+        raise ValueError(f"group_size must divide the {H * P} channels, got {group_size}")
+    check_float("eps", eps, low=0.0)
+
+
 def skip_gated_rms_norm_ref(y, x, D, z, weight, group_size: int, eps: float, norm_before_gate: bool):
     """The composed torch arithmetic (see the module docstring); same arguments and result as
     :func:`skip_gated_rms_norm`."""
+    _check(y, x, D, z, weight, group_size, eps)
+    return _composed(y, x, D, z, weight, group_size, eps, norm_before_gate)
+
+
+def _composed(y, x, D, z, weight, group_size, eps, norm_before_gate):
     v = (y + D[:, None] * x).reshape(z.shape)
     g = F.silu(z)
     if not norm_before_gate:
@@ -65,10 +87,9 @@ def skip_gated_rms_norm(y, x, D, z, weight, group_size: int, eps: float, norm_be
     ``norm_before_gate``): ``y, x`` (..., H, P), ``D`` (H,), ``z`` (..., H·P), ``weight``
     (H·P,) -> (..., H·P). Native when :func:`native_applies`, else
     :func:`skip_gated_rms_norm_ref`."""
-    E = z.shape[-1]
-    if (not native_applies(y, x, D, z, weight) or E % group_size or y.shape[-2] * y.shape[-1] != E
-            or y.shape[:-2] != z.shape[:-1] or x.shape != y.shape):
-        return skip_gated_rms_norm_ref(y, x, D, z, weight, group_size, eps, norm_before_gate)
+    _check(y, x, D, z, weight, group_size, eps)
+    if not native_applies(y, x, D, z, weight):
+        return _composed(y, x, D, z, weight, group_size, eps, norm_before_gate)
     args = (int(group_size), float(eps), bool(norm_before_gate))
     if torch.is_grad_enabled() and any(t.requires_grad for t in (y, x, D, z, weight)):
         return _SkipGatedRMSNormFn.apply(y, x, D, z, weight, *args)
