@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import raises_naming
 from ssmkit.ops.cpu_half import depthwise_conv1d, linear, module_linear
 
 ROUND = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}  # half of one unit in the last place, relative
@@ -45,3 +46,23 @@ def test_module_linear_keeps_the_modules_hooks_and_float32_path():
     m32 = nn.Linear(16, 8)
     x32 = torch.randn(32, 16)
     assert torch.equal(module_linear(m32, x32), m32(x32))
+
+
+def test_wrong_shapes_are_named():
+    x = torch.randn(2, 5, 16).bfloat16()
+    with raises_naming(ValueError, "weight"):
+        linear(x, torch.randn(8, 15).bfloat16())
+    with raises_naming(ValueError, "bias"):
+        linear(x, torch.randn(8, 16).bfloat16(), torch.randn(7).bfloat16())
+    with raises_naming(TypeError, "x"):
+        linear(x.to(torch.int64), torch.randn(8, 16))
+    c = torch.randn(2, 6, 9).bfloat16()
+    with raises_naming(ValueError, "weight"):
+        depthwise_conv1d(c, torch.randn(5, 1, 4).bfloat16())
+    with raises_naming(ValueError, "x"):
+        depthwise_conv1d(c[..., :3], torch.randn(6, 1, 4).bfloat16())
+    with raises_naming(ValueError, "bias"):
+        depthwise_conv1d(c, torch.randn(6, 1, 4).bfloat16(), torch.randn(5).bfloat16())
+    # a batch of 0: an empty result
+    assert linear(x[:0], torch.randn(8, 16).bfloat16()).shape == (0, 5, 8)
+    assert depthwise_conv1d(c[:0], torch.randn(6, 1, 4).bfloat16()).shape == (0, 6, 6)

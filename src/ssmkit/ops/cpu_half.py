@@ -6,7 +6,8 @@ ran on, and the depthwise convolution of the Mamba layers one small convolution 
 (26 ms against 0.2 ms for 19 positions at 1,536 channels). These functions widen the operands
 to float32, compute there and round the result back to the input's dtype once: the same
 numbers as a half-precision kernel that accumulates in float32, at the float32 speed. Other
-devices and dtypes go straight to torch.
+devices and dtypes go straight to torch. The operands' shapes are checked (the argument is
+named); their values are not (the layers that call these check their inputs).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._checks import check_tensor
 
 __all__ = ["depthwise_conv1d", "linear", "module_linear"]
 
@@ -27,7 +30,13 @@ def _widen(x: torch.Tensor) -> bool:
 
 def depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.conv1d(x, weight, bias, groups=C)`` for x (B, C, L), valid positions only."""
+    check_tensor("x", x, ndim=3, floating=True, finite=False)
     C = x.shape[1]
+    check_tensor("weight", weight, shape=(C, 1, None), floating=True, finite=False)
+    if weight.shape[-1] > x.shape[-1]:
+        raise ValueError(f"x must have length >= the conv width {weight.shape[-1]}, got shape {tuple(x.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, shape=(C,), floating=True, finite=False)
     if _widen(x):
         b = None if bias is None else bias.float()
         return F.conv1d(x.float(), weight.float(), b, groups=C).to(x.dtype)
@@ -37,6 +46,10 @@ def depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; half precision on the CPU with more than 8 rows in float32
     (a few rows, as in decoding, read the weight once anyway: ``rows_linear`` handles those)."""
+    check_tensor("x", x, floating=True, finite=False)
+    check_tensor("weight", weight, shape=(None, x.shape[-1] if x.dim() else 0), floating=True, finite=False)
+    if bias is not None:
+        check_tensor("bias", bias, shape=(weight.shape[0],), floating=True, finite=False)
     if _widen(x) and weight.dtype == x.dtype and x.numel() > 8 * x.shape[-1]:
         b = None if bias is None else bias.float()
         return F.linear(x.float(), weight.float(), b).to(x.dtype)
