@@ -144,3 +144,50 @@ def test_clean_import_sets_the_default_and_the_native_kernel_uses_torchs_openmp_
     assert len(out["runtimes"]) == 1, out["runtimes"]
     assert out["t1_after"] == out["t1_before"], out
     assert out["t2_after"] == out["t2_before"], out
+
+
+# --- malloc policy -----------------------------------------------------------------------------
+
+RSS_SCRIPT = """
+import json, ssmkit, torch
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) * 1024
+before = rss()
+x = torch.ones(64 * 2 ** 20)  # 256 MB, every page touched
+held = rss()
+del x
+print(json.dumps(dict(malloc=ssmkit.runtime.status()['malloc'], before=before, held=held, after=rss())))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or sys.platform != "linux", reason="needs Linux /proc")
+@pytest.mark.parametrize("policy", ["keep", "default"])
+def test_malloc_policy_keeps_freed_memory_for_reuse_or_returns_it(policy):
+    """``keep`` (the import default): a freed 256 MB tensor stays in the process for the next
+    allocation (resident memory does not drop); ``default``: glibc unmaps it (it drops)."""
+    out = json.loads(run_py(RSS_SCRIPT, SSMKIT_MALLOC=None if policy == "keep" else "default").stdout.splitlines()[-1])
+    if out["malloc"] is None:
+        pytest.skip("the C library has no mallopt (not glibc)")
+    assert out["malloc"] == policy
+    assert out["held"] - out["before"] > 200 * 2 ** 20, out
+    freed = out["held"] - out["after"]
+    if policy == "keep":
+        assert freed < 16 * 2 ** 20, out
+    else:
+        assert freed > 200 * 2 ** 20, out
+
+
+def test_malloc_policy_errors_name_the_setting():
+    with pytest.raises(ValueError, match="SSMKIT_MALLOC"):
+        runtime.apply_malloc_policy({"SSMKIT_MALLOC": "sometimes"})
+    with raises_naming(TypeError, "keep"):
+        runtime.keep_freed_memory("yes")
+    was = runtime.malloc_policy
+    try:
+        assert runtime.apply_malloc_policy({"SSMKIT_MALLOC": "default"}) in ("default", None)
+        assert runtime.status()["malloc"] in ("default", None)
+    finally:
+        if was == "keep":
+            assert runtime.apply_malloc_policy({}) == "keep" == runtime.status()["malloc"]

@@ -8,7 +8,7 @@ Public API (everything else is importable but private):
 - layers: ``S4``, ``S4D``, ``RTF``, ``Mamba``, ``Mamba2``, ``S5``, ``get_layer``, ``available_layers``
 - models: ``Backbone``, ``SequenceClassifier``, ``LanguageModel``
 - tasks and training: ``build_task``, ``available_tasks``, ``TrainConfig``, ``fit``, ``load_model``
-- CPU threads and OpenMP waiting: ``runtime.configure``, ``runtime.status`` (docs/performance.md)
+- CPU threads, OpenMP waiting and malloc: ``runtime.configure``, ``runtime.status`` (docs/performance.md)
 """
 __version__ = "0.1.0"
 
@@ -18,6 +18,9 @@ __version__ = "0.1.0"
 from . import runtime as _runtime  # noqa: E402  (imports nothing heavy)
 
 _runtime.apply_env_defaults()
+# Large freed blocks kept by malloc for reuse instead of being page-faulted in again (glibc;
+# SSMKIT_MALLOC=default: leave malloc alone). See ssmkit.runtime, docs/performance.md.
+_runtime.apply_malloc_policy()
 
 from . import hippo, kernels, layers, lti, models, ops, runtime, tasks, train
 from .hippo import HiPPO, basis, discretize, nplr, transition

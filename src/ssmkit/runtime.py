@@ -33,16 +33,27 @@ in the shell instead). ``SSMKIT_WAIT_POLICY=default`` turns it off.
 ``SSMKIT_THREADS`` (``auto`` or a positive integer), if set, is applied at import with
 :func:`configure`; otherwise library users keep torch's own thread count and the command line
 applies ``--threads``. :func:`configure` can be called at any time.
+
+A third knob decides what happens to **large freed blocks of memory** (``SSMKIT_MALLOC``,
+:func:`keep_freed_memory`). glibc's malloc serves every block above its mmap threshold (at most
+32 MB) from a fresh mapping and returns it to the system when it is freed, so every large tensor
+a forward pass allocates (a (4, 2048, 3072) float32 projection is 100 MB) is page-faulted and
+zeroed by the kernel again, 4 kB at a time. ``"keep"`` (default on glibc) serves them from the
+heap and keeps freed memory for reuse, as a caching allocator does: a Mamba layer's forward at
+(4, 2048, 768) ran 15-25% faster (docs/performance.md). The price: the process keeps its peak
+memory until it exits. ``SSMKIT_MALLOC=default`` leaves glibc's behaviour alone.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import sys
 from typing import Dict, List, MutableMapping, Optional, Union
 
 __all__ = ["WAIT_POLICIES", "DEFAULT_WAIT_POLICY", "WAIT_ENV_VARS", "wait_policy_env", "apply_env_defaults",
-           "available_cpus", "resolve_threads", "configure", "openmp_runtimes", "status"]
+           "available_cpus", "resolve_threads", "configure", "openmp_runtimes", "status", "MALLOC_POLICIES",
+           "keep_freed_memory", "apply_malloc_policy"]
 
 #: Environment variables that choose how OpenMP workers wait (GNU and Intel runtimes).
 WAIT_ENV_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -88,6 +99,54 @@ def apply_env_defaults(environ: Optional[MutableMapping[str, str]] = None,
         applied.clear()
         applied.update(wanted)
     return wanted
+
+
+#: Choices of ``SSMKIT_MALLOC``: keep freed memory for reuse (default), or glibc's own behaviour.
+MALLOC_POLICIES = ("keep", "default")
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's defaults
+
+#: The malloc policy ssmkit applied ("keep", "default"; None: none, or the C library has no mallopt).
+malloc_policy: Optional[str] = None
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """Make glibc's malloc serve large blocks from its heap and keep freed memory for reuse
+    (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``), so that a large
+    tensor allocated again after being freed is not page-faulted and zeroed by the kernel again;
+    ``keep=False`` restores glibc's defaults. Returns False (and changes nothing) where the C
+    library has no ``mallopt`` or refuses it (not glibc)."""
+    global malloc_policy
+    from ._checks import check_bool  # here, not at the top: this module loads before torch
+
+    check_bool("keep", keep)
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if keep:
+        ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
+    else:
+        ok = mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX) == 1 and mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD) == 1
+    if ok:
+        malloc_policy = "keep" if keep else "default"
+    return ok
+
+
+def apply_malloc_policy(environ: Optional[MutableMapping[str, str]] = None) -> Optional[str]:
+    """Apply ``$SSMKIT_MALLOC`` (``keep``, the default, or ``default``): ``keep`` calls
+    :func:`keep_freed_memory`; ``default`` leaves malloc as glibc set it (undoing an earlier
+    ``keep``). Returns the policy applied, or None where the C library does not support it."""
+    env = os.environ if environ is None else environ
+    policy = env.get("SSMKIT_MALLOC", "").strip().lower() or "keep"
+    if policy not in MALLOC_POLICIES:
+        raise ValueError(f"SSMKIT_MALLOC must be one of {list(MALLOC_POLICIES)}, got {env.get('SSMKIT_MALLOC')!r}")
+    global malloc_policy
+    if policy == "default" and malloc_policy != "keep":  # nothing to undo
+        malloc_policy = "default"
+        return "default"
+    return policy if keep_freed_memory(policy == "keep") else None
 
 
 def _cgroup_cpus() -> Optional[float]:
@@ -165,9 +224,10 @@ def openmp_runtimes() -> List[str]:
 
 
 def status() -> Dict[str, object]:
-    """What is in effect: torch's thread count, the waiting variables, the OpenMP runtimes loaded."""
+    """What is in effect: torch's thread count, the waiting variables, the OpenMP runtimes loaded,
+    the malloc policy ssmkit set (``keep``, ``default`` or None)."""
     import torch
 
     return {"threads": torch.get_num_threads(), "available_cpus": available_cpus(),
             "wait_env": {k: os.environ[k] for k in WAIT_ENV_VARS if k in os.environ},
-            "set_by_ssmkit": dict(applied), "openmp_runtimes": openmp_runtimes()}
+            "set_by_ssmkit": dict(applied), "openmp_runtimes": openmp_runtimes(), "malloc": malloc_policy}
