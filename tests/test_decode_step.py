@@ -156,7 +156,7 @@ def test_bfloat16_weights_fused_step_matches_float32_and_the_torch_path(batch):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_bfloat16_layer_step_in_one_call_equals_the_composed_step(batch, monkeypatch):
     """bfloat16 projections, float32 residual and state: the whole layer in one native call
-    (``bf16_layer_step``) rounds where the composed step rounds (x to bfloat16, in_proj output,
+    (``native_layer_call``) rounds where the composed step rounds (x to bfloat16, in_proj output,
     y before out_proj, out_proj output) and runs the same kernels in between, so the two agree
     bit for bit; the window comes back in bfloat16, the state in float32, written in place."""
     torch.manual_seed(7)
@@ -245,3 +245,81 @@ def test_backbone_step_with_fused_norms_equals_the_block_by_block_step(dtype):
     assert_close_to_reference(out.float(), ref.float(), tol, "features")
     for a, b in zip(own, ref_states):
         assert_close_to_reference(a[1], b[1], tol, "state")
+
+
+def _stack_backbone(layer, dtype, **kw):
+    opts = {"d_state": 8} if layer == "mamba" else {"d_state": 8, "headdim": 8, "ngroups": 2}
+    bb = Backbone(32, 3, layer, {**opts, **kw}, vocab_size=40, norm="rms", residual_in_fp32=True, dtype=dtype).eval()
+    with torch.no_grad():  # non-trivial norm weights and SSM parameters
+        for n, p in bb.named_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return bb
+
+
+@pytest.mark.parametrize("layer", ["mamba", "mamba2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_whole_stack_in_one_native_call_equals_the_layer_by_layer_path(layer, dtype, batch, monkeypatch):
+    """``Backbone.step_`` runs every block of a pre-norm RMSNorm Mamba / Mamba-2 stack in one
+    native call (``StackStep``): the same native layer steps and fused norms as the layer-by-layer
+    path, in the same order, so the features and the states agree bit for bit, over several
+    tokens (the states are updated in place)."""
+    from ssmkit._checks import trusted_inputs
+    from ssmkit.models import backbone as backbone_module
+
+    torch.manual_seed(8)
+    bb = _stack_backbone(layer, dtype)
+    states = [tuple(torch.randn_like(t) for t in s) for s in bb.initial_state(batch)]
+    a = [tuple(t.clone() for t in s) for s in states]
+    b = [tuple(t.clone() for t in s) for s in states]
+    with torch.no_grad(), trusted_inputs():
+        assert bb._stack_plan() is not None, "the one-call plan should apply here"
+        outs = [bb.step_(torch.randint(0, 40, (batch,), generator=torch.Generator().manual_seed(i)), a) for i in range(3)]
+        monkeypatch.setattr(backbone_module.Backbone, "_stack_plan", lambda self: None)
+        refs = [bb.step_(torch.randint(0, 40, (batch,), generator=torch.Generator().manual_seed(i)), b) for i in range(3)]
+    for o, r in zip(outs, refs):
+        assert o.dtype == torch.float32 and torch.equal(o, r)
+    for (wa, ha), (wb, hb) in zip(a, b):
+        assert torch.equal(wa, wb) and torch.equal(ha, hb)
+
+
+def test_the_one_call_plan_follows_changes_to_the_model():
+    """The plan holds raw pointers: it is rebuilt when a parameter changes in place, is replaced,
+    when a layer is swapped, or an option it read changes; the answers always equal the
+    layer-by-layer path on the current model."""
+    from ssmkit._checks import trusted_inputs
+
+    torch.manual_seed(9)
+    bb = _stack_backbone("mamba2", torch.float32)
+    tokens = torch.randint(0, 40, (2,))
+
+    def both():
+        states = [tuple(torch.randn_like(t) for t in s) for s in bb.initial_state(2)]
+        with torch.no_grad(), trusted_inputs():
+            plan = bb._stack_plan()
+            fast = bb.step_(tokens, [tuple(t.clone() for t in s) for s in states])
+            ref, _ = bb.step(tokens, [tuple(t.clone() for t in s) for s in states])
+        assert_close_to_reference(fast, ref, 1e-5, "features")
+        return plan
+
+    p0 = both()
+    assert p0 is not None and both() is p0  # reused while nothing changes
+    with torch.no_grad():
+        bb.blocks[1].layer.out_proj.weight.mul_(2)  # in place
+    p1 = both()
+    assert p1 is not p0
+    bb.blocks[0].norm.weight = torch.nn.Parameter(torch.rand(32) + 0.5)  # replaced
+    p2 = both()
+    assert p2 is not p1
+    bb.blocks[2].layer.norm.eps = 1e-2  # an option of one layer's step: the layers differ, no plan
+    assert both() is None
+    for blk in bb.blocks:
+        blk.layer.norm.eps = 1e-2
+    p3 = both()
+    assert p3 is not None and p3 is not p2 and p3.options["eps"] == 1e-2
+    bb.blocks[2].layer = Mamba(32, d_state=8).eval()  # mixed layer kinds: no one-call plan
+    assert both() is None
+    import copy
+    import pickle
+    clone = copy.deepcopy(bb)  # the plan stays out of the module: copying and pickling work
+    pickle.loads(pickle.dumps(clone))

@@ -35,7 +35,7 @@ from ..ops.cpu_half import module_linear
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
-from .mamba_family import CausalConv, InPlaceStep, bf16_layer_step, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, fused_step, native_layer_call, run_native_call, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -177,22 +177,26 @@ class Mamba(InPlaceStep, SequenceLayer):
             tail = torch.cat([prev, tail], dim=-1)[..., -K1:]
         return out, (tail, h.to(sd))
 
-    def _step(self, x_t, state, out_state):
+    def native_layer_call(self):
+        """This layer's decoding step as one native call (:func:`~ssmkit.layers.mamba_family.native_layer_call`),
+        or None when its parameters do not allow it."""
         c, ip, op = self.conv1d, self.in_proj, self.out_proj
-        A = negative_A(self.A_log, self._A_cache)
-        small = (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D)
-        if ip.weight.dtype == torch.bfloat16:  # the whole layer in one native call, from the (float32) input as given
-            done = bf16_layer_step(decode_step.mamba_layer_step, x_t, state, out_state,
-                                   (ip.weight, ip.bias, op.weight, op.bias), small, self._A_cache)
+        small = (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                 negative_A(self.A_log, self._A_cache), self.D)
+        return native_layer_call(decode_step.mamba_layer_step, (ip.weight, ip.bias, op.weight, op.bias), small,
+                                 self._A_cache)
+
+    def _step(self, x_t, state, out_state):
+        call = self.native_layer_call()
+        if call is not None:  # the whole layer in one native call
+            done = run_native_call(call, x_t, state, out_state)
             if done is not None:
                 return done
-        x_in, x_t = x_t, match_parameter_dtype(x_t, ip.weight.dtype)
+        c = self.conv1d
+        A = negative_A(self.A_log, self._A_cache)
+        small = (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D)
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
-        if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
-            params = (ip.weight, ip.bias, op.weight, op.bias, *small)
-            if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
-                out, new = decode_step.mamba_layer_step(x_t, state, *params, out_state=out_state)
-                return (out if x_t is x_in else out.to(x_in.dtype)), new
         xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
         fused = fused_step(decode_step.mamba_step, xz, state, out_state, small, self._A_cache)
         if fused is not None:

@@ -38,7 +38,7 @@ from ..ops.gated_norm import native_applies as gated_norm_applies, skip_gated_rm
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
-from .mamba_family import CausalConv, InPlaceStep, bf16_layer_step, fused_step, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, fused_step, native_layer_call, run_native_call, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -244,23 +244,29 @@ class Mamba2(InPlaceStep, SequenceLayer):
             tail = torch.cat([prev, tail], dim=-1)[..., -K1:]
         return tail
 
-    def _step(self, x_t, state, out_state):
+    def _step_options(self) -> dict:
+        return dict(headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
+                    eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
+
+    def native_layer_call(self):
+        """This layer's decoding step as one native call (:func:`~ssmkit.layers.mamba_family.native_layer_call`),
+        or None when its parameters do not allow it."""
         c, ip, op = self.conv1d, self.in_proj, self.out_proj
-        A = negative_A(self.A_log, self._A_cache)
-        kw = dict(headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
-                  eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
-        if ip.weight.dtype == torch.bfloat16:  # the whole layer in one native call, from the (float32) input as given
-            done = bf16_layer_step(decode_step.mamba2_layer_step, x_t, state, out_state, (ip.weight, ip.bias, op.weight, op.bias),
-                                   (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache, **kw)
+        small = (c.weight, c.bias, self.dt_bias, negative_A(self.A_log, self._A_cache), self.D, self.norm.weight)
+        return native_layer_call(decode_step.mamba2_layer_step, (ip.weight, ip.bias, op.weight, op.bias), small,
+                                 self._A_cache, **self._step_options())
+
+    def _step(self, x_t, state, out_state):
+        call = self.native_layer_call()
+        if call is not None:  # the whole layer in one native call
+            done = run_native_call(call, x_t, state, out_state)
             if done is not None:
                 return done
-        x_in, x_t = x_t, match_parameter_dtype(x_t, ip.weight.dtype)
+        c = self.conv1d
+        A = negative_A(self.A_log, self._A_cache)
+        kw = self._step_options()
+        x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
-        if x_t.dtype == torch.float32 and h.dtype == torch.float32:  # the whole layer in one native call
-            params = (ip.weight, ip.bias, op.weight, op.bias, c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight)
-            if decode_step.params_apply(self._A_cache, params, "layer") and decode_step.applies(x_t, conv_state, h):
-                out, new = decode_step.mamba2_layer_step(x_t, state, *params, out_state=out_state, **kw)
-                return (out if x_t is x_in else out.to(x_in.dtype)), new
         zxbcdt = rows_linear(self.in_proj, x_t)
         fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state,
                            (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache, **kw)

@@ -8,12 +8,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .._checks import check_finite, check_step_input, right_padding_lengths, value_checks_enabled
+from .._checks import check_finite, check_step_input, match_parameter_dtype, right_padding_lengths, value_checks_enabled
 from ..ops import decode_step
 from ..ops.decode_step import rows_matmul
 from ..ops.cpu_half import depthwise_conv1d
 
-__all__ = ["rows_linear", "bf16_layer_step", "fused_step", "cached_float_copies", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
+__all__ = ["rows_linear", "native_layer_call", "run_native_call", "fused_step", "cached_float_copies", "CausalConv", "causal_conv_window", "check_conv_ssm_state", "negative_A", "padding_lengths", "state_dtype"]
 
 
 def rows_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -82,30 +82,50 @@ def fused_step(kernel, proj: torch.Tensor, state, out_state, params, cache: dict
     return y, out_state
 
 
-def bf16_layer_step(layer_step, x_in: torch.Tensor, state, out_state, weights, params, cache: dict, **kw):
-    """A whole layer's decoding step in one native call for bfloat16 projection weights with a
-    float32 SSM state (the released models run in bfloat16): ``layer_step`` is
+def native_layer_call(layer_step, weights, small, cache: dict, **options):
+    """The layer's decoding step as one native call, for its current parameters: ``(layer_step,
+    params, options, bf16)`` to run with :func:`run_native_call`, or None when the parameters
+    do not allow it (in autograd, not on the CPU, other dtypes). ``layer_step`` is
     :func:`ssmkit.ops.decode_step.mamba_layer_step` or ``mamba2_layer_step``, ``weights`` the
-    (bfloat16) in_proj / out_proj weights and biases, ``params`` the small parameters, used as
-    cached float32 copies. The kernel rounds to bfloat16 where the layer's own bfloat16 step
-    rounds (the projections' inputs and outputs), so the two agree. Returns ``(out, state)`` in
-    ``x_in``'s dtype, or None when the kernel does not apply (the caller runs its other path)."""
+    in_proj / out_proj weights and biases, ``small`` the other parameters in the kernel's order.
+    bfloat16 projections (the released models): the small parameters as cached float32 copies;
+    the kernel rounds to bfloat16 where the layer's composed bfloat16 step rounds (the
+    projections' inputs and outputs), so the two agree. float32: every parameter as it is.
+    Whether they apply is remembered in ``cache`` until a parameter is replaced (its storage)."""
+    if torch.is_grad_enabled():
+        return None
+    dtype = weights[0].dtype
+    if dtype == torch.bfloat16:
+        small = cached_float_copies(cache, small)
+        key = tuple(None if t is None else t.data_ptr() for t in (*weights, *small))
+        hit = cache.get("bf16_layer")
+        if hit is None or hit[0] != key:
+            hit = (key, decode_step.applies_bf16_layer(None, None, None, weights, small))
+            cache["bf16_layer"] = hit
+        return (layer_step, (*weights, *small), options, True) if hit[1] else None
+    if dtype == torch.float32:
+        params = (*weights, *small)
+        return (layer_step, params, options, False) if decode_step.params_apply(cache, params, "layer") else None
+    return None
+
+
+def run_native_call(call, x_in: torch.Tensor, state, out_state):
+    """Run a :func:`native_layer_call` on ``x_in`` (b, d_model) and ``state`` (written into
+    ``out_state`` when given): ``(out, new_state)`` with ``out`` in ``x_in``'s dtype, or None
+    when the input or the state do not suit the kernel (the caller runs its composed step). The
+    state's SSM part is float32; the window is bfloat16 with bfloat16 projections."""
+    layer_step, params, options, bf16 = call
     conv_state, h = state
-    if torch.is_grad_enabled() or weights[0].dtype != torch.bfloat16 or h.dtype != torch.float32:
-        return None
-    x = x_in if x_in.dtype == torch.float32 else x_in.float()
-    small = cached_float_copies(cache, params)
-    # the parameters' check, remembered until one of them is replaced (their storages)
-    key = tuple(None if t is None else t.data_ptr() for t in (*weights, *small))
-    hit = cache.get("bf16_layer")
-    if hit is None or hit[0] != key:
-        hit = (key, decode_step.applies_bf16_layer(x, conv_state, h, weights, small))
-        cache["bf16_layer"] = hit
-    outs = () if out_state is None else out_state
-    if not (hit[1] and decode_step.applies_bf16_layer(x, conv_state, h, (), ())
-            and all(o.is_contiguous() and o.dtype == s.dtype for o, s in zip(outs, state))):
-        return None
-    out, new = layer_step(x, state, *weights, *small, out_state=out_state, **kw)
+    if bf16:
+        x = x_in if x_in.dtype == torch.float32 else x_in.float()
+        if not (decode_step.applies_bf16_layer(x, conv_state, h, (), ())
+                and all(o.is_contiguous() and o.dtype == s.dtype for o, s in zip(out_state or (), state))):
+            return None
+    else:
+        x = match_parameter_dtype(x_in, torch.float32)
+        if not (x.dtype == torch.float32 and h.dtype == torch.float32 and decode_step.applies(x, conv_state, h)):
+            return None
+    out, new = layer_step(x, state, *params, out_state=out_state, **options)
     return (out if x_in.dtype == torch.float32 else out.to(x_in.dtype)), new
 
 

@@ -19,6 +19,7 @@ come first, run, and rotated back, so leading pad tokens never touch the state.
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -291,6 +292,9 @@ class Backbone(nn.Module):
         and ``states`` (a list the loop owns, made by ``forward`` or ``initial_state``) is
         updated in place (each layer's tensors where the layer can, else its list entry).
         Returns the features (B, d_model)."""
+        plan = self._stack_plan()
+        if plan is not None:  # the whole stack in one native call
+            return plan(self._residual_input(x_t), states)
         weights = self._fused_rms_weights()
         if weights is not None:
             return self._step_fused_rms(x_t, states, weights)
@@ -316,13 +320,43 @@ class Backbone(nn.Module):
             return None
         return norms if decode_step.applies(*norms) else None
 
+    def _stack_plan(self) -> Optional[decode_step.StackStep]:
+        """The whole stack's decoding step as one native call (:class:`ssmkit.ops.decode_step.StackStep`):
+        pre-norm RMSNorm blocks (:meth:`_fused_rms_weights`) around layers that all have a
+        one-call native step (``native_layer_call``: Mamba or Mamba-2, float32 or bfloat16
+        projections). Built once and reused while no parameter or submodule of the backbone is
+        replaced, moved or changed in place (torch's version counters; a change made through
+        ``.data`` is not seen, as by every cache of derived weights) and the norms' epsilons and
+        the layers' step options stay the same; else None."""
+        if torch.is_grad_enabled() or not (self.prenorm and self.norm_kind == "rms"):
+            return None
+        cached = _STACK_PLANS.get(self)
+        if cached is not None and _watch_unchanged(*cached[1]) and cached[2] == _stack_options(cached[3]):
+            return cached[0]
+        plan = None
+        weights = self._fused_rms_weights()
+        calls = [getattr(b.layer, "native_layer_call", lambda: None)() for b in self.blocks]
+        if weights is not None and all(c is not None for c in calls):
+            try:
+                plan = decode_step.StackStep(calls, weights, [b.norm.eps for b in self.blocks] + [self.norm.eps])
+            except ValueError:
+                plan = None
+        modules = ([b.norm for b in self.blocks] + [self.norm], [b.layer for b in self.blocks])
+        _STACK_PLANS[self] = (plan, _watch(self), _stack_options(modules), modules)
+        return plan
+
+    def _residual_input(self, x_t) -> torch.Tensor:
+        """The embedded tokens as the float32 residual stream, a tensor of its own (written in place)."""
+        r = self._embed(x_t).float().contiguous()
+        if r.data_ptr() == self.encoder.weight.data_ptr():  # never write into the embedding
+            r = r.clone()
+        return r
+
     def _step_fused_rms(self, x_t, states: List[Any], weights: List[torch.Tensor]):
         """``step_`` with the residual add and the next RMSNorm fused (same numbers up to float
         rounding): r = embed(x); for each block, y = layer(norm(r)); r += y. ``weights``: the
         float32 norm weights (:meth:`_fused_rms_weights`)."""
-        r = self._embed(x_t).float().contiguous()
-        if r.data_ptr() == self.encoder.weight.data_ptr():  # never write into the embedding
-            r = r.clone()
+        r = self._residual_input(x_t)
         blocks = self.blocks
         x = decode_step.add_rms_norm(None, r, weights[0], blocks[0].norm.eps)
         for i, block in enumerate(blocks):
@@ -335,6 +369,42 @@ class Backbone(nn.Module):
                 y = y.contiguous()
             x = decode_step.add_rms_norm(y, r, weights[i + 1], nxt.eps)
         return x
+
+
+#: Backbone -> (its one-call decoding plan or None, what it was built from, the options it read,
+#: the norm and layer modules): kept outside the module, so copying or pickling a model never
+#: carries the plan's raw pointers; dropped with the backbone.
+_STACK_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _stack_options(modules) -> list:
+    """What the one-call plan read besides parameters: every norm's epsilon and the layers' step options."""
+    norms, layers = modules
+    return [getattr(m, "eps", None) for m in norms] + [l._step_options() for l in layers if hasattr(l, "_step_options")]
+
+
+def _watch(module: nn.Module):
+    """What :func:`_watch_unchanged` compares: every parameter slot of every submodule (the tensor
+    in it, its version counter and storage) and every submodule slot."""
+    params, mods = [], []
+    for m in module.modules():
+        mods.append((m._modules, tuple(m._modules.values())))
+        for name, t in m._parameters.items():
+            params.append((m._parameters, name, t, None if t is None else t._version,
+                           None if t is None else t.data_ptr()))
+    return params, mods
+
+
+def _watch_unchanged(params, mods) -> bool:
+    """True if no parameter or submodule recorded by :func:`_watch` was replaced, moved or changed in place."""
+    for d, name, t, version, ptr in params:
+        u = d.get(name)
+        if u is not t or (t is not None and (t._version != version or t.data_ptr() != ptr)):
+            return False
+    for d, snap in mods:
+        if len(d) != len(snap) or any(a is not b for a, b in zip(d.values(), snap)):
+            return False
+    return True
 
 
 def _check_state_like(name: str, given, template) -> None:

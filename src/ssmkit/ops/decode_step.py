@@ -17,6 +17,7 @@ itself (in place: nothing is allocated per token).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -24,7 +25,7 @@ import torch
 
 from . import _native
 
-__all__ = ["add_rms_norm", "applies", "applies_bf16_layer", "params_apply", "mamba_layer_step", "mamba2_layer_step", "mamba_step", "mamba2_step", "rows_matmul"]
+__all__ = ["StackStep", "add_rms_norm", "applies", "applies_bf16_layer", "params_apply", "mamba_layer_step", "mamba2_layer_step", "mamba_step", "mamba2_step", "rows_matmul"]
 
 
 def params_apply(cache: dict, params, slot: str = "applies") -> bool:
@@ -202,3 +203,97 @@ def mamba2_layer_step(x: torch.Tensor, state, in_proj_weight, in_proj_bias, out_
             float(eps), int(bool(norm_before_gate)), torch.get_num_threads()):
         raise MemoryError("mamba2_layer_step: the native kernel could not allocate its buffers")
     return out, (win_out, h_out)
+
+
+class StackStep:
+    """A stack of pre-norm RMSNorm blocks around Mamba (or Mamba-2) layers, decoded in ONE native
+    call per token (``mamba_stack_step`` / ``mamba2_stack_step`` in decode_step.c): the residual
+    stream ``r`` (b, d_model) float32, ``x = RMSNorm_0(r)``, then per layer ``r += layer(x)``,
+    ``x = RMSNorm_next(r)``; returns the last ``x`` (after the stack's final norm).
+
+    These are the native calls the per-layer path makes (:func:`mamba_layer_step` or
+    :func:`mamba2_layer_step` per layer, :func:`add_rms_norm` between them), in the same order,
+    so the numbers are the same; what goes is the Python work around each layer (attribute
+    look-ups, caches, checks, argument conversion), several percent of a token at the 130m
+    shapes. The pointers are taken once: the caller keeps the operands alive and unchanged
+    (the model rebuilds the plan when a parameter changes).
+
+    ``calls``: each layer's ``native_layer_call()`` (same kernel, options, bfloat16-ness and
+    shapes for all); ``norms``: the nl + 1 float32 RMSNorm weights (contiguous, d_model);
+    ``eps``: their epsilons. Raises ValueError when the layers differ."""
+
+    def __init__(self, calls, norms: Sequence[torch.Tensor], eps: Sequence[float]):
+        fn, params0, options, bf16 = calls[0]
+        n = len(calls)
+        shapes0 = [None if t is None else tuple(t.shape) for t in params0]
+        for fn_l, params, opts, bf in calls:
+            if fn_l is not fn or opts != options or bf != bf16 or \
+                    [None if t is None else tuple(t.shape) for t in params] != shapes0:
+                raise ValueError("StackStep: every layer must have the same kernel, options and shapes")
+        if len(norms) != n + 1 or len(eps) != n + 1:
+            raise ValueError(f"StackStep: {n} layers need {n + 1} norms and epsilons")
+        d_model = params0[0].shape[1]
+        for w in norms:
+            if w.dtype != torch.float32 or not w.is_contiguous() or w.shape != (d_model,) or w.device.type != "cpu":
+                raise ValueError(f"StackStep: the norm weights must be contiguous float32 ({d_model},) on the CPU")
+        self.mamba2, self.bf16, self.n, self.d_model = fn is mamba2_layer_step, bf16, n, d_model
+        self.options = options
+        self._keep = ([c[1] for c in calls], list(norms))  # the operands stay alive with the plan
+        per = 12 if self.mamba2 else 13
+        self._per = per
+        self._table = (ctypes.c_void_p * (per * n))()
+        for l, (_, params, _, _) in enumerate(calls):
+            row = [_native.ptr(t) for t in params]
+            for i, v in enumerate(row[:4] + [None] + row[4:] + [None]):
+                self._table[l * per + i] = v
+        self._norms = (ctypes.c_void_p * (n + 1))(*[w.data_ptr() for w in norms])
+        self._eps = (ctypes.c_double * (n + 1))(*[float(e) for e in eps])
+        if self.mamba2:
+            A, conv_w = params0[7], params0[4]
+            H, P, G, N = A.shape[0], options["headdim"], options["ngroups"], options["d_state"]
+            E = H * P
+            self._win, self._h = E + 2 * G * N, E * N
+            lo, hi = options["dt_limit"]
+            self._dims = (d_model, H, P, G, N, conv_w.shape[-1])
+            self._tail = (float(lo), min(float(hi), 1e30), float(options["eps"]), int(bool(options["norm_before_gate"])))
+        else:
+            A, conv_w, dt_w = params0[9], params0[4], params0[7]
+            E, N = A.shape
+            self._win, self._h = E, E * N
+            self._dims = (d_model, E, conv_w.shape[-1], dt_w.shape[1], N)
+            self._tail = ()
+        self._K1 = conv_w.shape[-1] - 1
+        self._bound = None
+
+    def _bind(self, states, b: int) -> None:
+        """Point the table at the states' tensors (checked here, once per set of states)."""
+        key = (b,) + tuple(t.data_ptr() for s in states for t in s)
+        if key == self._bound:
+            return
+        if len(states) != self.n:
+            raise ValueError(f"StackStep: {self.n} states expected, got {len(states)}")
+        win_dtype = torch.bfloat16 if self.bf16 else torch.float32
+        for l, (win, h) in enumerate(states):
+            if (win.dtype != win_dtype or h.dtype != torch.float32 or not win.is_contiguous() or not h.is_contiguous()
+                    or win.numel() != b * self._win * self._K1 or h.numel() != b * self._h
+                    or win.device.type != "cpu" or h.device.type != "cpu"):
+                raise ValueError(f"StackStep: state {l} does not fit the layers (dtype, shape or layout)")
+            self._table[l * self._per + 4] = win.data_ptr()
+            self._table[l * self._per + self._per - 1] = h.data_ptr()
+        self._bound = key
+
+    def __call__(self, r: torch.Tensor, states) -> torch.Tensor:
+        """One token: ``r`` (b, d_model) contiguous float32, the embedded tokens (updated in place
+        to the residual stream after the last layer); ``states``: per layer (window, h), updated
+        in place. Returns the final normed features (b, d_model) float32."""
+        if r.dtype != torch.float32 or r.dim() != 2 or r.shape[1] != self.d_model or not r.is_contiguous():
+            raise ValueError(f"StackStep: r must be contiguous float32 (b, {self.d_model})")
+        b = r.shape[0]
+        self._bind(states, b)
+        out = torch.empty_like(r)
+        lib = _native._lib
+        fn = lib.mamba2_stack_step if self.mamba2 else lib.mamba_stack_step
+        if fn(int(self.bf16), self.n, self._table, self._norms, self._eps, r.data_ptr(), out.data_ptr(), b,
+              *self._dims, *self._tail, torch.get_num_threads()):
+            raise MemoryError("StackStep: the native kernel could not allocate its buffers")
+        return out

@@ -53,7 +53,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 7
+_ABI = 8
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -233,6 +233,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mamba2_layer_step_bf16.argtypes = lib.mamba2_layer_step_f32.argtypes
     lib.mamba2_layer_step_bf16.restype = I
     lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
+    lib.mamba_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 6 + [I]
+    lib.mamba_stack_step.restype = I
+    lib.mamba2_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 7 + [D] * 3 + [I, I]
+    lib.mamba2_stack_step.restype = I
     lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I
     lib.gn_blocks.argtypes = [L]

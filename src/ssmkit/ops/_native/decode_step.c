@@ -396,6 +396,71 @@ int mamba2_layer_step_bf16(const float *x, const uint16_t *in_w, const uint16_t 
     return dec_bf16_close(&f, rc, win_out, out_w, out_b, out, nb, Dm, E, nw, nthreads);
 }
 
+/* A whole stack of pre-norm RMSNorm blocks around Mamba (or Mamba-2) layers, one decoding step
+ * in one call: r (nb, Dm) is the float32 residual stream, on entry the embedded tokens, updated in
+ * place; x = RMSNorm_0(r); for each layer l: r += layer_l(x), x = RMSNorm_{l+1}(r); out = x (the
+ * last norm is the stack's final one). These are the calls the per-layer path makes, in the same
+ * order, so the numbers are the same. T holds per layer the layer step's pointer operands (the
+ * conv window and the SSM state are updated in place):
+ *   Mamba (13):   in_w, in_b, out_w, out_b, win, conv_w, conv_b, x_proj_w, dt_proj_w, dt_proj_b, A, D, h
+ *   Mamba-2 (12): in_w, in_b, out_w, out_b, win, conv_w, conv_b, dt_bias, A, D, norm_w, h
+ * bf16: bfloat16 projection weights and window (mamba*_layer_step_bf16), else all float32.
+ * norm_w: nl + 1 float32 RMSNorm weights, eps their epsilons. 1 if out of memory. */
+typedef struct { float *x, *y; } dec_stack;
+
+static int dec_stack_open(dec_stack *s, const float *const *norm_w, const double *eps, float *r, long nb, long Dm) {
+    s->x = (float *)malloc((size_t)(2 * nb * Dm) * sizeof(float));
+    if (!s->x) return 1;
+    s->y = s->x + nb * Dm;
+    add_rms_norm_f32(NULL, r, norm_w[0], s->x, nb, Dm, eps[0]);
+    return 0;
+}
+
+static int dec_stack_close(dec_stack *s, int rc, float *out, long nb, long Dm) {
+    if (!rc) memcpy(out, s->x, (size_t)(nb * Dm) * sizeof(float));
+    free(s->x);
+    return rc;
+}
+
+int mamba_stack_step(int bf16, long nl, void *const *T, const float *const *norm_w, const double *eps, float *r,
+                     float *out, long nb, long Dm, long E, long K, long R, long N, int nthreads) {
+    dec_stack s;
+    if (dec_stack_open(&s, norm_w, eps, r, nb, Dm)) return 1;
+    int rc = 0;
+    for (long l = 0; l < nl && !rc; l++) {
+        void *const *t = T + l * 13;
+        if (bf16)
+            rc = mamba_layer_step_bf16(s.x, t[0], t[1], t[2], t[3], s.y, t[4], t[4], t[5], t[6], t[7], t[8], t[9],
+                                       t[10], t[11], t[12], t[12], nb, Dm, E, K, R, N, nthreads);
+        else
+            rc = mamba_layer_step_f32(s.x, t[0], t[1], t[2], t[3], s.y, t[4], t[4], t[5], t[6], t[7], t[8], t[9],
+                                      t[10], t[11], t[12], t[12], nb, Dm, E, K, R, N, nthreads);
+        if (!rc) add_rms_norm_f32(s.y, r, norm_w[l + 1], s.x, nb, Dm, eps[l + 1]);
+    }
+    return dec_stack_close(&s, rc, out, nb, Dm);
+}
+
+int mamba2_stack_step(int bf16, long nl, void *const *T, const float *const *norm_w, const double *eps, float *r,
+                      float *out, long nb, long Dm, long H, long P, long G, long N, long K, double dt_lo,
+                      double dt_hi, double norm_eps, int norm_before_gate, int nthreads) {
+    dec_stack s;
+    if (dec_stack_open(&s, norm_w, eps, r, nb, Dm)) return 1;
+    int rc = 0;
+    for (long l = 0; l < nl && !rc; l++) {
+        void *const *t = T + l * 12;
+        if (bf16)
+            rc = mamba2_layer_step_bf16(s.x, t[0], t[1], t[2], t[3], s.y, t[4], t[4], t[5], t[6], t[7], t[8], t[9],
+                                        t[10], t[11], t[11], nb, Dm, H, P, G, N, K, dt_lo, dt_hi, norm_eps,
+                                        norm_before_gate, nthreads);
+        else
+            rc = mamba2_layer_step_f32(s.x, t[0], t[1], t[2], t[3], s.y, t[4], t[4], t[5], t[6], t[7], t[8], t[9],
+                                       t[10], t[11], t[11], nb, Dm, H, P, G, N, K, dt_lo, dt_hi, norm_eps,
+                                       norm_before_gate, nthreads);
+        if (!rc) add_rms_norm_f32(s.y, r, norm_w[l + 1], s.x, nb, Dm, eps[l + 1]);
+    }
+    return dec_stack_close(&s, rc, out, nb, Dm);
+}
+
 #else /* template body */
 
 #define DEC_CAT2(a, b) a##_##b
