@@ -53,6 +53,8 @@ def test_transformers_folder_loads_to_the_same_model_and_round_trips(tmp_path, k
     model, tok = load_pretrained(tmp_path / "hf")
     assert tok is None and model.tie_embeddings == tied
     assert (model.head.weight is model.backbone.encoder.weight) == tied
+    # on the CPU every parameter lives in one packed block (models.pack_parameters)
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == 1
     x = torch.randint(0, V, (2, 21))  # 21: not a multiple of the chunk size 8
     with torch.no_grad():
         expected = ref(x).logits

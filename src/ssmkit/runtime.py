@@ -53,7 +53,7 @@ from typing import Dict, List, MutableMapping, Optional, Union
 
 __all__ = ["WAIT_POLICIES", "DEFAULT_WAIT_POLICY", "WAIT_ENV_VARS", "wait_policy_env", "apply_env_defaults",
            "available_cpus", "resolve_threads", "configure", "openmp_runtimes", "status", "MALLOC_POLICIES",
-           "keep_freed_memory", "apply_malloc_policy"]
+           "keep_freed_memory", "apply_malloc_policy", "huge_page_buffer"]
 
 #: Environment variables that choose how OpenMP workers wait (GNU and Intel runtimes).
 WAIT_ENV_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -147,6 +147,31 @@ def apply_malloc_policy(environ: Optional[MutableMapping[str, str]] = None) -> O
         malloc_policy = "default"
         return "default"
     return policy if keep_freed_memory(policy == "keep") else None
+
+
+def huge_page_buffer(nbytes: int):
+    """A uint8 CPU tensor of ``nbytes`` starting at a 2 MB boundary of a fresh anonymous mapping
+    that is advised for transparent huge pages (Linux ``madvise(MADV_HUGEPAGE)``; effective when
+    the system's setting is ``madvise`` or ``always``). Streaming through memory mapped with
+    2 MB pages takes far fewer TLB misses than with 4 kB pages. Elsewhere: ``torch.empty``."""
+    import mmap
+
+    import torch
+
+    from ._checks import check_positive_int
+
+    check_positive_int("nbytes", nbytes)
+    huge = 2 << 20
+    if sys.platform != "linux" or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(nbytes, dtype=torch.uint8)
+    mm = mmap.mmap(-1, nbytes + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # transparent huge pages disabled or unsupported: ordinary pages
+        pass
+    whole = torch.frombuffer(mm, dtype=torch.uint8)  # keeps the mapping alive
+    start = (-whole.data_ptr()) % huge
+    return whole[start:start + nbytes]
 
 
 def _cgroup_cpus() -> Optional[float]:
