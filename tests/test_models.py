@@ -286,3 +286,10 @@ def test_every_layer_computes_another_input_dtype_in_its_parameters_dtype(name, 
         assert y.dtype == f64 and yt.dtype == f64
         assert torch.equal(y, layer(x.float()).double())
         assert torch.equal(yt, layer.step(x[:, 0].float(), layer.initial_state(2))[0].double())
+
+
+def test_generate_names_the_prompt_when_a_token_id_is_out_of_range():
+    model = LanguageModel(Backbone(16, 1, "s4d", {}, vocab_size=10), tie_embeddings=True).eval()
+    for bad in (torch.tensor([[1, 10]]), torch.tensor([[-1, 2]])):
+        with raises_naming(ValueError, "prompt"):
+            model.generate(bad, 2, temperature=0)

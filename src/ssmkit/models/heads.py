@@ -128,6 +128,7 @@ class LanguageModel(TokenModel):
             check_float("top_p", top_p, low=0.0, high=1.0, low_open=True)
         if prompt.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"prompt must hold token ids (int64), got {prompt.dtype}")
+        self.backbone._check_tokens(prompt, "prompt")  # the range, named as the caller knows it
         mask = check_mask(mask, prompt)
         if mask is not None and prompt.shape[0] and not bool(mask.any(1).all()):
             raise ValueError("mask must have at least one real token in every row")
