@@ -323,3 +323,53 @@ def test_the_one_call_plan_follows_changes_to_the_model():
     import pickle
     clone = copy.deepcopy(bb)  # the plan stays out of the module: copying and pickling work
     pickle.loads(pickle.dumps(clone))
+
+
+def test_states_that_do_not_fit_the_plan_take_the_layer_by_layer_path():
+    """Non-contiguous states: the one-call plan declines (nothing written) and the layer-by-layer
+    path answers, equal to ``step``."""
+    from ssmkit._checks import trusted_inputs
+
+    torch.manual_seed(10)
+    bb = _stack_backbone("mamba", torch.float32)
+    tokens = torch.randint(0, 40, (2,))
+    base = [tuple(torch.randn_like(t) for t in s) for s in bb.initial_state(2)]
+    odd = [(w.transpose(1, 2).contiguous().transpose(1, 2), h.clone()) for w, h in base]  # same values, other strides
+    assert not odd[0][0].is_contiguous()
+    with torch.no_grad(), trusted_inputs():
+        plan = bb._stack_plan()
+        assert plan is not None
+        assert plan(bb._residual_input(tokens), odd) is None
+        fast = bb.step_(tokens, odd)
+        ref, _ = bb.step(tokens, [tuple(t.clone() for t in s) for s in base])
+    assert_close_to_reference(fast, ref, 1e-5, "features")
+
+
+def test_two_threads_decoding_one_model_keep_their_own_states():
+    """The plan's pointer tables are per set of states: two threads stepping the same model with
+    their own states (the native call releases the GIL) get what each would get alone."""
+    import threading
+
+    from ssmkit._checks import trusted_inputs
+
+    torch.manual_seed(11)
+    bb = _stack_backbone("mamba2", torch.float32)
+    seqs = [torch.randint(0, 40, (20, 2)) for _ in range(2)]
+    init = [[tuple(torch.randn_like(t) for t in s) for s in bb.initial_state(2)] for _ in range(2)]
+
+    def run(i, out):
+        states = [tuple(t.clone() for t in s) for s in init[i]]
+        with torch.no_grad(), trusted_inputs():
+            out[i] = torch.stack([bb.step_(tok, states) for tok in seqs[i]])
+
+    alone = {}
+    for i in range(2):
+        run(i, alone)
+    together = {}
+    threads = [threading.Thread(target=run, args=(i, together)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert torch.equal(together[i], alone[i])

@@ -293,8 +293,10 @@ class Backbone(nn.Module):
         updated in place (each layer's tensors where the layer can, else its list entry).
         Returns the features (B, d_model)."""
         plan = self._stack_plan()
-        if plan is not None:  # the whole stack in one native call
-            return plan(self._residual_input(x_t), states)
+        if plan is not None:  # the whole stack in one native call (None: the states do not fit it)
+            out = plan(self._residual_input(x_t), states)
+            if out is not None:
+                return out
         weights = self._fused_rms_weights()
         if weights is not None:
             return self._step_fused_rms(x_t, states, weights)

@@ -263,37 +263,50 @@ class StackStep:
             self._dims = (d_model, E, conv_w.shape[-1], dt_w.shape[1], N)
             self._tail = ()
         self._K1 = conv_w.shape[-1] - 1
-        self._bound = None
+        self._tables = {}
 
-    def _bind(self, states, b: int) -> None:
-        """Point the table at the states' tensors (checked here, once per set of states)."""
+    def _table_for(self, states, b: int):
+        """The pointer table with the states' tensors filled in, or None when they do not fit the
+        layers (dtype, size, layout). One table per set of states (the parameters' part shared),
+        so two threads decoding different states never see each other's pointers."""
         key = (b,) + tuple(t.data_ptr() for s in states for t in s)
-        if key == self._bound:
-            return
+        table = self._tables.get(key)
+        if table is not None:
+            return table
         if len(states) != self.n:
-            raise ValueError(f"StackStep: {self.n} states expected, got {len(states)}")
+            return None
         win_dtype = torch.bfloat16 if self.bf16 else torch.float32
-        for l, (win, h) in enumerate(states):
+        table = (ctypes.c_void_p * len(self._table)).from_buffer_copy(self._table)
+        for l, state in enumerate(states):
+            if len(state) != 2:
+                return None
+            win, h = state
             if (win.dtype != win_dtype or h.dtype != torch.float32 or not win.is_contiguous() or not h.is_contiguous()
                     or win.numel() != b * self._win * self._K1 or h.numel() != b * self._h
                     or win.device.type != "cpu" or h.device.type != "cpu"):
-                raise ValueError(f"StackStep: state {l} does not fit the layers (dtype, shape or layout)")
-            self._table[l * self._per + 4] = win.data_ptr()
-            self._table[l * self._per + self._per - 1] = h.data_ptr()
-        self._bound = key
+                return None
+            table[l * self._per + 4] = win.data_ptr()
+            table[l * self._per + self._per - 1] = h.data_ptr()
+        if len(self._tables) >= 8:  # a few sets of states at a time (a loop reuses its own)
+            self._tables.clear()
+        self._tables[key] = table
+        return table
 
-    def __call__(self, r: torch.Tensor, states) -> torch.Tensor:
+    def __call__(self, r: torch.Tensor, states) -> Optional[torch.Tensor]:
         """One token: ``r`` (b, d_model) contiguous float32, the embedded tokens (updated in place
         to the residual stream after the last layer); ``states``: per layer (window, h), updated
-        in place. Returns the final normed features (b, d_model) float32."""
+        in place. Returns the final normed features (b, d_model) float32, or None (nothing done)
+        when ``r`` or the states do not fit the layers."""
         if r.dtype != torch.float32 or r.dim() != 2 or r.shape[1] != self.d_model or not r.is_contiguous():
-            raise ValueError(f"StackStep: r must be contiguous float32 (b, {self.d_model})")
+            return None
         b = r.shape[0]
-        self._bind(states, b)
+        table = self._table_for(states, b)
+        if table is None:
+            return None
         out = torch.empty_like(r)
         lib = _native._lib
         fn = lib.mamba2_stack_step if self.mamba2 else lib.mamba_stack_step
-        if fn(int(self.bf16), self.n, self._table, self._norms, self._eps, r.data_ptr(), out.data_ptr(), b,
+        if fn(int(self.bf16), self.n, table, self._norms, self._eps, r.data_ptr(), out.data_ptr(), b,
               *self._dims, *self._tail, torch.get_num_threads()):
             raise MemoryError("StackStep: the native kernel could not allocate its buffers")
         return out
