@@ -382,29 +382,34 @@ _STACK_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _stack_options(modules) -> list:
     """What the one-call plan read besides parameters: every norm's epsilon and the layers' step options."""
     norms, layers = modules
-    return [getattr(m, "eps", None) for m in norms] + [l._step_options() for l in layers if hasattr(l, "_step_options")]
+    return [getattr(m, "eps", None) for m in norms] + [
+        l._step_options() for l in layers if getattr(type(l), "_step_options", None) is not None]
 
 
 def _watch(module: nn.Module):
     """What :func:`_watch_unchanged` compares: every parameter slot of every submodule (the tensor
     in it, its version counter and storage) and every submodule slot."""
-    params, mods = [], []
+    params, empty, mods = [], [], []
     for m in module.modules():
         mods.append((m._modules, tuple(m._modules.values())))
         for name, t in m._parameters.items():
-            params.append((m._parameters, name, t, None if t is None else t._version,
-                           None if t is None else t.data_ptr()))
-    return params, mods
+            if t is None:
+                empty.append((m._parameters, name))
+            else:
+                params.append((m._parameters, name, t, t._version, t.data_ptr()))
+    return params, empty, mods
 
 
-def _watch_unchanged(params, mods) -> bool:
+def _watch_unchanged(params, empty, mods) -> bool:
     """True if no parameter or submodule recorded by :func:`_watch` was replaced, moved or changed in place."""
     for d, name, t, version, ptr in params:
-        u = d.get(name)
-        if u is not t or (t is not None and (t._version != version or t.data_ptr() != ptr)):
+        if d.get(name) is not t or t._version != version or t.data_ptr() != ptr:
             return False
-    for d, snap in mods:
-        if len(d) != len(snap) or any(a is not b for a, b in zip(d.values(), snap)):
+    for d, name in empty:
+        if d.get(name) is not None:
+            return False
+    for d, snap in mods:  # modules compare by identity; a leaf only needs to stay a leaf
+        if len(d) != len(snap) or (snap and tuple(d.values()) != snap):
             return False
     return True
 
