@@ -223,6 +223,8 @@ class StackStep:
     ``eps``: their epsilons. Raises ValueError when the layers differ."""
 
     def __init__(self, calls, norms: Sequence[torch.Tensor], eps: Sequence[float]):
+        if not calls:
+            raise ValueError("StackStep: no layers")
         fn, params0, options, bf16 = calls[0]
         n = len(calls)
         shapes0 = [None if t is None else tuple(t.shape) for t in params0]
