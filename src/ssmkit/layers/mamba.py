@@ -35,7 +35,7 @@ from ..ops.cpu_half import module_linear
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
-from .mamba_family import CausalConv, InPlaceStep, fused_step, native_layer_call, run_native_call, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, fused_step, native_layer_call, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba"]
 
@@ -177,24 +177,22 @@ class Mamba(InPlaceStep, SequenceLayer):
             tail = torch.cat([prev, tail], dim=-1)[..., -K1:]
         return out, (tail, h.to(sd))
 
+    def _step_params(self):
+        """The step's parameters besides the projections, in the kernels' order (A = -exp(A_log))."""
+        c = self.conv1d
+        return (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                negative_A(self.A_log, self._A_cache), self.D)
+
     def native_layer_call(self):
         """This layer's decoding step as one native call (:func:`~ssmkit.layers.mamba_family.native_layer_call`),
         or None when its parameters do not allow it."""
-        c, ip, op = self.conv1d, self.in_proj, self.out_proj
-        small = (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                 negative_A(self.A_log, self._A_cache), self.D)
-        return native_layer_call(decode_step.mamba_layer_step, (ip.weight, ip.bias, op.weight, op.bias), small,
-                                 self._A_cache)
+        ip, op = self.in_proj, self.out_proj
+        return native_layer_call(decode_step.mamba_layer_step, (ip.weight, ip.bias, op.weight, op.bias),
+                                 self._step_params(), self._A_cache)
 
-    def _step(self, x_t, state, out_state):
-        call = self.native_layer_call()
-        if call is not None:  # the whole layer in one native call
-            done = run_native_call(call, x_t, state, out_state)
-            if done is not None:
-                return done
-        c = self.conv1d
-        A = negative_A(self.A_log, self._A_cache)
-        small = (c.weight, c.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, A, self.D)
+    def _composed_step(self, x_t, state, out_state):
+        small = self._step_params()
+        A = negative_A(self.A_log, self._A_cache)  # cached
         x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
         xz = rows_linear(self.in_proj, x_t)  # (B, 2E)

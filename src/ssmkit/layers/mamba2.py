@@ -38,7 +38,7 @@ from ..ops.gated_norm import native_applies as gated_norm_applies, skip_gated_rm
 from ..ops.ssd import ssd
 from .base import SequenceLayer, register_layer, set_optim_hints
 from .init import MAMBA_INITS, check_pair, log_uniform_dt, mimetic_A_log, tie_rows_
-from .mamba_family import CausalConv, InPlaceStep, fused_step, native_layer_call, run_native_call, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
+from .mamba_family import CausalConv, InPlaceStep, fused_step, native_layer_call, rows_linear, check_conv_ssm_state, negative_A, padding_lengths, state_dtype
 
 __all__ = ["Mamba2"]
 
@@ -248,28 +248,26 @@ class Mamba2(InPlaceStep, SequenceLayer):
         return dict(headdim=self.headdim, ngroups=self.ngroups, d_state=self.d_state, dt_limit=self.dt_limit,
                     eps=self.norm.eps, norm_before_gate=self.norm.norm_before_gate)
 
+    def _step_params(self):
+        """The step's parameters besides the projections, in the kernels' order (A = -exp(A_log))."""
+        c = self.conv1d
+        return (c.weight, c.bias, self.dt_bias, negative_A(self.A_log, self._A_cache), self.D, self.norm.weight)
+
     def native_layer_call(self):
         """This layer's decoding step as one native call (:func:`~ssmkit.layers.mamba_family.native_layer_call`),
         or None when its parameters do not allow it."""
-        c, ip, op = self.conv1d, self.in_proj, self.out_proj
-        small = (c.weight, c.bias, self.dt_bias, negative_A(self.A_log, self._A_cache), self.D, self.norm.weight)
-        return native_layer_call(decode_step.mamba2_layer_step, (ip.weight, ip.bias, op.weight, op.bias), small,
-                                 self._A_cache, **self._step_options())
+        ip, op = self.in_proj, self.out_proj
+        return native_layer_call(decode_step.mamba2_layer_step, (ip.weight, ip.bias, op.weight, op.bias),
+                                 self._step_params(), self._A_cache, **self._step_options())
 
-    def _step(self, x_t, state, out_state):
-        call = self.native_layer_call()
-        if call is not None:  # the whole layer in one native call
-            done = run_native_call(call, x_t, state, out_state)
-            if done is not None:
-                return done
-        c = self.conv1d
-        A = negative_A(self.A_log, self._A_cache)
+    def _composed_step(self, x_t, state, out_state):
+        small = self._step_params()
+        A = negative_A(self.A_log, self._A_cache)  # cached
         kw = self._step_options()
         x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
         zxbcdt = rows_linear(self.in_proj, x_t)
-        fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state,
-                           (c.weight, c.bias, self.dt_bias, A, self.D, self.norm.weight), self._A_cache, **kw)
+        fused = fused_step(decode_step.mamba2_step, zxbcdt, state, out_state, small, self._A_cache, **kw)
         if fused is not None:
             y, new = fused
             y = y.to(x_t.dtype)

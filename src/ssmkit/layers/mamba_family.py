@@ -130,10 +130,20 @@ def run_native_call(call, x_in: torch.Tensor, state, out_state):
 
 
 class InPlaceStep:
-    """``step`` and ``step_`` of the Mamba-family layers, around the layer's ``_step(x_t, state, out_state)``.
+    """``step`` and ``step_`` of the Mamba-family layers. A layer provides ``native_layer_call()``
+    (its whole step as one native call, or None) and ``_composed_step(x_t, state, out_state)``.
 
-    On the CPU outside autograd (float32 / float64) a layer's step runs as one native call
-    (:mod:`ssmkit.ops.decode_step`); otherwise, and as the reference, its ``torch_step``."""
+    On the CPU outside autograd (float32, or bfloat16 projections) a layer's step runs as one
+    native call (:mod:`ssmkit.ops.decode_step`); otherwise its composed step, whose reference is
+    its ``torch_step``."""
+
+    def _step(self, x_t, state, out_state):
+        call = self.native_layer_call()
+        if call is not None:  # the whole layer in one native call
+            done = run_native_call(call, x_t, state, out_state)
+            if done is not None:
+                return done
+        return self._composed_step(x_t, state, out_state)
 
     def step(self, x_t: torch.Tensor, state):
         """One token: ``x_t`` (B, d_model) -> ``(y_t, (conv_state, ssm_state))``, O(1) per token."""
