@@ -18,6 +18,7 @@ from .._checks import check_choice
 from .._io import atomic_write, atomic_write_json
 from ..layers import Mamba, Mamba2
 from ..models import Backbone, LanguageModel, pack_parameters
+from ..ops.cpu_half import linear
 from ..ops.decode_step import rows_matmul
 from .formats import PretrainedError, Spec, from_ssmkit_key, spec_from_config, spec_to_config, to_ssmkit_key
 
@@ -39,19 +40,16 @@ class HalfLinear(torch.nn.Linear):
     (decoding) gain from reading half the bytes. So: up to ``rows`` rows, the few-row product
     (:func:`ssmkit.ops.decode_step.rows_matmul`: the weight read once, accumulated in float32);
     above, the weights are widened to float32 for the call (the result in the input's
-    dtype)."""
+    dtype, :func:`ssmkit.ops.cpu_half.linear`)."""
 
     rows = 8
 
     def forward(self, x):
-        if x.dtype == self.weight.dtype and x.numel() > self.rows * x.shape[-1]:
-            b = None if self.bias is None else self.bias.float()
-            return torch.nn.functional.linear(x.float(), self.weight.float(), b).to(x.dtype)
-        if x.dtype == self.weight.dtype and x.dim() >= 2:
+        if x.dtype == self.weight.dtype and x.dim() >= 2 and x.numel() <= self.rows * x.shape[-1]:
             y = rows_matmul(x.reshape(-1, x.shape[-1]), self.weight, self.bias)
             if y is not None:
                 return y.reshape(*x.shape[:-1], y.shape[-1])
-        return super().forward(x)
+        return linear(x, self.weight, self.bias)  # many rows in half precision on the CPU: in float32
 
 
 def _dtype(dtype) -> torch.dtype:
