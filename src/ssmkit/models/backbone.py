@@ -153,6 +153,7 @@ class Backbone(nn.Module):
         check_bool("residual_in_fp32", residual_in_fp32)
         check_positive_int("pad_vocab_size_multiple", pad_vocab_size_multiple)
         cls = get_layer(layer)
+        self._native_stack = hasattr(cls, "native_layer_call")  # whether decoding may run as one call
         fk = dict(device=device, dtype=dtype)
         self.d_model, self.layer_name, self.vocab_size = d_model, layer, vocab_size
         self.norm_kind, self.norm_eps, self.prenorm, self.residual_in_fp32 = norm, norm_eps, prenorm, residual_in_fp32
@@ -325,12 +326,13 @@ class Backbone(nn.Module):
     def _stack_plan(self) -> Optional[decode_step.StackStep]:
         """The whole stack's decoding step as one native call (:class:`ssmkit.ops.decode_step.StackStep`):
         pre-norm RMSNorm blocks (:meth:`_fused_rms_weights`) around layers that all have a
-        one-call native step (``native_layer_call``: Mamba or Mamba-2, float32 or bfloat16
+        one-call native step (``native_layer_call``: a Mamba or Mamba-2 backbone, float32 or bfloat16
         projections). Built once and reused while no parameter or submodule of the backbone is
         replaced, moved or changed in place (torch's version counters; a change made through
         ``.data`` is not seen, as by every cache of derived weights) and the norms' epsilons and
         the layers' step options stay the same; else None."""
-        if torch.is_grad_enabled() or not (self.prenorm and self.norm_kind == "rms"):
+        if (torch.is_grad_enabled() or not (self.prenorm and self.norm_kind == "rms")
+                or not self.__dict__.get("_native_stack", True)):  # other layer kinds: no watch per token
             return None
         cached = _STACK_PLANS.get(self)
         if cached is not None and _watch_unchanged(*cached[1]) and cached[2] == _stack_options(cached[3]):
