@@ -40,7 +40,7 @@ A third knob decides what happens to **large freed blocks of memory** (``SSMKIT_
 a forward pass allocates (a (4, 2048, 3072) float32 projection is 100 MB) is page-faulted and
 zeroed by the kernel again, 4 kB at a time. ``"keep"`` (default on glibc) serves them from the
 heap and keeps freed memory for reuse, as a caching allocator does: a Mamba layer's forward at
-(4, 2048, 768) ran 15-25% faster (docs/performance.md). The price: the process keeps its peak
+(4, 2048, 768) ran 8% faster, a Mamba-2 layer's 22% (docs/performance.md). The price: the process keeps its peak
 memory until it exits. ``SSMKIT_MALLOC=default`` leaves glibc's behaviour alone.
 """
 from __future__ import annotations

@@ -29,14 +29,14 @@ def pack_parameters(module: nn.Module, copy_values: bool = True) -> int:
     if not params or any(p.device.type != "cpu" for p in params):
         return 0
     sizes = [p.numel() * p.element_size() for p in params]
-    total = sum(-(-n // _ALIGN) * _ALIGN for n in sizes)
-    block = runtime.huge_page_buffer(max(total, 1))
-    pos = 0
+    starts = [0]
+    for n in sizes:  # each parameter at the next 64-byte boundary
+        starts.append(starts[-1] + -(-n // _ALIGN) * _ALIGN)
+    block = runtime.huge_page_buffer(max(starts[-1], 1))
     with torch.no_grad():
-        for p, n in zip(params, sizes):
+        for p, n, pos in zip(params, sizes, starts):
             view = block[pos:pos + n].view(p.dtype).view(p.shape)
             if copy_values:
                 view.copy_(p.data)
             p.data = view
-            pos += -(-n // _ALIGN) * _ALIGN
-    return total
+    return starts[-1]
