@@ -27,7 +27,8 @@ CASES = ["Mamba layer forward (4, 2048, 768)", "Mamba-2 layer forward (4, 2048, 
          "mamba training step (32, 196), d_model 64 x4"]
 
 
-def cases():
+def build(name: str):
+    """The function timed for the case ``name`` (one of CASES); only that case's model is made."""
     import torch
 
     from ssmkit._checks import trusted_inputs
@@ -35,36 +36,33 @@ def cases():
     from ssmkit.models import Backbone, LanguageModel, SequenceClassifier
 
     g = torch.Generator().manual_seed(0)
-    out = {}
-    x = torch.randn(4, 2048, 768, generator=g)
-    for name, layer in (("Mamba layer forward (4, 2048, 768)", Mamba(768, d_state=16)),
-                        ("Mamba-2 layer forward (4, 2048, 768)", Mamba2(768, d_state=128, headdim=64))):
-        layer.eval()
+    if "layer forward" in name:
+        layer = (Mamba(768, d_state=16) if name.startswith("Mamba layer") else Mamba2(768, d_state=128, headdim=64)).eval()
+        x = torch.randn(4, 2048, 768, generator=g)
 
-        def fwd(layer=layer):
+        def fwd():
             with torch.no_grad(), trusted_inputs():
                 layer(x)
-        out[name] = fwd
-    lm = LanguageModel(Backbone(768, 4, "mamba2", {"d_state": 128, "headdim": 64}, vocab_size=50280, norm="rms",
-                                residual_in_fp32=True, pad_vocab_size_multiple=8), tie_embeddings=True,
-                       head_bias=False).eval()
-    tokens = torch.randint(0, 50280, (1, 2048), generator=g)
+        return fwd
+    if "LM" in name:
+        lm = LanguageModel(Backbone(768, 4, "mamba2", {"d_state": 128, "headdim": 64}, vocab_size=50280, norm="rms",
+                                    residual_in_fp32=True, pad_vocab_size_multiple=8), tie_embeddings=True,
+                           head_bias=False).eval()
+        tokens = torch.randint(0, 50280, (1, 2048), generator=g)
 
-    def lm_fwd():
-        with torch.no_grad():
-            lm(tokens)
-    out["Mamba-2 LM 4 layers prompt (1, 2048)"] = lm_fwd
-    for layer in ("s4d", "mamba"):
-        model = SequenceClassifier(Backbone(64, 4, layer, {}, d_input=1), 10)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        xb, yb = torch.randn(32, 196, 1, generator=g), torch.randint(0, 10, (32,), generator=g)
+        def lm_fwd():
+            with torch.no_grad():
+                lm(tokens)
+        return lm_fwd
+    model = SequenceClassifier(Backbone(64, 4, name.split()[0], {}, d_input=1), 10)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    xb, yb = torch.randn(32, 196, 1, generator=g), torch.randint(0, 10, (32,), generator=g)
 
-        def step(model=model, opt=opt, xb=xb, yb=yb):
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        out[f"{layer} training step (32, 196), d_model 64 x4"] = step
-    return out
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return step
 
 
 def worker(name: str) -> float:
@@ -73,7 +71,7 @@ def worker(name: str) -> float:
     from ssmkit import runtime
 
     torch.manual_seed(0)
-    fn = cases()[name]
+    fn = build(name)
     fn()  # warm-up (and load the native kernels)
     reps = 2 if ("layer" in name or "LM" in name) else 10
     t0 = time.perf_counter()
