@@ -373,3 +373,22 @@ def test_two_threads_decoding_one_model_keep_their_own_states():
         t.join()
     for i in range(2):
         assert torch.equal(together[i], alone[i])
+
+
+def test_stack_step_refuses_layers_it_cannot_run_together():
+    bb = _stack_backbone("mamba", torch.float32)
+    with torch.no_grad():
+        calls = [b.layer.native_layer_call() for b in bb.blocks]
+        norms = bb._fused_rms_weights()
+    eps = [1e-5] * len(norms)
+    with pytest.raises(ValueError, match="no layers"):
+        decode_step.StackStep([], norms[:1], eps[:1])
+    with pytest.raises(ValueError, match="norms"):
+        decode_step.StackStep(calls, norms[:-1], eps[:-1])
+    other = _stack_backbone("mamba", torch.float32, d_state=4)
+    with torch.no_grad():
+        mixed = calls[:1] + [other.blocks[0].layer.native_layer_call()]
+    with pytest.raises(ValueError, match="same kernel, options and shapes"):
+        decode_step.StackStep(mixed, norms[:3], eps[:3])
+    plan = decode_step.StackStep(calls, norms, eps)
+    assert plan(torch.zeros(2, 31), bb.initial_state(2)) is None  # a wrong width: declined, nothing run
