@@ -14,8 +14,10 @@ Measured, per model:
   float32 decode in the same rounds (the target compares bfloat16 with it);
 - the bandwidth bound of decode: bytes of weights read per token (every weight matrix once;
   the embedding only once, as the LM head, when tied; one row otherwise) over the memory
-  bandwidth measured here (the largest of a 256 MB read (sum) and copy (read + write) rate, on
-  ordinary memory and on a huge-page block like the one load_pretrained packs the weights into);
+  bandwidth measured here (the largest of three 256 MB reads: a sum, a copy (counted as read +
+  write) and BLAS's float32 matrix-vector product over 1024 long rows, which one core reads as
+  several concurrent streams, faster than a single one; each on ordinary memory and on a
+  huge-page block like the one load_pretrained packs the weights into);
 - the matmul bound of the prompt forward: 2 x (weights of every linear map) x tokens FLOPs
   over the float32 matmul rate measured here (the scan, conv and norms are not counted, so
   the bound is optimistic).
@@ -102,9 +104,11 @@ def _per_token(gens, n_new, repeats):
 
 
 def bandwidth():
-    """Bytes per second: the largest of a read (sum) and a copy (counted as read + write), each
-    on ordinary memory and on a huge-page block (where ssmkit's load_pretrained puts the weights,
-    see ssmkit.runtime.huge_page_buffer), so the bound holds for both."""
+    """Bytes per second: the largest of a read (sum), a copy (counted as read + write) and a BLAS
+    matrix-vector product over 1024 rows of 256 kB (torch.mv; it reads several rows as concurrent
+    streams, as ssmkit's decode kernel does), each on ordinary memory and on a huge-page block
+    (where ssmkit's load_pretrained puts the weights, see ssmkit.runtime.huge_page_buffer), so the
+    bound holds for all of them."""
     from ssmkit.runtime import huge_page_buffer
 
     n = 64 * 2 ** 20  # 256 MB of float32
@@ -114,7 +118,9 @@ def bandwidth():
         src.normal_(), dst.copy_(src), src.sum()
         t_read = min(_time(lambda: src.sum(), 1) for _ in range(5))
         t_copy = min(_time(lambda: dst.copy_(src), 1) for _ in range(5))
-        best = max(best, n * 4 / t_read, 2 * n * 4 / t_copy)
+        rows, v = src.view(1024, -1), torch.randn(n // 1024)
+        t_mv = min(_time(lambda: torch.mv(rows, v), 1) for _ in range(5))
+        best = max(best, n * 4 / t_read, 2 * n * 4 / t_copy, n * 4 / t_mv)
     return best
 
 

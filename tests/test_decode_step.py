@@ -92,6 +92,29 @@ def test_rows_matmul_equals_linear(dtype, rows, K):
         assert_close_to_reference(y.double(), ref, 1e-6 if dtype == torch.float32 else 2 ** -8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_matmul_gives_the_same_numbers_for_any_thread_count_and_number_of_rows(dtype):
+    # the kernel groups weight rows into tiles by thread range (rows a quarter of a range apart);
+    # every output must still be the same sum, bit for bit, whatever the grouping
+    torch.manual_seed(0)
+    W = torch.randn(37, 61).to(dtype)
+    x = torch.randn(5, 61).to(dtype)
+    old = torch.get_num_threads()
+    whole = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            for M in (37, 9, 3):  # ranges of several tiles, of one tile and a tail, of a tail only
+                full = decode_step.rows_matmul(x, W[:M])
+                for b in range(5):
+                    assert torch.equal(decode_step.rows_matmul(x[b:b + 1], W[:M]), full[b:b + 1])
+                    assert torch.equal(decode_step.rows_matmul(x[b:b + 1], W[M - 1:M])[0, 0], full[b, M - 1])
+            whole.append(decode_step.rows_matmul(x, W))
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(y, whole[0]) for y in whole[1:])
+
+
 def test_rows_matmul_declines_what_it_cannot_run():
     W = torch.randn(4, 3)
     assert decode_step.rows_matmul(torch.randn(2, 3, dtype=torch.float64), W.double()) is None
