@@ -17,7 +17,8 @@ Measured, per model:
   bandwidth measured here (the largest of three 256 MB reads: a sum, a copy (counted as read +
   write) and BLAS's float32 matrix-vector product over 1024 long rows, which one core reads as
   several concurrent streams, faster than a single one; each on ordinary memory and on a
-  huge-page block like the one load_pretrained packs the weights into);
+  huge-page block like the one load_pretrained packs the weights into; measured at the start,
+  and the matrix-vector read again in the same rounds as each decode timing: the larger is used);
 - the matmul bound of the prompt forward: 2 x (weights of every linear map) x tokens FLOPs
   over the float32 matmul rate measured here (the scan, conv and norms are not counted, so
   the bound is optimistic).
@@ -192,7 +193,17 @@ def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
             rows.append(dict(model=name, what=f"prompt forward b={b} L={L} float32", ssmkit_s=t["ssmkit"],
                              transformers_s=t["transformers"], bound_s=bound, bound="matmul"))
             _print(rows[-1])
-    # greedy decode
+    # greedy decode; a 256 MB read (the matrix-vector product of bandwidth()) is timed in the same
+    # rounds, so that the bound follows the machine's bandwidth at the time of the decode
+    from ssmkit.runtime import huge_page_buffer
+
+    rd = huge_page_buffer(2 ** 28).view(torch.float32).view(1024, -1).normal_()
+    rd_v = torch.randn(rd.shape[1])
+
+    def read_gen(n):
+        for _ in range(n):
+            torch.mv(rd, rd_v)
+
     for dtype, (m_ours, m_hf) in (("float32", (ours, hf)), ("bfloat16", (ours16, hf16))):
         for b in batches:
             x = torch.randint(0, spec["vocab"], (b, 16), generator=g)
@@ -203,7 +214,7 @@ def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
             def hf_gen(n, m=m_hf, x=x):
                 m.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-            gens = {"ssmkit": ours_gen, "transformers": hf_gen}
+            gens = {"ssmkit": ours_gen, "transformers": hf_gen, "read": read_gen}
             if dtype == "bfloat16":  # the target compares bfloat16 decode with transformers' float32 decode
                 gens["transformers_f32"] = lambda n, x=x: hf.generate(x, max_new_tokens=n, min_new_tokens=n,
                                                                       do_sample=False)
@@ -211,9 +222,10 @@ def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
                 for fn in gens.values():
                     fn(4)
                 per = _per_token(gens, n_new, repeats)
-            bound = weight_bytes_per_token(m_ours) / bw  # per token, batch independent
+            bw_now = max(bw, 2 ** 28 / per["read"])
+            bound = weight_bytes_per_token(m_ours) / bw_now  # per token, batch independent
             rows.append(dict(model=name, what=f"decode b={b} {dtype}", ssmkit_s=per["ssmkit"],
-                             transformers_s=per["transformers"], bound_s=bound, bound="bandwidth",
+                             transformers_s=per["transformers"], bound_s=bound, bound="bandwidth", bandwidth=bw_now,
                              ssmkit_tok_s=b / per["ssmkit"], transformers_tok_s=b / per["transformers"]))
             if "transformers_f32" in per:
                 rows[-1]["transformers_f32_s"] = per["transformers_f32"]
@@ -225,6 +237,8 @@ def _print(r):
     extra = ""
     if "ssmkit_tok_s" in r:
         extra = f"  ({r['ssmkit_tok_s']:.1f} vs {r['transformers_tok_s']:.1f} tokens/s)"
+    if "bandwidth" in r:
+        extra += f"  [bandwidth {r['bandwidth'] / 1e9:.1f} GB/s]"
     if "transformers_f32_s" in r:
         extra += f"; transformers float32 {r['transformers_f32_s'] * 1e3:.1f} ms: {r['transformers_f32_s'] / r['ssmkit_s']:.2f}x"
     print(f"  {r['what']:<34} ssmkit {r['ssmkit_s'] * 1e3:9.1f} ms  transformers {r['transformers_s'] * 1e3:9.1f} ms  "

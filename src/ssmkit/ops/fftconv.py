@@ -1,7 +1,13 @@
-"""Causal (linear, not circular) convolution by FFT (docs/lti.md).
+"""Causal (linear, not circular) convolution by FFT, or directly for short sequences (docs/lti.md).
 
 ``y_k = Σ_{j≤k} K_j u_{k-j} + D u_k`` for k = 0..L-1, computed with both signals zero-padded
 to length 2L so that the circular convolution of the FFT equals the linear one (docs/math.md §4.2).
+
+Short sequences (``L <= DIRECT_MAX_LEN``) of CPU float32 (B, L, H) tensors take the direct sum
+instead, in a native kernel (ops/_native/direct_conv.c): O(L·Lk) per channel against the FFT's
+O(L log L), but with no transposes, no padding and no complex spectra, which is faster at these
+lengths (benchmarks/RESULTS.md, "Direct convolution"). Its backward is the same sum run backwards in time for
+``∂u``, and a correlation over batch and time for ``∂K``. ``method`` chooses explicitly.
 
 The transforms always run along the LAST dimension of a (B, H, L) tensor, where each
 channel's samples are contiguous. ``layout="blh"`` (the default, the layers' (batch, length,
@@ -26,8 +32,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._checks import REAL_DTYPES, check_choice, check_tensor
+from . import _native
 
-__all__ = ["fftconv", "causal_conv_ref"]
+__all__ = ["fftconv", "causal_conv_ref", "DIRECT_MAX_LEN"]
+
+# "auto" sums directly up to this length (the crossover measured against the FFT route on the CPU,
+# forward + backward, benchmarks/bench_conv.py)
+DIRECT_MAX_LEN = 512
 
 
 class _CausalConv(torch.autograd.Function):
@@ -60,14 +71,54 @@ class _CausalConv(torch.autograd.Function):
         return gu, gK
 
 
-def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, *, layout: str = "blh") -> torch.Tensor:
+class _DirectCausalConv(torch.autograd.Function):
+    """``y[b,t] = Σ_{j≤t} Kt[j] u[b,t-j]`` per channel, summed directly by the native kernel:
+    u (B, L, H) and Kt (Lk, H) float32 on the CPU, Lk <= L."""
+
+    @staticmethod
+    def forward(ctx, u, Kt):
+        u, Kt = u.contiguous(), Kt.contiguous()
+        B, L, H = u.shape
+        y = torch.empty_like(u)
+        _native.library().dconv_fwd_f32(u.data_ptr(), Kt.data_ptr(), y.data_ptr(), B, L, Kt.shape[0], H,
+                                        torch.get_num_threads())
+        ctx.save_for_backward(u, Kt)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        u, Kt = ctx.saved_tensors
+        gy = gy.contiguous()
+        gu = torch.empty_like(u) if ctx.needs_input_grad[0] else None
+        gK = torch.empty_like(Kt) if ctx.needs_input_grad[1] else None
+        B, L, H = u.shape
+        if gu is not None or gK is not None:
+            _native.library().dconv_bwd_f32(gy.data_ptr(), u.data_ptr(), Kt.data_ptr(), _native.ptr(gu),
+                                            _native.ptr(gK), B, L, Kt.shape[0], H, torch.get_num_threads())
+        return gu, gK
+
+
+def _direct_applies(u: torch.Tensor, cdtype: torch.dtype) -> bool:
+    """The direct native sum can run: CPU, float32 computation, the native library built."""
+    return u.device.type == "cpu" and cdtype == torch.float32 and _native.available()
+
+
+def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, *, layout: str = "blh",
+            method: str = "auto") -> torch.Tensor:
     """Causal convolution of ``u`` with per-channel kernels ``K`` (H, Lk).
 
     ``layout="blh"``: ``u`` (B, L, H) -> (B, L, H); ``layout="bhl"``: ``u`` (B, H, L) -> (B, H, L).
     Kernels shorter than L are zero-extended; longer ones are truncated to L. ``D`` (H,) adds
-    the skip term ``D u``. O(L log L) time per channel. A batch of 0 gives an empty output.
+    the skip term ``D u``. A batch of 0 gives an empty output.
+
+    ``method``: ``"fft"`` (O(L log L) per channel, any device and dtype), ``"direct"`` (the
+    O(L·Lk) sum in the native kernel: CPU, float32 or half-precision inputs, native library
+    built) or ``"auto"``: direct for ``layout="blh"`` up to ``DIRECT_MAX_LEN`` steps where it
+    can run, else FFT. Both give the same values up to float32 rounding.
     """
     check_choice("layout", layout, ("blh", "bhl"))
+    check_choice("method", method, ("auto", "fft", "direct"))
     check_tensor("u", u, ndim=3, dtypes=REAL_DTYPES)
     H = u.shape[-1] if layout == "blh" else u.shape[1]
     L = u.shape[1] if layout == "blh" else u.shape[-1]
@@ -83,9 +134,19 @@ def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, 
     out_dtype = torch.promote_types(u.dtype, K.dtype) if D is None else torch.promote_types(
         torch.promote_types(u.dtype, K.dtype), D.dtype)
     cdtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    if method == "direct" and not _direct_applies(u, cdtype):
+        raise ValueError("method='direct' needs CPU tensors computed in float32 (not float64) and the native "
+                         f"library (ssmkit.ops._native.available()); got {u.device.type} {out_dtype}")
     if u.shape[0] == 0:
         return u.new_zeros(u.shape, dtype=out_dtype)
     uc, Kc = u.to(cdtype), K[:, :L].to(cdtype)
+    if method == "direct" or (method == "auto" and layout == "blh" and L <= DIRECT_MAX_LEN
+                              and _direct_applies(u, cdtype)):
+        ub = uc if layout == "blh" else uc.transpose(1, 2)
+        y = _DirectCausalConv.apply(ub, Kc.t())  # (B, L, H)
+        if D is not None:
+            y = ub * D.to(cdtype) + y
+        return (y if layout == "blh" else y.transpose(1, 2).contiguous()).to(out_dtype)
     ut = uc.transpose(1, 2) if layout == "blh" else uc
     y = _CausalConv.apply(ut, Kc)  # (B, H, L)
     if layout == "blh":

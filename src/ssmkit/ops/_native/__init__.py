@@ -42,9 +42,9 @@ __all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
-# Mamba-2's D skip + gated group RMSNorm
+# Mamba-2's D skip + gated group RMSNorm, the direct causal convolution of short sequences
 _SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
-         Path(__file__).with_name("gated_norm.c"))
+         Path(__file__).with_name("gated_norm.c"), Path(__file__).with_name("direct_conv.c"))
 # headers the sources include (part of the cache key, like the sources)
 _HEADERS = (Path(__file__).with_name("native_common.h"),)
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
@@ -53,7 +53,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 8
+_ABI = 9
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -233,6 +233,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mamba2_layer_step_bf16.argtypes = lib.mamba2_layer_step_f32.argtypes
     lib.mamba2_layer_step_bf16.restype = I
     lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
+    lib.dconv_fwd_f32.argtypes = [P] * 3 + [L] * 4 + [I]  # direct causal convolution (ssmkit.ops.fftconv)
+    lib.dconv_fwd_f32.restype = None
+    lib.dconv_bwd_f32.argtypes = [P] * 5 + [L] * 4 + [I]
+    lib.dconv_bwd_f32.restype = None
     lib.mamba_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 6 + [I]
     lib.mamba_stack_step.restype = I
     lib.mamba2_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 7 + [D] * 3 + [I, I]
