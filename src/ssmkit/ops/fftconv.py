@@ -143,9 +143,9 @@ def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, 
     if method == "direct" or (method == "auto" and layout == "blh" and L <= DIRECT_MAX_LEN
                               and _direct_applies(u, cdtype)):
         ub = uc if layout == "blh" else uc.transpose(1, 2)
+        if D is not None:  # D u_t is the tap j = 0: one sum with K_0 + D, no extra pass over u
+            Kc = torch.cat([Kc[:, :1] + D.to(cdtype)[:, None], Kc[:, 1:]], dim=1)
         y = _DirectCausalConv.apply(ub, Kc.t())  # (B, L, H)
-        if D is not None:
-            y = ub * D.to(cdtype) + y
         return (y if layout == "blh" else y.transpose(1, 2).contiguous()).to(out_dtype)
     ut = uc.transpose(1, 2) if layout == "blh" else uc
     y = _CausalConv.apply(ut, Kc)  # (B, H, L)
