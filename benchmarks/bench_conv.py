@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from ssmkit.ops.fftconv import DIRECT_MAX_LEN, fftconv
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import alternate  # noqa: E402
+
+from ssmkit.ops.fftconv import DIRECT_MAX_LEN, fftconv  # noqa: E402
 
 
 def _rounds(fns, repeats):
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in ts.items()}
+    return {k: statistics.median(v) for k, v in alternate(fns, repeats).items()}
 
 
 def bench(B, L, H, repeats):

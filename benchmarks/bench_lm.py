@@ -33,11 +33,16 @@ import io
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import alternate  # noqa: E402
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
@@ -79,13 +84,7 @@ def _time(fn, repeats=3):
 def _alternate(fns, repeats):
     """Fastest time of each function over ``repeats`` rounds, the functions alternated in every
     round (on a shared machine the fastest round is the one least disturbed by other work)."""
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in ts.items()}
+    return {k: min(v) for k, v in alternate(fns, repeats).items()}
 
 
 def _per_token(gens, n_new, repeats):

@@ -6,8 +6,9 @@ to length 2L so that the circular convolution of the FFT equals the linear one (
 Short sequences (``L <= DIRECT_MAX_LEN``) of CPU float32 (B, L, H) tensors take the direct sum
 instead, in a native kernel (ops/_native/direct_conv.c): O(L·Lk) per channel against the FFT's
 O(L log L), but with no transposes, no padding and no complex spectra, which is faster at these
-lengths (benchmarks/RESULTS.md, "Direct convolution"). Its backward is the same sum run backwards in time for
-``∂u``, and a correlation over batch and time for ``∂K``. ``method`` chooses explicitly.
+lengths (benchmarks/RESULTS.md, "Direct convolution"). Its backward is the same sum run
+backwards in time for ``∂u``, and a correlation over batch and time for ``∂K``; ``D u`` is
+folded into the first tap (``K_0 + D``). ``method`` chooses explicitly.
 
 The transforms always run along the LAST dimension of a (B, H, L) tensor, where each
 channel's samples are contiguous. ``layout="blh"`` (the default, the layers' (batch, length,
@@ -99,9 +100,11 @@ class _DirectCausalConv(torch.autograd.Function):
         return gu, gK
 
 
-def _direct_applies(u: torch.Tensor, cdtype: torch.dtype) -> bool:
-    """The direct native sum can run: CPU, float32 computation, the native library built."""
-    return u.device.type == "cpu" and cdtype == torch.float32 and _native.available()
+def _direct_applies(cdtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> bool:
+    """The direct native sum can run: every operand on the CPU, float32 computation, the native
+    library built."""
+    return (cdtype == torch.float32 and all(t is None or t.device.type == "cpu" for t in tensors)
+            and _native.available())
 
 
 def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, *, layout: str = "blh",
@@ -134,14 +137,14 @@ def fftconv(u: torch.Tensor, K: torch.Tensor, D: Optional[torch.Tensor] = None, 
     out_dtype = torch.promote_types(u.dtype, K.dtype) if D is None else torch.promote_types(
         torch.promote_types(u.dtype, K.dtype), D.dtype)
     cdtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    if method == "direct" and not _direct_applies(u, cdtype):
+    if method == "direct" and not _direct_applies(cdtype, u, K, D):
         raise ValueError("method='direct' needs CPU tensors computed in float32 (not float64) and the native "
                          f"library (ssmkit.ops._native.available()); got {u.device.type} {out_dtype}")
     if u.shape[0] == 0:
         return u.new_zeros(u.shape, dtype=out_dtype)
     uc, Kc = u.to(cdtype), K[:, :L].to(cdtype)
     if method == "direct" or (method == "auto" and layout == "blh" and L <= DIRECT_MAX_LEN
-                              and _direct_applies(u, cdtype)):
+                              and _direct_applies(cdtype, u, K, D)):
         ub = uc if layout == "blh" else uc.transpose(1, 2)
         if D is not None:  # D u_t is the tap j = 0: one sum with K_0 + D, no extra pass over u
             Kc = torch.cat([Kc[:, :1] + D.to(cdtype)[:, None], Kc[:, 1:]], dim=1)
