@@ -81,8 +81,9 @@ class _DirectCausalConv(torch.autograd.Function):
         u, Kt = u.contiguous(), Kt.contiguous()
         B, L, H = u.shape
         y = torch.empty_like(u)
-        _native.library().dconv_fwd_f32(u.data_ptr(), Kt.data_ptr(), y.data_ptr(), B, L, Kt.shape[0], H,
-                                        torch.get_num_threads())
+        if _native.library().dconv_fwd_f32(u.data_ptr(), Kt.data_ptr(), y.data_ptr(), B, L, Kt.shape[0], H,
+                                           torch.get_num_threads()):
+            raise MemoryError("fftconv: the native kernel could not allocate its scratch buffers")
         ctx.save_for_backward(u, Kt)
         return y
 
@@ -95,8 +96,9 @@ class _DirectCausalConv(torch.autograd.Function):
         gK = torch.empty_like(Kt) if ctx.needs_input_grad[1] else None
         B, L, H = u.shape
         if gu is not None or gK is not None:
-            _native.library().dconv_bwd_f32(gy.data_ptr(), u.data_ptr(), Kt.data_ptr(), _native.ptr(gu),
-                                            _native.ptr(gK), B, L, Kt.shape[0], H, torch.get_num_threads())
+            if _native.library().dconv_bwd_f32(gy.data_ptr(), u.data_ptr(), Kt.data_ptr(), _native.ptr(gu),
+                                               _native.ptr(gK), B, L, Kt.shape[0], H, torch.get_num_threads()):
+                raise MemoryError("fftconv: the native kernel could not allocate its scratch buffers")
         return gu, gK
 
 

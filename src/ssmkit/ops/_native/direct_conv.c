@@ -11,16 +11,19 @@
  * channels (gK); every sum is taken in one fixed order (taps, or batch then time, increasing),
  * so the results do not depend on the number of threads. */
 #include <stddef.h>
+#include <stdlib.h>
 
 #include "native_common.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-/* out[t] = sum_j K[j] in[t - j] for the NV * 8 channels at h, every t < L; element (t, h) of in
- * and out sits at t * ts + h (ts = H forwards, -H backwards from the last row). */
-static inline __attribute__((always_inline)) void dc_causal_block(const float *in, const float *K, float *out,
-                                                                   long L, long Lk, long H, long ts, long h,
+/* out[t] = sum_j K[j] in[t - j] for NV * 8 channels, every t < L: element (t, c) of in sits at
+ * in + t * is + c, tap (j, c) at K + j * ks + c, output (t, c) at out + t * os + c (os = -H runs
+ * backwards from the last row). The caller packs in and K contiguously (is = ks = NV * 8): rows
+ * H floats apart would fall into a fraction of L1's sets (all of them for H = 64 into a quarter). */
+static inline __attribute__((always_inline)) void dc_causal_block(const float *in, long is, const float *K, long ks,
+                                                                   float *out, long os, long L, long Lk,
                                                                    const int NV) {
     long t0 = 0;
     for (; t0 + 4 <= L; t0 += 4) {
@@ -29,33 +32,33 @@ static inline __attribute__((always_inline)) void dc_causal_block(const float *i
         const long jf = t0 < Lk - 1 ? t0 : Lk - 1;  /* taps every one of the 4 outputs has */
         for (long j = 0; j <= jf; j++) {
             __m256 k[2];
-            for (int v = 0; v < NV; v++) k[v] = _mm256_loadu_ps(K + j * H + h + 8 * v);
+            for (int v = 0; v < NV; v++) k[v] = _mm256_loadu_ps(K + j * ks + 8 * v);
             for (int i = 0; i < 4; i++) {
-                const float *r = in + (t0 + i - j) * ts + h;
+                const float *r = in + (t0 + i - j) * is;
                 for (int v = 0; v < NV; v++) a[i][v] = _mm256_fmadd_ps(k[v], _mm256_loadu_ps(r + 8 * v), a[i][v]);
             }
         }
         for (long j = jf + 1; j < Lk && j <= t0 + 3; j++) {  /* the first steps: output i has tap j if j <= t0 + i */
             __m256 k[2];
-            for (int v = 0; v < NV; v++) k[v] = _mm256_loadu_ps(K + j * H + h + 8 * v);
+            for (int v = 0; v < NV; v++) k[v] = _mm256_loadu_ps(K + j * ks + 8 * v);
             for (int i = 0; i < 4; i++) {
                 if (t0 + i < j) continue;
-                const float *r = in + (t0 + i - j) * ts + h;
+                const float *r = in + (t0 + i - j) * is;
                 for (int v = 0; v < NV; v++) a[i][v] = _mm256_fmadd_ps(k[v], _mm256_loadu_ps(r + 8 * v), a[i][v]);
             }
         }
         for (int i = 0; i < 4; i++)
-            for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + (t0 + i) * ts + h + 8 * v, a[i][v]);
+            for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + (t0 + i) * os + 8 * v, a[i][v]);
     }
     for (; t0 < L; t0++) {  /* the last < 4 steps, one at a time, taps in the same order */
         __m256 a[2];
         for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();
         for (long j = 0; j < Lk && j <= t0; j++) {
-            const float *r = in + (t0 - j) * ts + h;
+            const float *r = in + (t0 - j) * is;
             for (int v = 0; v < NV; v++)
-                a[v] = _mm256_fmadd_ps(_mm256_loadu_ps(K + j * H + h + 8 * v), _mm256_loadu_ps(r + 8 * v), a[v]);
+                a[v] = _mm256_fmadd_ps(_mm256_loadu_ps(K + j * ks + 8 * v), _mm256_loadu_ps(r + 8 * v), a[v]);
         }
-        for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + t0 * ts + h + 8 * v, a[v]);
+        for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + t0 * os + 8 * v, a[v]);
     }
 }
 
@@ -99,43 +102,68 @@ static inline __attribute__((always_inline)) void dc_taps_row(const float *g, co
 #define DC_VEC 0
 #endif
 
-/* channels from h on (the ones the vector blocks leave), one at a time */
-static void dc_causal_scalar(const float *in, const float *K, float *out, long L, long Lk, long H, long ts, long h0) {
-    for (long h = h0; h < H; h++)
+/* K (Lk, H) -> Kp: per block of channels [h, h + w) (w = 16, 8 or 1, as dc_causal_row walks
+ * them) the (Lk, w) slice, contiguous, at Kp + h * Lk */
+static void dc_pack_taps(const float *K, float *Kp, long Lk, long H) {
+    long h = 0;
+    while (h < H) {
+        const long w = DC_VEC && h + 16 <= H ? 16 : (DC_VEC && h + 8 <= H ? 8 : 1);
+        for (long j = 0; j < Lk; j++)
+            for (long c = 0; c < w; c++) Kp[h * Lk + j * w + c] = K[j * H + h + c];
+        h += w;
+    }
+}
+
+/* one batch row: in and out (L, H) with time stride ts (H, or -H from the last row backwards);
+ * Kp from dc_pack_taps; buf: L * 16 floats for the packed (L, 16) slice of in */
+static void dc_causal_row(const float *in, const float *Kp, float *out, float *buf, long L, long Lk, long H, long ts) {
+    long h = 0;
+#if DC_VEC
+    for (; h + 8 <= H;) {
+        const int w = h + 16 <= H ? 16 : 8;
+        for (long t = 0; t < L; t++)
+            for (int c = 0; c < w; c++) buf[t * w + c] = in[t * ts + h + c];
+        if (w == 16) dc_causal_block(buf, 16, Kp + h * Lk, 16, out + h, ts, L, Lk, 2);
+        else dc_causal_block(buf, 8, Kp + h * Lk, 8, out + h, ts, L, Lk, 1);
+        h += w;
+    }
+#endif
+    for (; h < H; h++)  /* the channels left, one at a time (their packed taps: (Lk, 1)) */
         for (long t = 0; t < L; t++) {
             float a = 0;
-            for (long j = 0; j < Lk && j <= t; j++) a += K[j * H + h] * in[(t - j) * ts + h];
+            for (long j = 0; j < Lk && j <= t; j++) a += Kp[h * Lk + j] * in[(t - j) * ts + h];
             out[t * ts + h] = a;
         }
 }
 
-static void dc_causal_row(const float *in, const float *K, float *out, long L, long Lk, long H, long ts) {
-    long h = 0;
-#if DC_VEC
-    for (; h + 16 <= H; h += 16) dc_causal_block(in, K, out, L, Lk, H, ts, h, 2);
-    for (; h + 8 <= H; h += 8) dc_causal_block(in, K, out, L, Lk, H, ts, h, 1);
-#endif
-    dc_causal_scalar(in, K, out, L, Lk, H, ts, h);
-}
-
-/* y (B, L, H) = causal convolution of u (B, L, H) with K (Lk, H), 1 <= Lk <= L */
-void dconv_fwd_f32(const float *u, const float *K, float *y, long B, long L, long Lk, long H, int nthreads) {
+/* the rows b < B of a causal sum (forward, or gu backwards in time) over nth threads; 1 if out of memory */
+static int dc_causal_rows(const float *in, const float *K, float *out, long B, long L, long Lk, long H, long ts,
+                          long row0, int nth) {
+    float *Kp = (float *)malloc((size_t)(H * Lk) * sizeof(float));
+    float *bufs = (float *)malloc((size_t)(nth * L * 16) * sizeof(float));
+    if (!Kp || !bufs) { free(Kp); free(bufs); return 1; }
+    dc_pack_taps(K, Kp, Lk, H);
     long b;
-    const int nth = nthreads > 0 ? nthreads : 1;
 #pragma omp parallel for schedule(static) num_threads(nth)
-    for (b = 0; b < B; b++) dc_causal_row(u + b * L * H, K, y + b * L * H, L, Lk, H, H);
+    for (b = 0; b < B; b++)
+        dc_causal_row(in + b * L * H + row0, Kp, out + b * L * H + row0, bufs + ssm_thread_id() * L * 16, L, Lk, H, ts);
+    free(Kp);
+    free(bufs);
+    return 0;
 }
 
-/* gu (B, L, H) and gK (Lk, H) from gy (B, L, H); either output may be NULL (not wanted) */
-void dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, float *gK, long B, long L, long Lk,
-                   long H, int nthreads) {
+/* y (B, L, H) = causal convolution of u (B, L, H) with K (Lk, H), 1 <= Lk <= L; 1 if out of memory */
+int dconv_fwd_f32(const float *u, const float *K, float *y, long B, long L, long Lk, long H, int nthreads) {
+    return dc_causal_rows(u, K, y, B, L, Lk, H, H, 0, nthreads > 0 ? nthreads : 1);
+}
+
+/* gu (B, L, H) and gK (Lk, H) from gy (B, L, H); either output may be NULL (not wanted);
+ * 1 if out of memory */
+int dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, float *gK, long B, long L, long Lk,
+                  long H, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
-    if (gu) {
-        long b;
-#pragma omp parallel for schedule(static) num_threads(nth)
-        for (b = 0; b < B; b++)  /* gu[s] = sum_j K[j] gy[s + j]: the causal sum in reversed time */
-            dc_causal_row(gy + b * L * H + (L - 1) * H, K, gu + b * L * H + (L - 1) * H, L, Lk, H, -H);
-    }
+    /* gu[s] = sum_j K[j] gy[s + j]: the causal sum in reversed time */
+    if (gu && dc_causal_rows(gy, K, gu, B, L, Lk, H, -H, (L - 1) * H, nth)) return 1;
     if (gK) {
         /* threads split the channels; per block of channels, the batch rows in order and for
          * each all the taps, while the row's (L, 16) slices of gy and u stay in L1 */
@@ -162,4 +190,5 @@ void dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, f
             }
         }
     }
+    return 0;
 }
