@@ -166,7 +166,8 @@ int dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, fl
     if (gu && dc_causal_rows(gy, K, gu, B, L, Lk, H, -H, (L - 1) * H, nth)) return 1;
     if (gK) {
         /* threads split the channels; per block of channels, the batch rows in order and for
-         * each all the taps, while the row's (L, 16) slices of gy and u stay in L1 */
+         * each all the taps, so the row's (L, 16) slices of gy and u are read from cache, not
+         * from memory, by every block of four taps */
         const long nvec = DC_VEC ? H / 8 : 0, nunit = (nvec + 1) / 2 + (H - 8 * nvec);
         long w;
 #pragma omp parallel for schedule(static) num_threads(nth)
