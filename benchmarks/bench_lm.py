@@ -103,6 +103,13 @@ def _per_token(gens, n_new, repeats):
     return {k: statistics.median(v) for k, v in per.items()}
 
 
+def _matvec_read(block: torch.Tensor):
+    """A function reading the float32 ``block`` once as BLAS's matrix-vector product over 1024
+    long rows (one core reads them as several concurrent streams, faster than a single one)."""
+    rows, v = block.view(1024, -1), torch.randn(block.numel() // 1024)
+    return lambda: torch.mv(rows, v)
+
+
 def bandwidth():
     """Bytes per second: the largest of a read (sum), a copy (counted as read + write) and a BLAS
     matrix-vector product over 1024 rows of 256 kB (torch.mv; it reads several rows as concurrent
@@ -118,8 +125,8 @@ def bandwidth():
         src.normal_(), dst.copy_(src), src.sum()
         t_read = min(_time(lambda: src.sum(), 1) for _ in range(5))
         t_copy = min(_time(lambda: dst.copy_(src), 1) for _ in range(5))
-        rows, v = src.view(1024, -1), torch.randn(n // 1024)
-        t_mv = min(_time(lambda: torch.mv(rows, v), 1) for _ in range(5))
+        read = _matvec_read(src)
+        t_mv = min(_time(read, 1) for _ in range(5))
         best = max(best, n * 4 / t_read, 2 * n * 4 / t_copy, n * 4 / t_mv)
     return best
 
@@ -196,12 +203,11 @@ def bench_model(name, spec, shapes, batches, n_new, repeats, rows, bw, rate):
     # rounds, so that the bound follows the machine's bandwidth at the time of the decode
     from ssmkit.runtime import huge_page_buffer
 
-    rd = huge_page_buffer(2 ** 28).view(torch.float32).view(1024, -1).normal_()
-    rd_v = torch.randn(rd.shape[1])
+    read = _matvec_read(huge_page_buffer(2 ** 28).view(torch.float32).normal_())
 
     def read_gen(n):
         for _ in range(n):
-            torch.mv(rd, rd_v)
+            read()
 
     for dtype, (m_ours, m_hf) in (("float32", (ours, hf)), ("bfloat16", (ours16, hf16))):
         for b in batches:

@@ -192,7 +192,6 @@ class Mamba(InPlaceStep, SequenceLayer):
 
     def _composed_step(self, x_t, state, out_state):
         small = self._step_params()
-        A = negative_A(self.A_log, self._A_cache)  # cached
         x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
         xz = rows_linear(self.in_proj, x_t)  # (B, 2E)
@@ -200,7 +199,7 @@ class Mamba(InPlaceStep, SequenceLayer):
         if fused is not None:
             y, new = fused
         else:
-            y, new = self._torch_step_core(xz, conv_state, h, A)
+            y, new = self._torch_step_core(xz, conv_state, h, negative_A(self.A_log, self._A_cache))
             if out_state is not None:
                 out_state[0].copy_(new[0])
                 out_state[1].copy_(new[1])

@@ -262,7 +262,6 @@ class Mamba2(InPlaceStep, SequenceLayer):
 
     def _composed_step(self, x_t, state, out_state):
         small = self._step_params()
-        A = negative_A(self.A_log, self._A_cache)  # cached
         kw = self._step_options()
         x_in, x_t = x_t, match_parameter_dtype(x_t, self.in_proj.weight.dtype)
         conv_state, h = state
@@ -272,7 +271,8 @@ class Mamba2(InPlaceStep, SequenceLayer):
             y, new = fused
             y = y.to(x_t.dtype)
         else:
-            y, new = self._torch_step_core(zxbcdt, conv_state, h, A, x_t.dtype)
+            y, new = self._torch_step_core(zxbcdt, conv_state, h, negative_A(self.A_log, self._A_cache),
+                                           x_t.dtype)
             if out_state is not None:
                 out_state[0].copy_(new[0])
                 out_state[1].copy_(new[1])

@@ -233,6 +233,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mamba2_layer_step_bf16.argtypes = lib.mamba2_layer_step_f32.argtypes
     lib.mamba2_layer_step_bf16.restype = I
     lib.add_rms_norm_f32.argtypes = [P] * 4 + [L] * 2 + [D]
+    lib.add_rms_norm_f32.restype = None
     lib.dconv_fwd_f32.argtypes = [P] * 3 + [L] * 4 + [I]  # direct causal convolution (ssmkit.ops.fftconv)
     lib.dconv_fwd_f32.restype = I
     lib.dconv_bwd_f32.argtypes = [P] * 5 + [L] * 4 + [I]
@@ -241,7 +242,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mamba_stack_step.restype = I
     lib.mamba2_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 7 + [D] * 3 + [I, I]
     lib.mamba2_stack_step.restype = I
-    lib.add_rms_norm_f32.restype = None
     lib.ssm_abi_version.restype = I
     lib.gn_blocks.argtypes = [L]
     lib.gn_blocks.restype = L
