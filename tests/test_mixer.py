@@ -5,6 +5,7 @@ from torch import nn
 
 from helpers import assert_close_to_reference, raises_naming, rel_err
 from ssmkit.models.mixer import ChannelMixer, channel_mixer
+from ssmkit.ops import _native
 
 
 def _pair(H, dtype):
@@ -68,3 +69,82 @@ def test_mixer_module_casts_other_dtypes_and_names_a_wrong_width():
     assert y16.dtype == torch.float16 and rel_err(y16.double(), y32.double()) < 2e-3
     with raises_naming(ValueError, "h"):
         m(torch.randn(2, 3, 5))
+
+
+needs_native = pytest.mark.skipif(not _native.available(), reason="native library not built")
+
+
+def _float64_reference(h, W, b, gy):
+    """Values and gradients by the torch composition in float64 (the definition)."""
+    h, W, b = (t.detach().double().requires_grad_() for t in (h, W, b))
+    y = channel_mixer(h, W, b, method="torch")
+    return (y.detach(), *torch.autograd.grad(y, (h, W, b), gy.double()))
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(6272, 64), (2, 37, 16), (1, 8), (5, 24), (3, 33, 256)])
+def test_native_route_matches_the_float64_definition(shape):
+    """Row counts that leave partial blocks of 32 and 4 rows, H with and without a tail of 8
+    columns, H = 256 (padded rows). float32 against float64: errors of a few 1e-7 of the largest
+    entry are float32 rounding over sums of H or 2H terms; 1e-5 leaves room and still catches any
+    wrong row, column or term (which would be O(1))."""
+    torch.manual_seed(0)
+    H = shape[-1]
+    h = torch.randn(*shape, requires_grad=True)
+    W = (torch.randn(2 * H, H) / H ** 0.5).requires_grad_()
+    b = torch.randn(2 * H, requires_grad=True)
+    y = channel_mixer(h, W, b, method="native")
+    gy = torch.randn(*shape)
+    got = (y.detach(), *torch.autograd.grad(y, (h, W, b), gy))
+    for name, a, r in zip(("y", "gh", "gW", "gb"), got, _float64_reference(h, W, b, gy)):
+        assert a.shape == r.shape and a.dtype == torch.float32, name
+        assert rel_err(a.double(), r) < 1e-5, name
+
+
+@needs_native
+def test_native_route_saves_nothing_without_gradients_and_skips_unwanted_ones():
+    torch.manual_seed(1)
+    h, W, b = torch.randn(40, 16), torch.randn(32, 16), torch.randn(32)
+    with torch.no_grad():
+        y = channel_mixer(h, W, b, method="native")
+    assert rel_err(y.double(), channel_mixer(h.double(), W.double(), b.double())) < 1e-5
+    Wg = W.clone().requires_grad_()  # only the weight wants a gradient
+    gW, = torch.autograd.grad(channel_mixer(h, Wg, b, method="native").sum(), (Wg,))
+    assert rel_err(gW.double(), _float64_reference(h, W, b, torch.ones(40, 16))[2]) < 1e-5
+
+
+@needs_native
+def test_native_route_gives_the_same_numbers_for_any_thread_count():
+    """Each weight-gradient partial covers a fixed chunk of rows and the partials are added in
+    chunk order, so the result is bit for bit the same whatever the number of threads."""
+    torch.manual_seed(2)
+    h = torch.randn(50, 41, 32, requires_grad=True)
+    W = torch.randn(64, 32, requires_grad=True)
+    b = torch.randn(64, requires_grad=True)
+    gy = torch.randn(50, 41, 32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            y = channel_mixer(h, W, b, method="native")
+            outs.append((y.detach(), *torch.autograd.grad(y, (h, W, b), gy)))
+    finally:
+        torch.set_num_threads(before)
+    for other in outs[1:]:
+        for a, r in zip(other, outs[0]):
+            assert torch.equal(a, r)
+
+
+def test_auto_route_and_method_checked_by_name():
+    h, W, b = torch.randn(3, 16), torch.randn(32, 16), torch.randn(32)
+    with raises_naming(ValueError, "method"):
+        channel_mixer(h, W, b, method="fast")
+    with raises_naming(ValueError, "method"):  # the native route is float32 only
+        channel_mixer(h.double(), W.double(), b.double(), method="native")
+    with raises_naming(ValueError, "method"):  # and needs H a multiple of 8
+        channel_mixer(torch.randn(3, 5), torch.randn(10, 5), torch.randn(10), method="native")
+    # "auto" agrees with the torch route wherever it runs (float64 always takes the torch route)
+    assert torch.equal(channel_mixer(h.double(), W.double(), b.double()),
+                       channel_mixer(h.double(), W.double(), b.double(), method="torch"))
+    assert rel_err(channel_mixer(h, W, b).double(), channel_mixer(h, W, b, method="torch").double()) < 1e-5

@@ -15,6 +15,13 @@ steps as one autograd function with a written-out backward:
 It computes the two halves ``a`` and ``s`` as two ``addmm`` products (contiguous rows for the
 elementwise work) and saves ``h``, ``g``, ``a`` and ``σ(s)`` (no sigmoid recomputed in the
 backward). Same arithmetic as the unfused modules up to rounding order.
+
+On the CPU in float32 (H a multiple of 8, native library built) a native kernel runs instead
+(``ops/_native/channel_mixer.c``): one pass over blocks of 32 rows takes each block through every
+step while it is in cache (torch's dozen separate passes each go out to memory); it saves ``g``
+and ``z`` for its backward, which again works block by block.
+The torch composition above stays as the reference it is tested against (and the path for other
+devices and dtypes).
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .._checks import check_positive_int, check_tensor, match_parameter_dtype
+from ..ops import _native
 
 __all__ = ["ChannelMixer", "channel_mixer"]
 
@@ -61,8 +69,56 @@ class _FusedMixer(torch.autograd.Function):
         return gh, gW, gb
 
 
-def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``GLU(GELU(h) Wᵀ + b)`` over the last dimension: h (..., H), weight (2H, H), bias (2H,) -> (..., H)."""
+class _NativeMixer(torch.autograd.Function):
+    """The same function by the native kernel (float32, CPU, H % 8 == 0). Saves h, GELU(h) and z
+    (their rows padded, as the kernel reads them)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        lib = _native.library()
+        H = weight.shape[1]
+        h2 = h.reshape(-1, H).contiguous()
+        weight, bias = weight.contiguous(), bias.contiguous()
+        R = h2.shape[0]
+        y = torch.empty_like(h2)
+        z = g = None
+        if any(ctx.needs_input_grad):
+            z = h2.new_empty(R, lib.mix_z_stride(H))
+            g = h2.new_empty(R, lib.mix_g_stride(H))
+        if lib.mix_fwd_f32(h2.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(), _native.ptr(z),
+                           _native.ptr(g), R, H, torch.get_num_threads()):
+            raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
+        ctx.save_for_backward(h2, z, g, weight)
+        ctx.shape = h.shape
+        return y.reshape(h.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy):
+        h2, z, g, weight = ctx.saved_tensors
+        gy = gy.reshape(h2.shape).contiguous()
+        gh = torch.empty_like(h2) if ctx.needs_input_grad[0] else None
+        gW = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        gb = weight.new_empty(weight.shape[0]) if ctx.needs_input_grad[2] else None
+        if _native.library().mix_bwd_f32(gy.data_ptr(), h2.data_ptr(), z.data_ptr(), g.data_ptr(), weight.data_ptr(),
+                                         _native.ptr(gh), _native.ptr(gW), _native.ptr(gb), h2.shape[0], h2.shape[1],
+                                         torch.get_num_threads()):
+            raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
+        return (None if gh is None else gh.reshape(ctx.shape)), gW, gb
+
+
+def _native_applies(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    return (h.dtype == torch.float32 and weight.shape[1] % 8 == 0
+            and h.device.type == weight.device.type == bias.device.type == "cpu" and _native.available())
+
+
+def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
+    """``GLU(GELU(h) Wᵀ + b)`` over the last dimension: h (..., H), weight (2H, H), bias (2H,) -> (..., H).
+
+    ``method``: ``"torch"`` (the composition of torch operations, any device and dtype),
+    ``"native"`` (the cache-blocked native kernel: float32 on the CPU, H a multiple of 8) or
+    ``"auto"`` (native where it can run). Both agree up to float32 rounding.
+    """
     if weight.dim() != 2 or weight.shape[0] != 2 * weight.shape[1] or h.shape[-1] != weight.shape[1]:
         raise ValueError(f"weight must have shape (2H, H) with H = h.shape[-1] = {h.shape[-1]}, got "
                          f"{tuple(weight.shape)}")
@@ -70,6 +126,14 @@ def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> 
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if not (h.dtype == weight.dtype == bias.dtype):
         raise TypeError(f"h, weight and bias must share one dtype, got {h.dtype}, {weight.dtype}, {bias.dtype}")
+    if method not in ("auto", "torch", "native"):
+        raise ValueError(f"method must be 'auto', 'torch' or 'native', got {method!r}")
+    if method == "native" and not _native_applies(h, weight, bias):
+        raise ValueError("method='native' needs float32 CPU tensors, H a multiple of 8 and the native library "
+                         f"(got {h.dtype} on {h.device.type}, H = {weight.shape[1]}, native library "
+                         f"{'built' if _native.available() else 'unavailable'})")
+    if method == "native" or (method == "auto" and _native_applies(h, weight, bias)):
+        return _NativeMixer.apply(h, weight, bias)
     return _FusedMixer.apply(h, weight, bias)
 
 

@@ -42,9 +42,11 @@ __all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
-# Mamba-2's D skip + gated group RMSNorm, the direct causal convolution of short sequences
+# Mamba-2's D skip + gated group RMSNorm, the direct causal convolution of short sequences, the LTI
+# blocks' channel mixer
 _SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
-         Path(__file__).with_name("gated_norm.c"), Path(__file__).with_name("direct_conv.c"))
+         Path(__file__).with_name("gated_norm.c"), Path(__file__).with_name("direct_conv.c"),
+         Path(__file__).with_name("channel_mixer.c"))
 # headers the sources include (part of the cache key, like the sources)
 _HEADERS = (Path(__file__).with_name("native_common.h"),)
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
@@ -53,7 +55,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 9
+_ABI = 10
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -238,6 +240,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dconv_fwd_f32.restype = I
     lib.dconv_bwd_f32.argtypes = [P] * 5 + [L] * 4 + [I]
     lib.dconv_bwd_f32.restype = I
+    lib.mix_fwd_f32.argtypes = [P] * 6 + [L] * 2 + [I]  # fused channel mixer (ssmkit.models.mixer)
+    lib.mix_fwd_f32.restype = I
+    lib.mix_bwd_f32.argtypes = [P] * 8 + [L] * 2 + [I]
+    lib.mix_bwd_f32.restype = I
+    for name in ("mix_g_stride", "mix_z_stride"):
+        getattr(lib, name).argtypes = [L]
+        getattr(lib, name).restype = L
     lib.mamba_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 6 + [I]
     lib.mamba_stack_step.restype = I
     lib.mamba2_stack_step.argtypes = [I, L] + [P] * 5 + [L] * 7 + [D] * 3 + [I, I]

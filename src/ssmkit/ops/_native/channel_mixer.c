@@ -1,0 +1,233 @@
+/* The LTI blocks' channel mixer, forward and backward, over blocks of rows that stay in cache.
+ * For rows h (R, H), weight W (2H, H) and bias b (2H,):
+ *     g = GELU(h),  z = g W^T + b = [a, s],  y = a * sigmoid(s)                    (forward)
+ *     ga = gy * sig(s),  gs = ga * a * (1 - sig(s)),  dz = [ga, gs]
+ *     gh = GELU'(h) * (dz W),  gW = dz^T g,  gb = sum_r dz                         (backward)
+ * GELU is the exact one, x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, and
+ * GELU'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).
+ * torch runs these as a dozen passes over (R, H) or (R, 2H) tensors that leave the cache between
+ * passes; here one thread takes MX_RB rows at a time through every step (GELU, the product, the
+ * gate; in the backward dz, GELU', both products), so each step reads what the previous one left
+ * in L1/L2. The forward saves g and z for the backward (rows padded, see mix_z_stride).
+ * The products use an AVX2 register tile of 4 rows x 16 columns over B packed in panels of
+ * 16 columns (a portable loop otherwise). H must be a multiple of 8. float32, contiguous operands.
+ * gW and gb are sums over rows: every chunk of rows (its size a function of R only) sums into its
+ * own partial, and the partials are added in chunk order, so the results do not depend on the
+ * number of threads. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "native_common.h"
+
+#define MX_RB 32      /* rows per cache block */
+#define MX_CHUNKS 32  /* at most this many partial sums of gW (the backward's parallelism) */
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* C[i, j] (+)= sum_k A[i, k] B[k, j] for MR rows and NV * 8 columns: A[i, k] at A + i * ars + k * aks,
+ * B[k, j] at B + k * ldb + j, C[i, j] at C + i * ldc + j; the initial C is C itself (acc), the
+ * bias row (bias) or zero. */
+static inline __attribute__((always_inline)) void mx_tile(long K, const float *A, long ars, long aks, const float *B,
+                                                           long ldb, float *C, long ldc, const float *bias, int acc,
+                                                           const int MR, const int NV) {
+    __m256 c[4][2];
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < NV; v++)
+            c[i][v] = acc ? _mm256_loadu_ps(C + i * ldc + 8 * v)
+                          : (bias ? _mm256_loadu_ps(bias + 8 * v) : _mm256_setzero_ps());
+    for (long k = 0; k < K; k++) {
+        __m256 b[2];
+        for (int v = 0; v < NV; v++) {
+            b[v] = _mm256_loadu_ps(B + k * ldb + 8 * v);
+            __asm__("" : "+x"(b[v])); /* keep b in a register: folded into each FMA it is loaded MR times */
+        }
+        for (int i = 0; i < MR; i++) {
+            const __m256 a = _mm256_broadcast_ss(A + i * ars + k * aks);
+            for (int v = 0; v < NV; v++) c[i][v] = _mm256_fmadd_ps(a, b[v], c[i][v]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < NV; v++) _mm256_storeu_ps(C + i * ldc + 8 * v, c[i][v]);
+}
+
+/* C (M x N) (+)= A (M x K) B (K x N), N a multiple of 8; strides as in mx_tile; bias (N,) or NULL.
+ * B is either row-major with row stride ldb (packed = 0) or packed by mx_pack (packed = 1).
+ * Panels of 16 columns outside, tiles of 4 rows inside: a panel of B (K x 16) stays in L1 while
+ * every tile of rows passes over it. */
+static void mx_gemm(long M, long N, long K, const float *A, long ars, long aks, const float *B, long ldb, int packed,
+                    float *C, long ldc, const float *bias, int acc) {
+    for (long j = 0; j < N; j += 16) {
+        const float *bj = bias ? bias + j : NULL, *Bp = packed ? B + j * K : B + j;
+        const long lb = packed ? (N - j < 16 ? N - j : 16) : ldb;
+        long i = 0;
+        if (j + 16 <= N) {
+            for (; i + 4 <= M; i += 4) mx_tile(K, A + i * ars, ars, aks, Bp, lb, C + i * ldc + j, ldc, bj, acc, 4, 2);
+            for (; i < M; i++) mx_tile(K, A + i * ars, ars, aks, Bp, lb, C + i * ldc + j, ldc, bj, acc, 1, 2);
+        } else {
+            for (; i + 4 <= M; i += 4) mx_tile(K, A + i * ars, ars, aks, Bp, lb, C + i * ldc + j, ldc, bj, acc, 4, 1);
+            for (; i < M; i++) mx_tile(K, A + i * ars, ars, aks, Bp, lb, C + i * ldc + j, ldc, bj, acc, 1, 1);
+        }
+    }
+}
+#else
+static void mx_gemm(long M, long N, long K, const float *A, long ars, long aks, const float *B, long ldb, int packed,
+                    float *C, long ldc, const float *bias, int acc) {
+    for (long i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (!acc)
+            for (long j = 0; j < N; j++) c[j] = bias ? bias[j] : 0.0f;
+        for (long k = 0; k < K; k++) {
+            const float a = A[i * ars + k * aks];
+            for (long j = 0; j < N; j++) {
+                const float b = packed ? B[(j / 16) * 16 * K + k * (N - j / 16 * 16 < 16 ? N - j / 16 * 16 : 16) + j % 16]
+                                       : B[k * ldb + j];
+                c[j] += a * b;
+            }
+        }
+    }
+}
+#endif
+
+/* B (K x N), element (k, j) at src[k * rs + j * cs] -> panels of 16 columns (the last one
+ * narrower), each K rows of its width contiguous: rows of a panel 64 bytes apart instead of a
+ * row of B apart (rows 1-2 kB apart would share a few of L1's sets) */
+static void mx_pack(const float *src, long rs, long cs, long K, long N, float *dst) {
+    for (long j0 = 0; j0 < N; j0 += 16) {
+        const long w = N - j0 < 16 ? N - j0 : 16;
+        float *d = dst + j0 * K;
+        for (long k = 0; k < K; k++)
+            for (long j = 0; j < w; j++) d[k * w + j] = src[k * rs + (j0 + j) * cs];
+    }
+}
+
+/* rows of x (n, H, row stride xs) -> g = GELU(x) (row stride gs); vectorised with the vector erf
+ * of the math library */
+static void mx_gelu(const float *x, long xs, float *g, long gs, long n, long H) {
+    for (long r = 0; r < n; r++) {
+        const float *xr = x + r * xs;
+        float *gr = g + r * gs;
+        for (long j = 0; j < H; j++) gr[j] = xr[j] * (0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f));
+    }
+}
+
+/* GELU'(x) = Phi(x) + x phi(x) for n contiguous x */
+static void mx_gelu_grad(const float *x, float *dg, long n) {
+    for (long i = 0; i < n; i++)
+        dg[i] = 0.5f + 0.5f * erff(x[i] * 0.70710678118654752f) + x[i] * 0.39894228040143268f * expf(-0.5f * x[i] * x[i]);
+}
+
+/* rows of z (n, 2H, row stride zs) -> y (n, H) = a * sigmoid(s) */
+static void mx_gate(const float *z, long zs, float *y, long n, long H) {
+    for (long r = 0; r < n; r++) {
+        const float *a = z + r * zs, *s = a + H;
+        float *o = y + r * H;
+        for (long j = 0; j < H; j++) o[j] = a[j] / (1.0f + expf(-s[j]));
+    }
+}
+
+/* rows of z (n, 2H, row stride zs) and gy (n, H) -> dz = [ga, gs] (row stride zs) */
+static void mx_gate_grad(const float *z, const float *gy, float *dz, long zs, long n, long H) {
+    for (long r = 0; r < n; r++) {
+        const float *a = z + r * zs, *s = a + H, *d = gy + r * H;
+        float *da = dz + r * zs, *ds = da + H;
+        for (long j = 0; j < H; j++) {
+            const float sig = 1.0f / (1.0f + expf(-s[j]));
+            const float ga = d[j] * sig;
+            ds[j] = ga * a[j] * (1.0f - sig);
+            da[j] = ga;
+        }
+    }
+}
+
+/* Row strides of the saved g and z: H + 16 and 2H + 16 floats. Rows 1-2 kB apart (H = 256)
+ * would map into two to four of L1's 64 sets, and the backward's dz^T g reads down such rows. */
+long mix_g_stride(long H) { return H + 16; }
+long mix_z_stride(long H) { return 2 * H + 16; }
+
+/* y = a * sigmoid(s), [a, s] = GELU(h) W^T + b for h (R, H). When z and g are given (R rows of
+ * mix_z_stride(H) and mix_g_stride(H) floats) they receive z and GELU(h) for the backward. */
+int mix_fwd_f32(const float *h, const float *W, const float *b, float *y, float *z, float *g, long R, long H,
+                int nthreads) {
+    const int nth = nthreads > 0 ? nthreads : 1;
+    const long nblk = (R + MX_RB - 1) / MX_RB, zs = mix_z_stride(H), gs = mix_g_stride(H);
+    float *Wt = (float *)malloc((size_t)(2 * H * H) * sizeof(float));
+    float *scr = (float *)malloc((size_t)(nth * MX_RB * (zs + gs)) * sizeof(float));
+    if (!Wt || !scr) { free(Wt); free(scr); return 1; }
+    mx_pack(W, 1, H, H, 2 * H, Wt); /* W^T (H x 2H) */
+#pragma omp parallel for schedule(static) num_threads(nth)
+    for (long blk = 0; blk < nblk; blk++) {
+        const long r0 = blk * MX_RB, n = R - r0 < MX_RB ? R - r0 : MX_RB;
+        float *gb = g ? g + r0 * gs : scr + ssm_thread_id() * MX_RB * (zs + gs);
+        float *zb = z ? z + r0 * zs : scr + ssm_thread_id() * MX_RB * (zs + gs) + MX_RB * gs;
+        mx_gelu(h + r0 * H, H, gb, gs, n, H);
+        mx_gemm(n, 2 * H, H, gb, gs, 1, Wt, 0, 1, zb, zs, b, 0);
+        mx_gate(zb, zs, y + r0 * H, n, H);
+    }
+    free(Wt);
+    free(scr);
+    return 0;
+}
+
+/* rows per chunk of the backward's partial sums: a function of R only */
+static long mx_chunk_rows(long R) {
+    const long per = (R + MX_CHUNKS - 1) / MX_CHUNKS;
+    return ((per + MX_RB - 1) / MX_RB) * MX_RB;
+}
+
+/* From the forward's saved z and g: gh (R, H), gW (2H, H), gb (2H,), each may be NULL (not wanted). */
+int mix_bwd_f32(const float *gy, const float *h, const float *z, const float *g, const float *W, float *gh, float *gW,
+                float *gb, long R, long H, int nthreads) {
+    const int nth = nthreads > 0 ? nthreads : 1;
+    const long CH = R > 0 ? mx_chunk_rows(R) : MX_RB, nch = (R + CH - 1) / CH;
+    const long zs = mix_z_stride(H), gs = mix_g_stride(H), per_thread = MX_RB * (zs + 2 * H);
+    const int want_w = gW != NULL || gb != NULL;
+    const long pw = 2 * H * H + 2 * H; /* one partial: gW then gb */
+    float *Wp = (float *)malloc((size_t)(2 * H * H) * sizeof(float));
+    float *scr = (float *)malloc((size_t)(nth * per_thread) * sizeof(float));
+    float *part = want_w ? (float *)malloc((size_t)((nch > 0 ? nch : 1) * pw) * sizeof(float)) : NULL;
+    if (!Wp || !scr || (want_w && !part)) { free(Wp); free(scr); free(part); return 1; }
+    mx_pack(W, H, 1, 2 * H, H, Wp); /* W (2H x H) */
+#pragma omp parallel for schedule(static) num_threads(nth)
+    for (long c = 0; c < nch; c++) {
+        float *dz = scr + ssm_thread_id() * per_thread, *dg = dz + MX_RB * zs, *gg = dg + MX_RB * H;
+        float *pW = want_w ? part + c * pw : NULL, *pb = want_w ? pW + 2 * H * H : NULL;
+        if (want_w) memset(pW, 0, (size_t)pw * sizeof(float));
+        const long cend = (c + 1) * CH < R ? (c + 1) * CH : R;
+        for (long r0 = c * CH; r0 < cend; r0 += MX_RB) {
+            const long n = cend - r0 < MX_RB ? cend - r0 : MX_RB;
+            mx_gate_grad(z + r0 * zs, gy + r0 * H, dz, zs, n, H);
+            if (gh) {
+                mx_gelu_grad(h + r0 * H, dg, n * H);
+                mx_gemm(n, H, 2 * H, dz, zs, 1, Wp, 0, 1, gg, H, NULL, 0);
+                float *o = gh + r0 * H;
+                for (long i = 0; i < n * H; i++) o[i] = gg[i] * dg[i];
+            }
+            if (want_w) {
+                mx_gemm(2 * H, H, n, dz, 1, zs, g + r0 * gs, gs, 0, pW, H, NULL, 1); /* pW += dz^T g */
+                for (long r = 0; r < n; r++)
+                    for (long j = 0; j < 2 * H; j++) pb[j] += dz[r * zs + j];
+            }
+        }
+    }
+    if (gW) {
+#pragma omp parallel for schedule(static) num_threads(nth)
+        for (long e = 0; e < 2 * H * H; e++) {
+            float s = 0.0f;
+            for (long c = 0; c < nch; c++) s += part[c * pw + e];
+            gW[e] = s;
+        }
+    }
+    if (gb) {
+        for (long j = 0; j < 2 * H; j++) {
+            float s = 0.0f;
+            for (long c = 0; c < nch; c++) s += part[c * pw + 2 * H * H + j];
+            gb[j] = s;
+        }
+    }
+    free(Wp);
+    free(scr);
+    free(part);
+    return 0;
+}
