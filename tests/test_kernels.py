@@ -6,7 +6,7 @@ import torch
 
 from ssmkit.kernels import fold, naive_kernel, rational_kernel, vandermonde_kernel, vandermonde_kernel_ref
 from ssmkit.lti import companion, poly_from_roots, ss_to_tf, tf_to_ss
-from ssmkit.ops import causal_conv_ref, fftconv
+from ssmkit.ops import _native, causal_conv_ref, fftconv
 
 from helpers import raises_naming, rel_err
 
@@ -279,3 +279,71 @@ def test_rational_kernel_refuses_a_pole_on_the_circle_in_float32_too(dtype):
         with raises_naming(ValueError, "a"):
             rational_kernel(a, torch.ones_like(a), L)
     assert torch.isfinite(rational_kernel(stable.unsqueeze(0).to(dtype), torch.ones(1, 3, dtype=dtype), 13)).all()
+
+
+needs_native = pytest.mark.skipif(not _native.available(), reason="native library not built")
+
+
+def _modes(shape, seed, dtype=c128):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.complex(-torch.rand(*shape, generator=g, dtype=f64) * 0.3 - 1e-3, torch.randn(*shape, generator=g, dtype=f64) * 2)
+    CB = torch.complex(torch.randn(*shape, generator=g, dtype=f64), torch.randn(*shape, generator=g, dtype=f64))
+    return w.to(dtype), CB.to(dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("shape,L", [((4, 32), 196), ((3, 13), 7), ((2, 1, 5), 3000), ((2, 9), 1), ((1, 0), 5)])
+def test_native_vandermonde_equals_cumulative_powers(shape, L):
+    """The recurrence's error grows like L ulp of float64: ~1e-13 at L = 3000. M = 13 and 5 leave a
+    partial block of 8 modes; L = 1 and M = 0 are the edges."""
+    w, CB = _modes(shape, L)
+    K = vandermonde_kernel(w, CB, L, method="native")
+    assert K.shape == (*shape[:-1], L) and K.dtype == f64
+    assert rel_err(K, vandermonde_kernel_ref(torch.exp(w), CB, L)) < 1e-11
+
+
+@needs_native
+@pytest.mark.parametrize("dtype,tol", [(c128, 1e-11), (torch.complex64, 2e-6)])
+def test_native_vandermonde_gradients_equal_the_blocked_route(dtype, tol):
+    """Gradients of both inputs, with broadcasting (w (H, M) against CB (B, H, M): the native route
+    runs on the expanded rows and autograd sums them back). In complex64 both routes round their
+    float32 inputs and outputs, a few 1e-7 relative; float64 agrees to the recurrence's error."""
+    w, _ = _modes((5, 11), 0, dtype)
+    _, CB = _modes((3, 5, 11), 1, dtype)
+    w, CB = w.requires_grad_(), CB.requires_grad_()
+    gK = torch.randn(3, 5, 150, dtype=torch.float64 if dtype == c128 else torch.float32)
+    outs = []
+    for method in ("native", "torch"):
+        K = vandermonde_kernel(w, CB, 150, method=method)
+        outs.append((K.detach(), *torch.autograd.grad(K, (w, CB), gK)))
+    for a, r in zip(*outs):
+        assert a.shape == r.shape and a.dtype == r.dtype
+        assert rel_err(a, r) < tol
+
+
+@needs_native
+def test_native_vandermonde_same_numbers_for_any_thread_count():
+    w, CB = _modes((37, 16), 3, torch.complex64)
+    w, CB = w.requires_grad_(), CB.requires_grad_()
+    gK = torch.randn(37, 99)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            K = vandermonde_kernel(w, CB, 99)
+            outs.append((K.detach(), *torch.autograd.grad(K, (w, CB), gK)))
+    finally:
+        torch.set_num_threads(before)
+    for other in outs[1:]:
+        assert all(torch.equal(a, r) for a, r in zip(other, outs[0]))
+
+
+def test_vandermonde_method_checked_by_name():
+    w, CB = _modes((2, 3), 4)
+    with raises_naming(ValueError, "method"):
+        vandermonde_kernel(w, CB, 5, method="fast")
+    with raises_naming(ValueError, "method"):  # the native route computes the real kernel only
+        vandermonde_kernel(w, CB, 5, conj_pairs=False, method="native")
+    with raises_naming(ValueError, "method"):  # and has no lag blocks
+        vandermonde_kernel(w, CB, 5, lag_block=2, method="native")

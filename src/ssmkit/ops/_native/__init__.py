@@ -43,10 +43,10 @@ __all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
 # Mamba-2's D skip + gated group RMSNorm, the direct causal convolution of short sequences, the LTI
-# blocks' channel mixer
+# blocks' channel mixer, the diagonal SSM's Vandermonde kernel
 _SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
          Path(__file__).with_name("gated_norm.c"), Path(__file__).with_name("direct_conv.c"),
-         Path(__file__).with_name("channel_mixer.c"))
+         Path(__file__).with_name("channel_mixer.c"), Path(__file__).with_name("vandermonde.c"))
 # headers the sources include (part of the cache key, like the sources)
 _HEADERS = (Path(__file__).with_name("native_common.h"),)
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
@@ -244,6 +244,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mix_fwd_f32.restype = I
     lib.mix_bwd_f32.argtypes = [P] * 8 + [L] * 2 + [I]
     lib.mix_bwd_f32.restype = I
+    lib.vdm_fwd_f64.argtypes = [P] * 3 + [L] * 3 + [I]  # Vandermonde kernel (ssmkit.kernels.vandermonde)
+    lib.vdm_fwd_f64.restype = I
+    lib.vdm_bwd_f64.argtypes = [P] * 5 + [L] * 3 + [I]
+    lib.vdm_bwd_f64.restype = I
     for name in ("mix_g_stride", "mix_z_stride"):
         getattr(lib, name).argtypes = [L]
         getattr(lib, name).restype = L
