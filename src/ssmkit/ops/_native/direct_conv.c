@@ -6,132 +6,119 @@
  *     gK[j,h]   = sum_b sum_{t=j}^{L-1}   gy[b,t,h] u[b,t-j,h]               (gradient of K)
  * K is given as (Lk, H): the kernel transposed, channels contiguous. float32, contiguous.
  * The gradient of u is the forward convolution run backwards in time (a negative time stride).
- * Vectorised over channels (8 per AVX register), register-blocked over 4 time steps (or 4 taps)
- * and 2 registers of channels: 8 accumulators. Threads split the batch (forward, gu) or the
- * channels (gK); every sum is taken in one fixed order (taps, or batch then time, increasing),
+ * Vectorised over channels (8 per AVX register). Each block of 8 channels of a batch row is
+ * packed into contiguous rows with zero rows around it; DC_T = 7 outputs (or taps) are summed at
+ * once, and the input rows they need rotate through 7 registers, so each step loads one input row
+ * and one tap row for 7 multiply-adds (dc_causal8, dc_taps8). Threads split the batch (forward,
+ * gu) or the channels (gK); every sum is taken in one fixed order (taps, or batch then time,
+ * increasing),
  * so the results do not depend on the number of threads. */
 #include <stddef.h>
 #include <stdlib.h>
 
 #include "native_common.h"
 
+#define DC_T 7   /* outputs (or taps) per register block: 7 accumulators + 7 input rows + 1 = 15 registers */
+#define DC_PAD 8 /* zero rows before row 0 of a packed slice (at least DC_T - 1) */
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-/* out[t] = sum_j K[j] in[t - j] for NV * 8 channels, every t < L: element (t, c) of in sits at
- * in + t * is + c, tap (j, c) at K + j * ks + c, output (t, c) at out + t * os + c (os = -H runs
- * backwards from the last row). The caller packs in and K contiguously (is = ks = NV * 8): rows
- * H floats apart would fall into a fraction of L1's sets (all of them for H = 64 into a quarter). */
-static inline __attribute__((always_inline)) void dc_causal_block(const float *in, long is, const float *K, long ks,
-                                                                   float *out, long os, long L, long Lk,
-                                                                   const int NV) {
-    long t0 = 0;
-    for (; t0 + 4 <= L; t0 += 4) {
-        __m256 a[4][2];
-        for (int i = 0; i < 4; i++) for (int v = 0; v < NV; v++) a[i][v] = _mm256_setzero_ps();
-        const long jf = t0 < Lk - 1 ? t0 : Lk - 1;  /* taps every one of the 4 outputs has */
-        for (long j = 0; j <= jf; j++) {
-            __m256 k[2];
-            for (int v = 0; v < NV; v++) k[v] = _mm256_loadu_ps(K + j * ks + 8 * v);
-            for (int i = 0; i < 4; i++) {
-                const float *r = in + (t0 + i - j) * is;
-                for (int v = 0; v < NV; v++) a[i][v] = _mm256_fmadd_ps(k[v], _mm256_loadu_ps(r + 8 * v), a[i][v]);
+/* out[t] = sum_{j < Lk, j <= t} K[j] in[t - j] for 8 channels and every t < L. in: a packed
+ * slice, rows of 8 floats, with DC_PAD zero rows before row 0 and zero rows after row L - 1 up to
+ * a multiple of DC_T; K: packed (round_up(Lk, DC_T), 8) with zero taps past Lk; output (t, c) at
+ * out + t * os + c. For DC_T outputs t0 .. t0 + 6, tap j reads rows t0 - j .. t0 + 6 - j: six of
+ * them were read by tap j - 1, so the rows rotate through DC_T registers (row q in register
+ * q mod DC_T, fixed once the taps are unrolled by DC_T) and each tap loads one row and one tap
+ * for DC_T multiply-adds. The zero rows and taps stand for the terms outside the sum, so every
+ * block runs whole groups of DC_T taps without branches. */
+static void dc_causal8(const float *in, const float *K, long Lk, float *out, long os, long L) {
+    for (long t0 = 0; t0 < L; t0 += DC_T) {
+        __m256 acc[DC_T], r[DC_T];
+        for (int i = 0; i < DC_T; i++) acc[i] = _mm256_setzero_ps();
+        for (int i = 1; i < DC_T; i++) r[i] = _mm256_loadu_ps(in + (t0 + i) * 8);
+        long nt = t0 + DC_T < Lk ? t0 + DC_T : Lk; /* taps j <= t0 + DC_T - 1 and j < Lk */
+        nt = (nt + DC_T - 1) / DC_T * DC_T;
+        for (long j = 0; j < nt; j += DC_T) {
+#pragma GCC unroll 7
+            for (int jj = 0; jj < DC_T; jj++) {
+                const int s0 = (DC_T - jj) % DC_T; /* the register of row t0 - j - jj */
+                r[s0] = _mm256_loadu_ps(in + (t0 - j - jj) * 8);
+                const __m256 k = _mm256_loadu_ps(K + (j + jj) * 8);
+#pragma GCC unroll 7
+                for (int i = 0; i < DC_T; i++) acc[i] = _mm256_fmadd_ps(k, r[(s0 + i) % DC_T], acc[i]);
             }
         }
-        for (long j = jf + 1; j < Lk && j <= t0 + 3; j++) {  /* the first steps: output i has tap j if j <= t0 + i */
-            __m256 k[2];
-            for (int v = 0; v < NV; v++) k[v] = _mm256_loadu_ps(K + j * ks + 8 * v);
-            for (int i = 0; i < 4; i++) {
-                if (t0 + i < j) continue;
-                const float *r = in + (t0 + i - j) * is;
-                for (int v = 0; v < NV; v++) a[i][v] = _mm256_fmadd_ps(k[v], _mm256_loadu_ps(r + 8 * v), a[i][v]);
-            }
-        }
-        for (int i = 0; i < 4; i++)
-            for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + (t0 + i) * os + 8 * v, a[i][v]);
-    }
-    for (; t0 < L; t0++) {  /* the last < 4 steps, one at a time, taps in the same order */
-        __m256 a[2];
-        for (int v = 0; v < NV; v++) a[v] = _mm256_setzero_ps();
-        for (long j = 0; j < Lk && j <= t0; j++) {
-            const float *r = in + (t0 - j) * is;
-            for (int v = 0; v < NV; v++)
-                a[v] = _mm256_fmadd_ps(_mm256_loadu_ps(K + j * ks + 8 * v), _mm256_loadu_ps(r + 8 * v), a[v]);
-        }
-        for (int v = 0; v < NV; v++) _mm256_storeu_ps(out + t0 * os + 8 * v, a[v]);
+        for (int i = 0; i < DC_T && t0 + i < L; i++) _mm256_storeu_ps(out + (t0 + i) * os, acc[i]);
     }
 }
 
-/* gK[j] += sum_t gy[t] u[t - j] over one batch row (gy, u: (L, H) at channel h) for the taps
- * j0 .. j0 + NJ - 1 and the NV * 8 channels at h: the running sums are loaded from gK and stored
- * back, so the batch rows add up in order. */
-static inline __attribute__((always_inline)) void dc_taps_block(const float *g, const float *x, float *gK, long L,
-                                                                 long H, long j0, long h, const int NJ,
-                                                                 const int NV) {
-    __m256 a[4][2];
-    for (int i = 0; i < NJ; i++) for (int v = 0; v < NV; v++) a[i][v] = _mm256_loadu_ps(gK + (j0 + i) * H + h + 8 * v);
-    long t = j0;
-    for (; t < L && t < j0 + NJ - 1; t++) {  /* the first steps: tap j0 + i needs t >= j0 + i */
-        for (int i = 0; i < NJ && j0 + i <= t; i++) {
-            const float *r = x + (t - j0 - i) * H + h;
-            for (int v = 0; v < NV; v++)
-                a[i][v] = _mm256_fmadd_ps(_mm256_loadu_ps(g + t * H + h + 8 * v), _mm256_loadu_ps(r + 8 * v), a[i][v]);
+/* gK[j] += sum_{t=j}^{L-1} g[t] x[t - j] over one batch row, for the taps j < Lk and 8 channels;
+ * gK's row j at gK + j * H. x: a packed slice as for dc_causal8 (zero rows before row 0, and at
+ * least DC_T zero rows after row L - 1); g: packed rows of 8 floats, zero from row L to L + DC_T.
+ * Per group of DC_T taps j0 .. j0 + 6, step s = t - j0 reads rows x[s - i], i < DC_T: one new
+ * row per step, the others rotate through DC_T registers as in dc_causal8. The running sums are
+ * loaded from gK and stored back, so the batch rows add up in order. */
+static void dc_taps8(const float *g, const float *x, float *gK, long H, long L, long Lk) {
+    for (long j0 = 0; j0 < Lk; j0 += DC_T) {
+        __m256 acc[DC_T], r[DC_T];
+        for (int i = 0; i < DC_T; i++) {
+            acc[i] = j0 + i < Lk ? _mm256_loadu_ps(gK + (j0 + i) * H) : _mm256_setzero_ps();
+            r[i] = _mm256_setzero_ps();
         }
-    }
-    for (; t < L; t++) {
-        __m256 gv[2];
-        for (int v = 0; v < NV; v++) gv[v] = _mm256_loadu_ps(g + t * H + h + 8 * v);
-        for (int i = 0; i < NJ; i++) {
-            const float *r = x + (t - j0 - i) * H + h;
-            for (int v = 0; v < NV; v++) a[i][v] = _mm256_fmadd_ps(gv[v], _mm256_loadu_ps(r + 8 * v), a[i][v]);
+        const long ns = L - j0;
+        for (long s = 0; s < ns; s += DC_T) {
+#pragma GCC unroll 7
+            for (int ss = 0; ss < DC_T; ss++) {
+                r[ss] = _mm256_loadu_ps(x + (s + ss) * 8); /* row s + ss in register (s + ss) mod DC_T */
+                const __m256 gv = _mm256_loadu_ps(g + (j0 + s + ss) * 8);
+#pragma GCC unroll 7
+                for (int i = 0; i < DC_T; i++) acc[i] = _mm256_fmadd_ps(gv, r[(ss - i + DC_T) % DC_T], acc[i]);
+            }
         }
+        for (int i = 0; i < DC_T && j0 + i < Lk; i++) _mm256_storeu_ps(gK + (j0 + i) * H, acc[i]);
     }
-    for (int i = 0; i < NJ; i++)
-        for (int v = 0; v < NV; v++) _mm256_storeu_ps(gK + (j0 + i) * H + h + 8 * v, a[i][v]);
-}
-
-/* every tap of the NV * 8 channels at h over one batch row */
-static inline __attribute__((always_inline)) void dc_taps_row(const float *g, const float *x, float *gK, long L,
-                                                               long Lk, long H, long h, const int NV) {
-    long j0 = 0;
-    for (; j0 + 4 <= Lk; j0 += 4) dc_taps_block(g, x, gK, L, H, j0, h, 4, NV);
-    for (; j0 < Lk; j0++) dc_taps_block(g, x, gK, L, H, j0, h, 1, NV);
 }
 #define DC_VEC 1
 #else
 #define DC_VEC 0
 #endif
 
-/* K (Lk, H) -> Kp: per block of channels [h, h + w) (w = 16, 8 or 1, as dc_causal_row walks
- * them) the (Lk, w) slice, contiguous, at Kp + h * Lk */
+/* rows of taps per block of 8 channels in the packed K: Lk rounded up to DC_T */
+static long dc_taps_padded(long Lk) { return DC_VEC ? (Lk + DC_T - 1) / DC_T * DC_T : Lk; }
+
+/* K (Lk, H) -> Kp: per block of 8 channels [h, h + 8) the (Lkp, 8) slice at Kp + h * Lkp, zero
+ * past Lk; per channel of the tail (H mod 8) its Lk taps at Kp + h * Lkp */
 static void dc_pack_taps(const float *K, float *Kp, long Lk, long H) {
+    const long Lkp = dc_taps_padded(Lk);
     long h = 0;
-    while (h < H) {
-        const long w = DC_VEC && h + 16 <= H ? 16 : (DC_VEC && h + 8 <= H ? 8 : 1);
-        for (long j = 0; j < Lk; j++)
-            for (long c = 0; c < w; c++) Kp[h * Lk + j * w + c] = K[j * H + h + c];
-        h += w;
-    }
+    for (; DC_VEC && h + 8 <= H; h += 8)
+        for (long j = 0; j < Lkp; j++)
+            for (long c = 0; c < 8; c++) Kp[h * Lkp + j * 8 + c] = j < Lk ? K[j * H + h + c] : 0.0f;
+    for (; h < H; h++)
+        for (long j = 0; j < Lk; j++) Kp[h * Lkp + j] = K[j * H + h];
 }
 
+/* floats of one thread's packed slice: DC_PAD zero rows, L rows rounded up to DC_T, 8 floats each */
+static long dc_slice_floats(long L) { return (DC_PAD + (L + DC_T - 1) / DC_T * DC_T) * 8; }
+
 /* one batch row: in and out (L, H) with time stride ts (H, or -H from the last row backwards);
- * Kp from dc_pack_taps; buf: L * 16 floats for the packed (L, 16) slice of in */
+ * Kp from dc_pack_taps; buf: dc_slice_floats(L) floats, its padding rows zero */
 static void dc_causal_row(const float *in, const float *Kp, float *out, float *buf, long L, long Lk, long H, long ts) {
+    const long Lkp = dc_taps_padded(Lk);
     long h = 0;
 #if DC_VEC
-    for (; h + 8 <= H;) {
-        const int w = h + 16 <= H ? 16 : 8;
+    float *rows = buf + DC_PAD * 8;
+    for (; h + 8 <= H; h += 8) {
         for (long t = 0; t < L; t++)
-            for (int c = 0; c < w; c++) buf[t * w + c] = in[t * ts + h + c];
-        if (w == 16) dc_causal_block(buf, 16, Kp + h * Lk, 16, out + h, ts, L, Lk, 2);
-        else dc_causal_block(buf, 8, Kp + h * Lk, 8, out + h, ts, L, Lk, 1);
-        h += w;
+            for (int c = 0; c < 8; c++) rows[t * 8 + c] = in[t * ts + h + c];
+        dc_causal8(rows, Kp + h * Lkp, Lk, out + h, ts, L);
     }
 #endif
-    for (; h < H; h++)  /* the channels left, one at a time (their packed taps: (Lk, 1)) */
+    for (; h < H; h++)  /* the channels left, one at a time */
         for (long t = 0; t < L; t++) {
             float a = 0;
-            for (long j = 0; j < Lk && j <= t; j++) a += Kp[h * Lk + j] * in[(t - j) * ts + h];
+            for (long j = 0; j < Lk && j <= t; j++) a += Kp[h * Lkp + j] * in[(t - j) * ts + h];
             out[t * ts + h] = a;
         }
 }
@@ -139,14 +126,15 @@ static void dc_causal_row(const float *in, const float *Kp, float *out, float *b
 /* the rows b < B of a causal sum (forward, or gu backwards in time) over nth threads; 1 if out of memory */
 static int dc_causal_rows(const float *in, const float *K, float *out, long B, long L, long Lk, long H, long ts,
                           long row0, int nth) {
-    float *Kp = (float *)malloc((size_t)(H * Lk) * sizeof(float));
-    float *bufs = (float *)malloc((size_t)(nth * L * 16) * sizeof(float));
+    const long nbuf = dc_slice_floats(L);
+    float *Kp = (float *)malloc((size_t)(H * dc_taps_padded(Lk)) * sizeof(float));
+    float *bufs = (float *)calloc((size_t)(nth * nbuf), sizeof(float)); /* zero: the padding rows */
     if (!Kp || !bufs) { free(Kp); free(bufs); return 1; }
     dc_pack_taps(K, Kp, Lk, H);
     long b;
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (b = 0; b < B; b++)
-        dc_causal_row(in + b * L * H + row0, Kp, out + b * L * H + row0, bufs + ssm_thread_id() * L * 16, L, Lk, H, ts);
+        dc_causal_row(in + b * L * H + row0, Kp, out + b * L * H + row0, bufs + ssm_thread_id() * nbuf, L, Lk, H, ts);
     free(Kp);
     free(bufs);
     return 0;
@@ -165,23 +153,30 @@ int dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, fl
     /* gu[s] = sum_j K[j] gy[s + j]: the causal sum in reversed time */
     if (gu && dc_causal_rows(gy, K, gu, B, L, Lk, H, -H, (L - 1) * H, nth)) return 1;
     if (gK) {
-        /* threads split the channels; per block of channels, the batch rows in order and for
-         * each all the taps, so the row's (L, 16) slices of gy and u are read from cache, not
-         * from memory, by every block of four taps */
-        const long nvec = DC_VEC ? H / 8 : 0, nunit = (nvec + 1) / 2 + (H - 8 * nvec);
+        /* threads split the channels; per block of 8 channels, the batch rows in order, each
+         * packed once ((L, 8) slices of gy and u) and read from L1 by every group of taps */
+        const long nvec = DC_VEC ? H / 8 : 0, nunit = nvec + (H - 8 * nvec);
+        const long nbuf = dc_slice_floats(L) + DC_T * 8; /* u's slice, and DC_T more zero rows */
+        float *bufs = (float *)calloc((size_t)(nth * 2 * nbuf), sizeof(float));
+        if (!bufs) return 1;
         long w;
 #pragma omp parallel for schedule(static) num_threads(nth)
         for (w = 0; w < nunit; w++) {
-            /* unit w: a block of 16 channels, the last one of 8, or one channel of the scalar tail */
-            const long nb16 = nvec / 2, h = w < nb16 ? 16 * w : (w == nb16 && nvec % 2 ? 16 * nb16 : 8 * nvec + (w - (nvec + 1) / 2));
-            const int width = w < nb16 ? 16 : (w == nb16 && nvec % 2 ? 8 : 1);
+            /* unit w: a block of 8 channels, or one channel of the scalar tail */
+            const long h = w < nvec ? 8 * w : 8 * nvec + (w - nvec);
+            const int width = w < nvec ? 8 : 1;
             for (long j = 0; j < Lk; j++)
                 for (int c = 0; c < width; c++) gK[j * H + h + c] = 0;
+            float *xs = bufs + ssm_thread_id() * 2 * nbuf, *gs = xs + nbuf, *xrows = xs + DC_PAD * 8;
             for (long b = 0; b < B; b++) {
                 const float *g = gy + b * L * H, *x = u + b * L * H;
 #if DC_VEC
-                if (width == 16) { dc_taps_row(g, x, gK, L, Lk, H, h, 2); continue; }
-                if (width == 8) { dc_taps_row(g, x, gK, L, Lk, H, h, 1); continue; }
+                if (width == 8) {
+                    for (long t = 0; t < L; t++)
+                        for (int c = 0; c < 8; c++) { xrows[t * 8 + c] = x[t * H + h + c]; gs[t * 8 + c] = g[t * H + h + c]; }
+                    dc_taps8(gs, xrows, gK + h, H, L, Lk);
+                    continue;
+                }
 #endif
                 for (long j = 0; j < Lk; j++) {
                     float a = gK[j * H + h];
@@ -190,6 +185,7 @@ int dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, fl
                 }
             }
         }
+        free(bufs);
     }
     return 0;
 }
