@@ -11,8 +11,7 @@
  * once, and the input rows they need rotate through 7 registers, so each step loads one input row
  * and one tap row for 7 multiply-adds (dc_causal8, dc_taps8). Threads split the batch (forward,
  * gu) or the channels (gK); every sum is taken in one fixed order (taps, or batch then time,
- * increasing),
- * so the results do not depend on the number of threads. */
+ * increasing), so the results do not depend on the number of threads. */
 #include <stddef.h>
 #include <stdlib.h>
 
