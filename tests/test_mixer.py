@@ -148,3 +148,34 @@ def test_auto_route_and_method_checked_by_name():
     assert torch.equal(channel_mixer(h.double(), W.double(), b.double()),
                        channel_mixer(h.double(), W.double(), b.double(), method="torch"))
     assert rel_err(channel_mixer(h, W, b).double(), channel_mixer(h, W, b, method="torch").double()) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["torch", "native"])
+def test_residual_is_added_in_the_same_call(method):
+    if method == "native" and not _native.available():
+        pytest.skip("native library not built")
+    torch.manual_seed(3)
+    h = torch.randn(4, 9, 16, requires_grad=True)
+    r = torch.randn(4, 9, 16, requires_grad=True)
+    W, b = torch.randn(32, 16, requires_grad=True), torch.randn(32, requires_grad=True)
+    gy = torch.randn(4, 9, 16)
+    y = channel_mixer(h, W, b, residual=r, method=method)
+    got = (y.detach(), *torch.autograd.grad(y, (h, W, b, r), gy))
+    y0 = r + channel_mixer(h, W, b, method=method)
+    want = (y0.detach(), *torch.autograd.grad(y0, (h, W, b, r), gy))
+    for a, e in zip(got, want):
+        assert rel_err(a, e) < 1e-6
+    assert torch.equal(got[-1], gy)  # the residual's gradient is the output's
+    with raises_naming(ValueError, "residual"):
+        channel_mixer(h, W, b, residual=r[:, :3], method=method)
+    with raises_naming(ValueError, "residual"):
+        channel_mixer(h, W, b, residual=r.double(), method=method)
+
+
+def test_module_residual_in_another_dtype_is_added_after():
+    """A float32 residual stream around a float64 mixer: not fused, the sum as before."""
+    torch.manual_seed(4)
+    m = ChannelMixer(8).double()
+    h, r = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 5, 8)
+    y = m(h, residual=r)
+    assert y.dtype == torch.float64 and torch.equal(y, r + m(h))

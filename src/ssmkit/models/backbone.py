@@ -90,7 +90,12 @@ class Block(nn.Module):
 
     def _residual(self, x, h):
         r = x.float() if self.residual_in_fp32 else x
-        y = r + (h if self._plain else self.dropout(self.mixer(h)))
+        if self._plain:
+            y = r + h
+        elif isinstance(self.mixer, ChannelMixer) and (self.dropout.p == 0 or not self.training):
+            y = self.mixer(h, residual=r)  # the sum in the mixer's own pass where it can be
+        else:
+            y = r + self.dropout(self.mixer(h))
         return y if self.prenorm else self.norm(y)
 
     def forward(self, x, mask=None, state=None, return_state=False):

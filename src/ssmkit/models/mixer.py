@@ -25,6 +25,8 @@ devices and dtypes).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -74,19 +76,20 @@ class _NativeMixer(torch.autograd.Function):
     (their rows padded, as the kernel reads them)."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias):
+    def forward(ctx, h, weight, bias, residual):
         lib = _native.library()
         H = weight.shape[1]
         h2 = h.reshape(-1, H).contiguous()
+        res = None if residual is None else residual.reshape(-1, H).contiguous()
         weight, bias = weight.contiguous(), bias.contiguous()
         R = h2.shape[0]
         y = torch.empty_like(h2)
         z = g = None
-        if any(ctx.needs_input_grad):
+        if any(ctx.needs_input_grad[:3]):
             z = h2.new_empty(R, lib.mix_z_stride(H))
             g = h2.new_empty(R, lib.mix_g_stride(H))
-        if lib.mix_fwd_f32(h2.data_ptr(), weight.data_ptr(), bias.data_ptr(), y.data_ptr(), _native.ptr(z),
-                           _native.ptr(g), R, H, torch.get_num_threads()):
+        if lib.mix_fwd_f32(h2.data_ptr(), weight.data_ptr(), bias.data_ptr(), _native.ptr(res), y.data_ptr(),
+                           _native.ptr(z), _native.ptr(g), R, H, torch.get_num_threads()):
             raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
         ctx.save_for_backward(h2, z, g, weight)
         ctx.shape = h.shape
@@ -96,15 +99,16 @@ class _NativeMixer(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy):
         h2, z, g, weight = ctx.saved_tensors
+        g_res = gy if ctx.needs_input_grad[3] else None  # y = residual + ...: its gradient is gy
         gy = gy.reshape(h2.shape).contiguous()
         gh = torch.empty_like(h2) if ctx.needs_input_grad[0] else None
         gW = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         gb = weight.new_empty(weight.shape[0]) if ctx.needs_input_grad[2] else None
-        if _native.library().mix_bwd_f32(gy.data_ptr(), h2.data_ptr(), z.data_ptr(), g.data_ptr(), weight.data_ptr(),
+        if z is not None and _native.library().mix_bwd_f32(gy.data_ptr(), h2.data_ptr(), z.data_ptr(), g.data_ptr(), weight.data_ptr(),
                                          _native.ptr(gh), _native.ptr(gW), _native.ptr(gb), h2.shape[0], h2.shape[1],
                                          torch.get_num_threads()):
             raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
-        return (None if gh is None else gh.reshape(ctx.shape)), gW, gb
+        return (None if gh is None else gh.reshape(ctx.shape)), gW, gb, g_res
 
 
 def _native_applies(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
@@ -112,8 +116,12 @@ def _native_applies(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
             and h.device.type == weight.device.type == bias.device.type == "cpu" and _native.available())
 
 
-def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
+def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, residual: Optional[torch.Tensor] = None,
+                  method: str = "auto") -> torch.Tensor:
     """``GLU(GELU(h) Wᵀ + b)`` over the last dimension: h (..., H), weight (2H, H), bias (2H,) -> (..., H).
+
+    ``residual`` (h's shape and dtype) is added to the result: ``residual + GLU(...)``, a block's
+    residual sum, in the same pass as the gate on the native route.
 
     ``method``: ``"torch"`` (the composition of torch operations, any device and dtype),
     ``"native"`` (the cache-blocked native kernel: float32 on the CPU, H a multiple of 8) or
@@ -128,13 +136,21 @@ def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
         raise TypeError(f"h, weight and bias must share one dtype, got {h.dtype}, {weight.dtype}, {bias.dtype}")
     if method not in ("auto", "torch", "native"):
         raise ValueError(f"method must be 'auto', 'torch' or 'native', got {method!r}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.shape != h.shape or residual.dtype != h.dtype:
+            got = (f"{tuple(residual.shape)} {residual.dtype}" if isinstance(residual, torch.Tensor)
+                   else type(residual).__name__)
+            raise ValueError(f"residual must have h's shape {tuple(h.shape)} and dtype {h.dtype}, got {got}")
     if method == "native" and not _native_applies(h, weight, bias):
         raise ValueError("method='native' needs float32 CPU tensors, H a multiple of 8 and the native library "
                          f"(got {h.dtype} on {h.device.type}, H = {weight.shape[1]}, native library "
                          f"{'built' if _native.available() else 'unavailable'})")
     if method == "native" or (method == "auto" and _native_applies(h, weight, bias)):
-        return _NativeMixer.apply(h, weight, bias)
-    return _FusedMixer.apply(h, weight, bias)
+        if residual is not None and residual.device != h.device:
+            raise ValueError(f"residual must be on h's device {h.device}, got {residual.device}")
+        return _NativeMixer.apply(h, weight, bias, residual)
+    y = _FusedMixer.apply(h, weight, bias)
+    return y if residual is None else residual + y
 
 
 class ChannelMixer(nn.Sequential):
@@ -151,12 +167,18 @@ class ChannelMixer(nn.Sequential):
         super().__init__(nn.GELU(), nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype), nn.GLU(dim=-1))
         self.d_model = d_model
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``GLU(Linear(GELU(h)))``, plus ``residual`` when given (h's shape): fused into the same
+        pass where the parameters' dtype is ``h``'s and ``residual``'s."""
         check_tensor("h", h, floating=True, finite=False)
         if h.dim() < 1 or h.shape[-1] != self.d_model:
             raise ValueError(f"h must have last dimension {self.d_model}, got shape {tuple(h.shape)}")
         lin = self[1]
         x = match_parameter_dtype(h, lin.weight.dtype)  # the layers' dtype rule (docs/reliability.md)
         if torch.is_autocast_enabled(x.device.type):  # autocast picks each product's precision
-            return super().forward(x)
-        return channel_mixer(x, lin.weight, lin.bias).to(h.dtype)
+            y = super().forward(x)
+            return y if residual is None else residual + y
+        if residual is not None and residual.dtype == x.dtype == h.dtype and residual.shape == h.shape:
+            return channel_mixer(x, lin.weight, lin.bias, residual=residual)
+        y = channel_mixer(x, lin.weight, lin.bias).to(h.dtype)
+        return y if residual is None else residual + y

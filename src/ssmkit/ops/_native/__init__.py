@@ -240,7 +240,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dconv_fwd_f32.restype = I
     lib.dconv_bwd_f32.argtypes = [P] * 5 + [L] * 4 + [I]
     lib.dconv_bwd_f32.restype = I
-    lib.mix_fwd_f32.argtypes = [P] * 6 + [L] * 2 + [I]  # fused channel mixer (ssmkit.models.mixer)
+    lib.mix_fwd_f32.argtypes = [P] * 7 + [L] * 2 + [I]  # fused channel mixer (ssmkit.models.mixer)
     lib.mix_fwd_f32.restype = I
     lib.mix_bwd_f32.argtypes = [P] * 8 + [L] * 2 + [I]
     lib.mix_bwd_f32.restype = I

@@ -118,12 +118,17 @@ static void mx_gelu_grad(const float *x, float *dg, long n) {
         dg[i] = 0.5f + 0.5f * erff(x[i] * 0.70710678118654752f) + x[i] * 0.39894228040143268f * expf(-0.5f * x[i] * x[i]);
 }
 
-/* rows of z (n, 2H, row stride zs) -> y (n, H) = a * sigmoid(s) */
-static void mx_gate(const float *z, long zs, float *y, long n, long H) {
+/* rows of z (n, 2H, row stride zs) -> y (n, H) = a * sigmoid(s), plus res (n, H) if given */
+static void mx_gate(const float *z, long zs, const float *res, float *y, long n, long H) {
     for (long r = 0; r < n; r++) {
         const float *a = z + r * zs, *s = a + H;
         float *o = y + r * H;
-        for (long j = 0; j < H; j++) o[j] = a[j] / (1.0f + expf(-s[j]));
+        if (res) {
+            const float *q = res + r * H;
+            for (long j = 0; j < H; j++) o[j] = q[j] + a[j] / (1.0f + expf(-s[j]));
+        } else {
+            for (long j = 0; j < H; j++) o[j] = a[j] / (1.0f + expf(-s[j]));
+        }
     }
 }
 
@@ -146,10 +151,11 @@ static void mx_gate_grad(const float *z, const float *gy, float *dz, long zs, lo
 long mix_g_stride(long H) { return H + 16; }
 long mix_z_stride(long H) { return 2 * H + 16; }
 
-/* y = a * sigmoid(s), [a, s] = GELU(h) W^T + b for h (R, H). When z and g are given (R rows of
- * mix_z_stride(H) and mix_g_stride(H) floats) they receive z and GELU(h) for the backward. */
-int mix_fwd_f32(const float *h, const float *W, const float *b, float *y, float *z, float *g, long R, long H,
-                int nthreads) {
+/* y = res + a * sigmoid(s), [a, s] = GELU(h) W^T + b for h (R, H); res (R, H) may be NULL (no
+ * residual: y = a * sigmoid(s)). When z and g are given (R rows of mix_z_stride(H) and
+ * mix_g_stride(H) floats) they receive z and GELU(h) for the backward. */
+int mix_fwd_f32(const float *h, const float *W, const float *b, const float *res, float *y, float *z, float *g, long R,
+                long H, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
     const long nblk = (R + MX_RB - 1) / MX_RB, zs = mix_z_stride(H), gs = mix_g_stride(H);
     float *Wt = (float *)malloc((size_t)(2 * H * H) * sizeof(float));
@@ -163,7 +169,7 @@ int mix_fwd_f32(const float *h, const float *W, const float *b, float *y, float 
         float *zb = z ? z + r0 * zs : scr + ssm_thread_id() * MX_RB * (zs + gs) + MX_RB * gs;
         mx_gelu(h + r0 * H, H, gb, gs, n, H);
         mx_gemm(n, 2 * H, H, gb, gs, 1, Wt, 0, 1, zb, zs, b, 0);
-        mx_gate(zb, zs, y + r0 * H, n, H);
+        mx_gate(zb, zs, res ? res + r0 * H : NULL, y + r0 * H, n, H);
     }
     free(Wt);
     free(scr);
