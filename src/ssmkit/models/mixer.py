@@ -71,6 +71,11 @@ class _FusedMixer(torch.autograd.Function):
         return gh, gW, gb
 
 
+# From this width on, the native backward leaves the weight gradient to torch's matrix product
+# (measured: at H = 64 the blocked partials are faster, at H = 256 the library product).
+NATIVE_WEIGHT_GRAD_MAX_H = 128
+
+
 class _NativeMixer(torch.autograd.Function):
     """The same function by the native kernel (float32, CPU, H % 8 == 0). Saves h, GELU(h) and z
     (their rows padded, as the kernel reads them)."""
@@ -101,13 +106,21 @@ class _NativeMixer(torch.autograd.Function):
         h2, z, g, weight = ctx.saved_tensors
         g_res = gy if ctx.needs_input_grad[3] else None  # y = residual + ...: its gradient is gy
         gy = gy.reshape(h2.shape).contiguous()
+        R, H = h2.shape
         gh = torch.empty_like(h2) if ctx.needs_input_grad[0] else None
-        gW = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        gb = weight.new_empty(weight.shape[0]) if ctx.needs_input_grad[2] else None
-        if z is not None and _native.library().mix_bwd_f32(gy.data_ptr(), h2.data_ptr(), z.data_ptr(), g.data_ptr(), weight.data_ptr(),
-                                         _native.ptr(gh), _native.ptr(gW), _native.ptr(gb), h2.shape[0], h2.shape[1],
-                                         torch.get_num_threads()):
+        want_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        # wide layers: dz out to memory and gW, gb by torch's product and sum over all rows
+        dz = z.new_empty(z.shape) if want_w and H >= NATIVE_WEIGHT_GRAD_MAX_H else None
+        gW = torch.empty_like(weight) if ctx.needs_input_grad[1] and dz is None else None
+        gb = weight.new_empty(weight.shape[0]) if ctx.needs_input_grad[2] and dz is None else None
+        if z is not None and _native.library().mix_bwd_f32(
+                gy.data_ptr(), h2.data_ptr(), z.data_ptr(), g.data_ptr(), weight.data_ptr(), _native.ptr(gh),
+                _native.ptr(gW), _native.ptr(gb), _native.ptr(dz), R, H, torch.get_num_threads()):
             raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
+        if dz is not None:
+            dz2 = dz[:, :2 * H]
+            gW = dz2.t() @ g[:, :H] if ctx.needs_input_grad[1] else None
+            gb = dz2.sum(0) if ctx.needs_input_grad[2] else None
         return (None if gh is None else gh.reshape(ctx.shape)), gW, gb, g_res
 
 

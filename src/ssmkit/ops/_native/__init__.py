@@ -242,7 +242,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dconv_bwd_f32.restype = I
     lib.mix_fwd_f32.argtypes = [P] * 7 + [L] * 2 + [I]  # fused channel mixer (ssmkit.models.mixer)
     lib.mix_fwd_f32.restype = I
-    lib.mix_bwd_f32.argtypes = [P] * 8 + [L] * 2 + [I]
+    lib.mix_bwd_f32.argtypes = [P] * 9 + [L] * 2 + [I]
     lib.mix_bwd_f32.restype = I
     lib.vdm_fwd_f64.argtypes = [P] * 3 + [L] * 3 + [I]  # Vandermonde kernel (ssmkit.kernels.vandermonde)
     lib.vdm_fwd_f64.restype = I

@@ -182,9 +182,12 @@ static long mx_chunk_rows(long R) {
     return ((per + MX_RB - 1) / MX_RB) * MX_RB;
 }
 
-/* From the forward's saved z and g: gh (R, H), gW (2H, H), gb (2H,), each may be NULL (not wanted). */
+/* From the forward's saved z and g: gh (R, H), gW (2H, H), gb (2H,), each may be NULL (not wanted).
+ * dzo, if given (R rows of mix_z_stride(H) floats), receives dz, for the caller to form gW and gb
+ * itself (pass gW = gb = NULL then): at H = 256 a (2H, H) partial per block of rows no longer
+ * stays in L2, and a library product over all rows does better. */
 int mix_bwd_f32(const float *gy, const float *h, const float *z, const float *g, const float *W, float *gh, float *gW,
-                float *gb, long R, long H, int nthreads) {
+                float *gb, float *dzo, long R, long H, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
     const long CH = R > 0 ? mx_chunk_rows(R) : MX_RB, nch = (R + CH - 1) / CH;
     const long zs = mix_z_stride(H), gs = mix_g_stride(H), per_thread = MX_RB * (zs + 2 * H);
@@ -203,17 +206,18 @@ int mix_bwd_f32(const float *gy, const float *h, const float *z, const float *g,
         const long cend = (c + 1) * CH < R ? (c + 1) * CH : R;
         for (long r0 = c * CH; r0 < cend; r0 += MX_RB) {
             const long n = cend - r0 < MX_RB ? cend - r0 : MX_RB;
-            mx_gate_grad(z + r0 * zs, gy + r0 * H, dz, zs, n, H);
+            float *dzb = dzo ? dzo + r0 * zs : dz;
+            mx_gate_grad(z + r0 * zs, gy + r0 * H, dzb, zs, n, H);
             if (gh) {
                 mx_gelu_grad(h + r0 * H, dg, n * H);
-                mx_gemm(n, H, 2 * H, dz, zs, 1, Wp, 0, 1, gg, H, NULL, 0);
+                mx_gemm(n, H, 2 * H, dzb, zs, 1, Wp, 0, 1, gg, H, NULL, 0);
                 float *o = gh + r0 * H;
                 for (long i = 0; i < n * H; i++) o[i] = gg[i] * dg[i];
             }
             if (want_w) {
-                mx_gemm(2 * H, H, n, dz, 1, zs, g + r0 * gs, gs, 0, pW, H, NULL, 1); /* pW += dz^T g */
+                mx_gemm(2 * H, H, n, dzb, 1, zs, g + r0 * gs, gs, 0, pW, H, NULL, 1); /* pW += dz^T g */
                 for (long r = 0; r < n; r++)
-                    for (long j = 0; j < 2 * H; j++) pb[j] += dz[r * zs + j];
+                    for (long j = 0; j < 2 * H; j++) pb[j] += dzb[r * zs + j];
             }
         }
     }
