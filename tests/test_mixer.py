@@ -179,3 +179,5 @@ def test_module_residual_in_another_dtype_is_added_after():
     h, r = torch.randn(2, 5, 8, dtype=torch.float64), torch.randn(2, 5, 8)
     y = m(h, residual=r)
     assert y.dtype == torch.float64 and torch.equal(y, r + m(h))
+    with raises_naming(ValueError, "residual"):  # no broadcasting
+        m(h, residual=r[:1])

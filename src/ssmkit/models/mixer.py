@@ -73,7 +73,7 @@ class _FusedMixer(torch.autograd.Function):
 
 # From this width on, the native backward leaves the weight gradient to torch's matrix product
 # (measured: at H = 64 the blocked partials are faster, at H = 256 the library product).
-NATIVE_WEIGHT_GRAD_MAX_H = 128
+TORCH_WEIGHT_GRAD_MIN_H = 128
 
 
 class _NativeMixer(torch.autograd.Function):
@@ -110,7 +110,7 @@ class _NativeMixer(torch.autograd.Function):
         gh = torch.empty_like(h2) if ctx.needs_input_grad[0] else None
         want_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # wide layers: dz out to memory and gW, gb by torch's product and sum over all rows
-        dz = z.new_empty(z.shape) if want_w and H >= NATIVE_WEIGHT_GRAD_MAX_H else None
+        dz = z.new_empty(z.shape) if want_w and H >= TORCH_WEIGHT_GRAD_MIN_H else None
         gW = torch.empty_like(weight) if ctx.needs_input_grad[1] and dz is None else None
         gb = weight.new_empty(weight.shape[0]) if ctx.needs_input_grad[2] and dz is None else None
         if z is not None and _native.library().mix_bwd_f32(
@@ -122,6 +122,16 @@ class _NativeMixer(torch.autograd.Function):
             gW = dz2.t() @ g[:, :H] if ctx.needs_input_grad[1] else None
             gb = dz2.sum(0) if ctx.needs_input_grad[2] else None
         return (None if gh is None else gh.reshape(ctx.shape)), gW, gb, g_res
+
+
+def _check_residual(residual, h: torch.Tensor, same_dtype: bool) -> None:
+    """``residual`` has h's shape and device (and dtype when ``same_dtype``): no broadcasting."""
+    if (not isinstance(residual, torch.Tensor) or residual.shape != h.shape or residual.device != h.device
+            or (same_dtype and residual.dtype != h.dtype)):
+        got = (f"{tuple(residual.shape)} {residual.dtype} on {residual.device}" if isinstance(residual, torch.Tensor)
+               else type(residual).__name__)
+        want = f"{tuple(h.shape)}{f' {h.dtype}' if same_dtype else ''} on {h.device}"
+        raise ValueError(f"residual must be like h, {want}, got {got}")
 
 
 def _native_applies(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
@@ -150,17 +160,12 @@ def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
     if method not in ("auto", "torch", "native"):
         raise ValueError(f"method must be 'auto', 'torch' or 'native', got {method!r}")
     if residual is not None:
-        if not isinstance(residual, torch.Tensor) or residual.shape != h.shape or residual.dtype != h.dtype:
-            got = (f"{tuple(residual.shape)} {residual.dtype}" if isinstance(residual, torch.Tensor)
-                   else type(residual).__name__)
-            raise ValueError(f"residual must have h's shape {tuple(h.shape)} and dtype {h.dtype}, got {got}")
+        _check_residual(residual, h, same_dtype=True)
     if method == "native" and not _native_applies(h, weight, bias):
         raise ValueError("method='native' needs float32 CPU tensors, H a multiple of 8 and the native library "
                          f"(got {h.dtype} on {h.device.type}, H = {weight.shape[1]}, native library "
                          f"{'built' if _native.available() else 'unavailable'})")
     if method == "native" or (method == "auto" and _native_applies(h, weight, bias)):
-        if residual is not None and residual.device != h.device:
-            raise ValueError(f"residual must be on h's device {h.device}, got {residual.device}")
         return _NativeMixer.apply(h, weight, bias, residual)
     y = _FusedMixer.apply(h, weight, bias)
     return y if residual is None else residual + y
@@ -186,12 +191,14 @@ class ChannelMixer(nn.Sequential):
         check_tensor("h", h, floating=True, finite=False)
         if h.dim() < 1 or h.shape[-1] != self.d_model:
             raise ValueError(f"h must have last dimension {self.d_model}, got shape {tuple(h.shape)}")
+        if residual is not None:
+            _check_residual(residual, h, same_dtype=False)
         lin = self[1]
         x = match_parameter_dtype(h, lin.weight.dtype)  # the layers' dtype rule (docs/reliability.md)
         if torch.is_autocast_enabled(x.device.type):  # autocast picks each product's precision
             y = super().forward(x)
             return y if residual is None else residual + y
-        if residual is not None and residual.dtype == x.dtype == h.dtype and residual.shape == h.shape:
+        if residual is not None and residual.dtype == x.dtype == h.dtype:
             return channel_mixer(x, lin.weight, lin.bias, residual=residual)
         y = channel_mixer(x, lin.weight, lin.bias).to(h.dtype)
         return y if residual is None else residual + y
