@@ -11,7 +11,7 @@ from ..reconstruction import format_mse_table, hippo_figure
 from ..train import TrainConfig, fit
 
 DEMO_CONFIG = dict(task="smnist", task_options={"size": 14}, layer="s4d", d_model=64, n_layers=4, d_state=64,
-                   epochs=8, batch_size=50, lr=1e-2, warmup_steps=30, weight_decay=0.01, time_budget=210.0)
+                   epochs=12, batch_size=50, lr=1e-2, warmup_steps=30, weight_decay=0.01, time_budget=210.0)
 
 
 def add_parser(sub) -> None:
