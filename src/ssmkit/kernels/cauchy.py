@@ -45,6 +45,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._checks import (FULL_PRECISION, check_bool, check_choice, check_positive, check_positive_int, check_tensor,
                        value_checks_enabled)
+from ..ops.rfft import rfft
 from .naive import naive_kernel
 from .vandermonde import vandermonde_kernel
 
@@ -96,10 +97,10 @@ def cauchy_conj(v: torch.Tensor, x: torch.Tensor, s: torch.Tensor, lam: torch.Te
 def _woodbury(k, s, dt, r: int):
     """``K̂ = Δ [k_cb - s k_cp (I + s k_qp)^{-1} k_qb]`` from the stacked sums ``k`` (H, 1+2r+r², J)."""
     H = k.shape[0]
-    k_cb = k[:, 0]
-    k_cp = k[:, 1:1 + r]
-    k_qb = k[:, 1 + r:1 + 2 * r]
-    k_qp = k[:, 1 + 2 * r:].reshape(H, r, r, -1)  # [a, b] = k(Q̄_a, P_b)
+    # one split (its backward is one concatenation; four slices would each zero-fill k's shape)
+    k_cb, k_cp, k_qb, k_qp = torch.split(k, [1, r, r, r * r], dim=1)
+    k_cb = k_cb[:, 0]
+    k_qp = k_qp.reshape(H, r, r, -1)  # [a, b] = k(Q̄_a, P_b)
     if r == 1:
         corr = k_cp[:, 0] * k_qb[:, 0] / (1 + s * k_qp[:, 0, 0])
     else:
@@ -127,7 +128,7 @@ def _khat_vandermonde(V, lam, dt, L: int, r: int, conj_pairs: bool):
     _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
     coef = V / den.unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
     seq = vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)  # (H, K, L)
-    k = torch.fft.rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)
+    k = rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)  # rfft: the one-irfft backward
     J = k.shape[-1]
     j = torch.arange(J, dtype=dt.dtype, device=dt.device)
     z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))
