@@ -225,10 +225,23 @@ def check_tensor(
     return x
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """No NaN or ±inf in ``x`` (non-empty, floating or complex): its minimum and maximum are
+    finite (both are NaN if any element is). One reduction without a boolean tensor, about 15x
+    faster than ``isfinite(x).all()`` on the CPU; that is the fallback where ``aminmax`` is not
+    implemented."""
+    try:
+        v = torch.view_as_real(x.resolve_conj()) if x.is_complex() else x
+        lo, hi = torch.aminmax(v)
+    except (RuntimeError, NotImplementedError):
+        return bool(torch.isfinite(x).all())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     """Raise ValueError if ``x`` holds NaN or ±inf (skipped inside :func:`trusted_inputs`)."""
     if value_checks_enabled() and (x.is_floating_point() or x.is_complex()) and x.numel() > 0:
-        if not bool(torch.isfinite(x).all()):
+        if not _all_finite(x):
             raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
