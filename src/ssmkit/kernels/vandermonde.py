@@ -79,12 +79,14 @@ class _NativeVandermonde(torch.autograd.Function):
     def backward(ctx, gK):
         w64, cb64 = ctx.saved_tensors
         R, M = w64.shape[:2]
-        gK = gK.to(torch.float64).contiguous()
+        single = gK.dtype == torch.float32  # read as it is, widened row by row in the kernel
+        gK = (gK if single else gK.to(torch.float64)).contiguous()
         gw = torch.empty_like(w64) if ctx.needs_input_grad[0] else None
         gcb = torch.empty_like(cb64) if ctx.needs_input_grad[1] else None
         if gw is not None or gcb is not None:
-            if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), gK.data_ptr(), _native.ptr(gw),
-                                             _native.ptr(gcb), R, M, gK.shape[1], torch.get_num_threads()):
+            if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), gK.data_ptr(), int(single),
+                                             _native.ptr(gw), _native.ptr(gcb), R, M, gK.shape[1],
+                                             torch.get_num_threads()):
                 raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
         out = [None if g is None else torch.view_as_complex(g).to(dt) for g, dt in zip((gw, gcb), ctx.dtypes)]
         return out[0], out[1], None, None

@@ -28,10 +28,10 @@ class _RFFT(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, G):
         n = ctx.n
-        Y = G.clone()
+        Y = G * n  # the factor n on the (n/2 + 1) bins rather than on the n samples
         last = n // 2 if n % 2 == 0 else None  # the Nyquist bin exists for even n only
         Y[..., 1:last] *= 0.5
-        gx = torch.fft.irfft(Y, n=n) * n
+        gx = torch.fft.irfft(Y, n=n)
         L = ctx.L
         if L > n:  # rfft cropped x to n samples: the rest had no effect
             gx = torch.nn.functional.pad(gx, (0, L - n))

@@ -246,7 +246,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mix_bwd_f32.restype = I
     lib.vdm_fwd_f64.argtypes = [P] * 3 + [L] * 3 + [I]  # Vandermonde kernel (ssmkit.kernels.vandermonde)
     lib.vdm_fwd_f64.restype = I
-    lib.vdm_bwd_f64.argtypes = [P] * 5 + [L] * 3 + [I]
+    lib.vdm_bwd_f64.argtypes = [P] * 3 + [I] + [P] * 2 + [L] * 3 + [I]
     lib.vdm_bwd_f64.restype = I
     for name in ("mix_g_stride", "mix_z_stride"):
         getattr(lib, name).argtypes = [L]

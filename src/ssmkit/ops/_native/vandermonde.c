@@ -11,6 +11,7 @@
  * row-major (R, M). Threads split the rows; each row's sums have one fixed order, so the
  * results do not depend on the number of threads. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "native_common.h"
 
@@ -133,12 +134,21 @@ int vdm_fwd_f64(const double *w, const double *cb, double *K, long R, long M, lo
 }
 
 /* gw, gcb (R, M) complex; either may be NULL (not wanted) */
-int vdm_bwd_f64(const double *w, const double *cb, const double *gK, double *gw, double *gcb, long R, long M, long L,
-                int nthreads) {
+int vdm_bwd_f64(const double *w, const double *cb, const void *gK, int gk_single, double *gw, double *gcb, long R,
+                long M, long L, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
+    /* gK is float32 (gk_single) or float64; a float32 row is widened into the thread's buffer */
+    double *rows = gk_single ? (double *)malloc((size_t)(nth * (L > 0 ? L : 1)) * sizeof(double)) : NULL;
+    if (gk_single && !rows) return 1;
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long r = 0; r < R; r++) {
-        const double *wr = w + 2 * r * M, *g = gK + r * L;
+        const double *wr = w + 2 * r * M, *g = (const double *)gK + r * L;
+        if (gk_single) {
+            double *buf = rows + ssm_thread_id() * L;
+            const float *gf = (const float *)gK + r * L;
+            for (long l = 0; l < L; l++) buf[l] = (double)gf[l];
+            g = buf;
+        }
         for (long m0 = 0; m0 < M; m0 += VDM_W) {
             double ar[VDM_W], ai[VDM_W], s0r[VDM_W], s0i[VDM_W], s1r[VDM_W], s1i[VDM_W];
             vdm_step(wr, m0, M, ar, ai);
@@ -153,5 +163,6 @@ int vdm_bwd_f64(const double *w, const double *cb, const double *gK, double *gw,
             }
         }
     }
+    free(rows);
     return 0;
 }
