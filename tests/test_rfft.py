@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from helpers import raises_naming
 from ssmkit.ops.rfft import rfft
 
 
@@ -24,3 +25,12 @@ def test_gradcheck():
     x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: rfft(t, 6), (x,))
     assert torch.autograd.gradcheck(lambda t: rfft(t, 5), (x,))
+
+
+def test_bad_input_named():
+    with raises_naming(ValueError, "n"):
+        rfft(torch.randn(3, 4, requires_grad=True), 0)
+    with raises_naming(TypeError, "x"):
+        rfft(torch.arange(4), 4)
+    with raises_naming(ValueError, "x"):
+        rfft(torch.tensor(1.0), 4)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_positive_int, check_tensor
+
 __all__ = ["rfft"]
 
 
@@ -40,6 +42,10 @@ class _RFFT(torch.autograd.Function):
 
 def rfft(x: torch.Tensor, n: int) -> torch.Tensor:
     """``torch.fft.rfft(x, n=n)`` of a real tensor (last dimension), with the cheaper backward."""
+    check_tensor("x", x, floating=True, finite=False)
+    check_positive_int("n", n)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the one transformed), got a 0-dimensional tensor")
     if not x.requires_grad:
         return torch.fft.rfft(x, n=n)
     return _RFFT.apply(x, n)
