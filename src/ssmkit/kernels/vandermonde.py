@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import FULL_PRECISION, check_bool, check_positive_int, check_tensor
+from .._checks import FULL_PRECISION, check_bool, check_choice, check_positive_int, check_tensor
 from ..ops import _native
 
 # real or complex, full precision: half precision is refused by name (the kernels' parameters are float32/64)
@@ -112,8 +112,7 @@ def vandermonde_kernel(log_dA: torch.Tensor, CB: torch.Tensor, L: int, lag_block
     check_bool("conj_pairs", conj_pairs)
     c = default_block(L) if lag_block is None else check_positive_int("lag_block", lag_block)
     c = min(c, L)
-    if method not in ("auto", "torch", "native"):
-        raise ValueError(f"method must be 'auto', 'torch' or 'native', got {method!r}")
+    check_choice("method", method, ("auto", "torch", "native"))
     cdtype = torch.promote_types(torch.promote_types(log_dA.dtype, CB.dtype), torch.complex64)
     w, CB = log_dA.to(cdtype), CB.to(cdtype)
     if w.shape[-1] != CB.shape[-1]:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .._checks import check_positive_int, check_tensor, match_parameter_dtype
+from .._checks import check_choice, check_positive_int, check_tensor, match_parameter_dtype
 from ..ops import _native
 
 __all__ = ["ChannelMixer", "channel_mixer"]
@@ -157,8 +157,7 @@ def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if not (h.dtype == weight.dtype == bias.dtype):
         raise TypeError(f"h, weight and bias must share one dtype, got {h.dtype}, {weight.dtype}, {bias.dtype}")
-    if method not in ("auto", "torch", "native"):
-        raise ValueError(f"method must be 'auto', 'torch' or 'native', got {method!r}")
+    check_choice("method", method, ("auto", "torch", "native"))
     if residual is not None:
         _check_residual(residual, h, same_dtype=True)
     if method == "native" and not _native_applies(h, weight, bias):
