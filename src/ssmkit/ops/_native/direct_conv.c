@@ -101,6 +101,12 @@ static void dc_pack_taps(const float *K, float *Kp, long Lk, long H) {
 /* floats of one thread's packed slice: DC_PAD zero rows, L rows rounded up to DC_T, 8 floats each */
 static long dc_slice_floats(long L) { return (DC_PAD + (L + DC_T - 1) / DC_T * DC_T) * 8; }
 
+/* rows t < L of 8 channels at h of an (L, H) slice with time stride ts -> dst, rows of 8 floats */
+static void dc_pack8(const float *src, long ts, long h, long L, float *dst) {
+    for (long t = 0; t < L; t++)
+        for (int c = 0; c < 8; c++) dst[t * 8 + c] = src[t * ts + h + c];
+}
+
 /* one batch row: in and out (L, H) with time stride ts (H, or -H from the last row backwards);
  * Kp from dc_pack_taps; buf: dc_slice_floats(L) floats, its padding rows zero */
 static void dc_causal_row(const float *in, const float *Kp, float *out, float *buf, long L, long Lk, long H, long ts) {
@@ -109,8 +115,7 @@ static void dc_causal_row(const float *in, const float *Kp, float *out, float *b
 #if DC_VEC
     float *rows = buf + DC_PAD * 8;
     for (; h + 8 <= H; h += 8) {
-        for (long t = 0; t < L; t++)
-            for (int c = 0; c < 8; c++) rows[t * 8 + c] = in[t * ts + h + c];
+        dc_pack8(in, ts, h, L, rows);
         dc_causal8(rows, Kp + h * Lkp, Lk, out + h, ts, L);
     }
 #endif
@@ -171,8 +176,8 @@ int dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, fl
                 const float *g = gy + b * L * H, *x = u + b * L * H;
 #if DC_VEC
                 if (width == 8) {
-                    for (long t = 0; t < L; t++)
-                        for (int c = 0; c < 8; c++) { xrows[t * 8 + c] = x[t * H + h + c]; gs[t * 8 + c] = g[t * H + h + c]; }
+                    dc_pack8(x, H, h, L, xrows);
+                    dc_pack8(g, H, h, L, gs);
                     dc_taps8(gs, xrows, gK + h, H, L, Lk);
                     continue;
                 }
