@@ -1,9 +1,12 @@
 """NPLR form of HiPPO and the Cauchy/Woodbury kernel against dense references."""
+import importlib
+
 import pytest
 import torch
 
 from ssmkit.hippo import nplr, transition
 from ssmkit.kernels import cauchy, cauchy_conj, dplr_kernel, dplr_kernel_ref, naive_kernel
+from ssmkit.ops._native import available as native_available
 
 from helpers import raises_naming
 
@@ -187,3 +190,66 @@ def test_a_mode_on_a_pole_is_refused_by_name_not_returned_as_nan():
     want = dplr_kernel_ref(*args)
     for method in ("vandermonde", "cauchy"):
         torch.testing.assert_close(dplr_kernel(*args, method=method), want, rtol=1e-10, atol=1e-10)
+
+
+def _rank1_inputs(dtype, L, separate_q, seed):
+    g = torch.Generator().manual_seed(seed)
+    cd = c128 if dtype == f64 else torch.complex64
+    H, M = 3, 4
+    lam = torch.complex(-torch.rand(H, M, generator=g, dtype=dtype) - 0.1, 3 * torch.randn(H, M, generator=g, dtype=dtype))
+    P = 0.5 * torch.randn(1, H, M, dtype=cd, generator=g)
+    B = torch.randn(H, M, dtype=cd, generator=g)
+    Ct = torch.randn(H, M, dtype=cd, generator=g)
+    dt = torch.rand(H, generator=g, dtype=dtype) * 0.5 + 0.05
+    Q = 0.5 * torch.randn(1, H, M, dtype=cd, generator=g) if separate_q else None
+    return [lam, P, B, Ct, dt, Q]
+
+
+def _kernel_and_grads(ins, L, seed):
+    leaves = [None if t is None else t.clone().requires_grad_(True) for t in ins]
+    lam, P, B, Ct, dt, Q = leaves
+    K = dplr_kernel(lam, P, B, Ct, dt, L, Q=Q)
+    K.backward(torch.randn(K.shape, generator=torch.Generator().manual_seed(seed), dtype=K.dtype))
+    return [K.detach()] + [t.grad for t in leaves if t is not None]
+
+
+@pytest.mark.skipif(not native_available(), reason="the fused rank-1 route needs the native kernels")
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+@pytest.mark.parametrize("L,separate_q", [(16, False), (15, True), (1, False)])
+def test_rank1_fused_kernel_equals_autograd_route(monkeypatch, dtype, L, separate_q):
+    # the rank-1 S4 kernel as one hand-differentiated function (_S4Rank1: native Vandermonde and Woodbury
+    # steps) against the route autograd differentiates (other devices), values and every gradient
+    cm = importlib.import_module("ssmkit.kernels.cauchy")  # the module (the package exports a function of that name)
+
+    ins = _rank1_inputs(dtype, L, separate_q, seed=L)
+    fused = _kernel_and_grads(ins, L, seed=3)
+    monkeypatch.setattr(cm, "_fused_route", lambda dt: False)
+    monkeypatch.setattr(cm, "_rank1_native", lambda dt: False)
+    plain = _kernel_and_grads(ins, L, seed=3)
+    tol = 1e-12 if dtype == f64 else 2e-5
+    for name, a, b in zip(["K", "Lambda", "P", "B", "Ct", "dt", "Q"], fused, plain):
+        # relative to the values' scale, at least 1 (at L = 1 dt's gradient cancels to rounding noise)
+        assert float((a - b).abs().max()) < tol * max(1.0, float(b.abs().max())), name
+
+
+@pytest.mark.parametrize("L", [10, 9, 1])
+def test_rank1_woodbury_step_gradcheck_and_native_agreement(L):
+    # the hand-written backward of the Woodbury + FFT step (torch route) against finite differences, and the
+    # native float32 route against the torch float32 one (same formulas: to float32 rounding of O(1) values)
+    cm = importlib.import_module("ssmkit.kernels.cauchy")  # the module (the package exports a function of that name)
+
+    g = torch.Generator().manual_seed(L)
+    seq = torch.randn(3, 4, L, generator=g, dtype=f64).requires_grad_(True)
+    dt = (torch.rand(3, generator=g, dtype=f64) + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s, d: cm._Rank1Kernel.apply(s, d, L, False), (seq, dt))
+    if not native_available():
+        return
+    gK = torch.randn(3, L, generator=g)
+    outs = []
+    for native in (True, False):
+        s32, d32 = seq.detach().float().requires_grad_(True), dt.detach().float().requires_grad_(True)
+        K = cm._Rank1Kernel.apply(s32, d32, L, native)
+        K.backward(gK)
+        outs.append((K.detach(), s32.grad, d32.grad))
+    for a, b in zip(*outs):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-5

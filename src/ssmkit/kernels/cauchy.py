@@ -45,9 +45,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .._checks import (FULL_PRECISION, check_bool, check_choice, check_positive, check_positive_int, check_tensor,
                        value_checks_enabled)
+from ..ops import _native
 from ..ops.rfft import rfft
 from .naive import naive_kernel
-from .vandermonde import vandermonde_kernel
+from .vandermonde import native_backward, native_forward, vandermonde_kernel
 
 __all__ = ["cauchy", "cauchy_conj", "dplr_kernel", "dplr_kernel_ref", "DEFAULT_FREQ_BLOCK"]
 
@@ -110,6 +111,185 @@ def _woodbury(k, s, dt, r: int):
     return dt.unsqueeze(-1) * (k_cb - s * corr)
 
 
+def _rfft_weights(L: int, J: int, dtype, device) -> torch.Tensor:
+    """``c_j``: how many of the L frequencies bin j of a length-L rfft stands for (1 at 0 and at L/2, else 2)."""
+    c = torch.full((J,), 2.0, dtype=dtype, device=device)
+    c[0] = 1
+    if L % 2 == 0:
+        c[-1] = 1
+    return c
+
+
+def _rank1_khat(k, dt, L: int):
+    """The rank-1 Woodbury step in torch: ``K̂``, ``s``, ``D = 1 + s k_qp``, ``corr = k_cp k_qb / D`` (each (H, J))."""
+    J = k.shape[-1]
+    j = torch.arange(J, dtype=dt.dtype, device=dt.device)
+    opz = 1 + torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # 1 + z_j
+    s = (dt.unsqueeze(-1) / 2) * opz  # (H, J)
+    k_cb, k_cp, k_qb, k_qp = k.unbind(1)
+    D = 1 + s * k_qp
+    corr = k_cp * k_qb / D
+    return dt.unsqueeze(-1) * (k_cb - s * corr), s, D, corr
+
+
+def _rank1_grads(k, dt, F, L: int, want_seq: bool, want_dt: bool):
+    """The rank-1 step's backward in torch: ``Y`` (H, 3, J), ``F conj(∂K̂/∂k_x)`` for x = cp, qb, qp, and
+    ``∂Δ`` (H,)."""
+    _, s, D, corr = _rank1_khat(k, dt, L)
+    k_cb, k_cp, k_qb, k_qp = k.unbind(1)
+    Y = g_dt = None
+    if want_seq:
+        sD = dt.unsqueeze(-1) * s / D
+        dfs = torch.stack([-sD * k_qb, -sD * k_cp, sD * s * corr], 1)
+        Y = F.unsqueeze(1) * dfs.conj()
+    if want_dt:
+        c = _rfft_weights(L, k.shape[-1], dt.dtype, dt.device)
+        df_dt = k_cb - 2 * s * corr + s * s * corr * k_qp / D
+        g_dt = ((F.conj() * df_dt).real * (c / L)).sum(-1)
+    return Y, g_dt
+
+
+def _rank1_forward(seq, dt, L: int, native: bool):
+    """``K = irfft(K̂)`` (H, L) and the sums ``k = rfft(seq)`` (H, 4, J) the backward needs."""
+    k = torch.fft.rfft(seq, n=L).contiguous()  # (H, 4, J)
+    if native:
+        H, _, J = k.shape
+        Khat = torch.empty(H, J, dtype=k.dtype)
+        if _native.library().s4w_fwd_f32(k.data_ptr(), dt.contiguous().data_ptr(), Khat.data_ptr(), H, J, L,
+                                         torch.get_num_threads()):
+            raise MemoryError("dplr_kernel: the native kernel could not allocate its scratch buffer")
+    else:
+        Khat = _rank1_khat(k, dt, L)[0]
+    return torch.fft.irfft(Khat, n=L), k
+
+
+def _rank1_backward(k, dt, gK, L: int, native: bool, want_seq: bool, want_dt: bool):
+    """Gradients of the four sequences (H, 4, L) and of Δ (H,) (None where not wanted) from ``gK`` (H, L)."""
+    F = torch.fft.rfft(gK, n=L).contiguous()  # (H, J): L/c times the gradient of K̂
+    if native:
+        H, _, J = k.shape
+        Y = torch.empty(H, 3, J, dtype=k.dtype) if want_seq else None
+        g_dt = torch.empty_like(dt) if want_dt else None
+        if _native.library().s4w_bwd_f32(k.data_ptr(), dt.contiguous().data_ptr(), F.data_ptr(), _native.ptr(Y),
+                                         _native.ptr(g_dt), H, J, L, torch.get_num_threads()):
+            raise MemoryError("dplr_kernel: the native kernel could not allocate its scratch buffer")
+    else:
+        Y, g_dt = _rank1_grads(k, dt, F, L, want_seq, want_dt)
+    g_seq = None
+    if Y is not None:
+        g_seq = torch.empty(k.shape[0], 4, L, dtype=gK.dtype, device=gK.device)
+        torch.mul(gK, dt.unsqueeze(-1), out=g_seq[:, 0])
+        g_seq[:, 1:] = torch.fft.irfft(Y, n=L)
+    return g_seq, g_dt
+
+
+class _Rank1Kernel(torch.autograd.Function):
+    """``K = irfft(Δ [k_cb - s k_cp k_qb / (1 + s k_qp)])`` with ``k = rfft(seq)``: the rank-1 Woodbury
+    step of the real S4 kernel, from the four Vandermonde sequences ``seq`` (H, 4, L) to K (H, L).
+
+    One hand-written backward instead of autograd's graph of the FFTs and a dozen complex
+    elementwise products. With ``f = K̂`` holomorphic in each sum and ``G = c/L · rfft(∂K)`` the
+    gradient of K̂ (``c_j`` = 1 at bins 0 and L/2, else 2):
+
+        ∂k_x = G conj(∂f/∂k_x),  ∂seq_x = irfft(L/c · ∂k_x) = irfft(rfft(∂K) conj(∂f/∂k_x))
+        (for x = cb that is Δ ∂K: no FFT),
+        ∂f/∂k_cb = Δ,  ∂f/∂k_cp = -Δ s k_qb/D,  ∂f/∂k_qb = -Δ s k_cp/D,  ∂f/∂k_qp = Δ s² corr/D,
+        ∂Δ = Re Σ_j conj(G_j) (k_cb - 2 s corr + s² corr k_qp/D)   (s = Δ(1 + z)/2),
+
+    with ``D = 1 + s k_qp`` and ``corr = k_cp k_qb / D``. The elementwise steps run in the native
+    kernel (``ops/_native/woodbury.c``) for complex64 on the CPU when ``native``, else in torch.
+    """
+
+    @staticmethod
+    def forward(ctx, seq, dt, L, native):
+        K, k = _rank1_forward(seq, dt, L, native)
+        ctx.save_for_backward(k, dt)
+        ctx.L, ctx.native = L, native
+        return K
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gK):
+        k, dt = ctx.saved_tensors
+        g_seq, g_dt = _rank1_backward(k, dt, gK, ctx.L, ctx.native, *ctx.needs_input_grad[:2])
+        return g_seq, g_dt, None, None
+
+
+class _S4Rank1(torch.autograd.Function):
+    """The whole real rank-1 S4 kernel on the CPU, ``(Λ, P, B, C̃, Q, Δ) -> K`` (H, L), with one
+    hand-written backward: the Vandermonde route of :func:`dplr_kernel` without autograd's graph
+    of a few dozen small complex operations.
+
+    Forward: ``h = Δλ/2``, ``a = 1 - h``, ``log r = log(1 + h) - log(1 - h)``, ``den = a (1 - r^L)``,
+    ``coef = V/den`` with the numerators ``V = (C̃B, C̃P, Q̄B, Q̄P)``, the four Vandermonde sequences
+    of ``(log r, coef)`` (native kernel), then :class:`_Rank1Kernel`'s step. Backward, in torch's
+    convention (``g conj(f')`` through holomorphic f, ``conj(g) b`` through ``conj(z) b``):
+
+        ∂V = ∂coef / conj(den),  ∂den = -Σ_x ∂coef_x conj(coef_x / den),
+        ∂a = ∂den conj(1 - r^L),  ∂log r = Σ_x ∂w_x - ∂den conj(a L r^L),
+        ∂h = ∂log r conj(2 / (1 - h²)) - ∂a,  ∂λ = ∂h Δ/2,  ∂Δ += Re Σ_n conj(∂h_n) λ_n / 2,
+        ∂C̃ = ∂V_cb conj(B) + ∂V_cp conj(P),  ∂B = ∂V_cb conj(C̃) + ∂V_qb Q,
+        ∂P = ∂V_cp conj(C̃) + ∂V_qp Q,  ∂Q = conj(∂V_qb) B + conj(∂V_qp) P.
+    """
+
+    @staticmethod
+    def forward(ctx, lam, P, B, Ct, Q, dt, L, native):
+        H, M = lam.shape
+        h = (dt / 2).unsqueeze(-1) * lam
+        a = 1 - h
+        log_r = torch.log((1 + h) / a)
+        e = -torch.expm1(L * log_r)  # 1 - r^L
+        den = a * e
+        _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
+        P0, Q0 = P[0], Q[0]
+        Qc = Q0.conj()
+        V = torch.stack([Ct * B, Ct * P0, Qc * B, Qc * P0], 1)  # (H, 4, M)
+        coef = V / den.unsqueeze(1)
+        seq, w64, cb64 = native_forward(log_r.unsqueeze(1).expand(H, 4, M).reshape(4 * H, M),
+                                        coef.reshape(4 * H, M), L, dt.dtype)
+        K, k = _rank1_forward(seq.view(H, 4, L), dt, L, native)
+        ctx.save_for_backward(lam, P0, B, Ct, Q0, dt, h, a, e, den, coef, k, w64, cb64)
+        ctx.L, ctx.native = L, native
+        return K
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gK):
+        lam, P0, B, Ct, Q0, dt, h, a, e, den, coef, k, w64, cb64 = ctx.saved_tensors
+        L = ctx.L
+        H, M = lam.shape
+        g_seq, g_dt = _rank1_backward(k, dt, gK, L, ctx.native, True, ctx.needs_input_grad[5])
+        gw, gcoef = native_backward(w64, cb64, g_seq.view(4 * H, L), True, True)
+        cd = lam.dtype
+        glog_r = gw.view(H, 4, M).sum(1).to(cd)
+        gcoef = gcoef.view(H, 4, M).to(cd)
+        dconj = den.conj()
+        gV = gcoef / dconj.unsqueeze(1)
+        gden = -(gcoef * coef.conj()).sum(1) / dconj
+        ga = gden * e.conj()
+        glog_r = glog_r - gden * (a * L * (1 - e)).conj()  # r^L = 1 - e
+        gh = glog_r * (2 / (1 - h * h)).conj() - ga
+        g_lam = gh * (dt / 2).unsqueeze(-1)
+        gh_dt = (gh.conj() * lam).real.sum(-1) / 2
+        g_dt = gh_dt if g_dt is None else g_dt + gh_dt
+        gcb, gcp, gqb, gqp = gV.unbind(1)
+        g_Ct = gcb * B.conj() + gcp * P0.conj()
+        g_B = gcb * Ct.conj() + gqb * Q0
+        g_P = (gcp * Ct.conj() + gqp * Q0).unsqueeze(0)
+        g_Q = (gqb.conj() * B + gqp.conj() * P0).unsqueeze(0)
+        return g_lam, g_P, g_B, g_Ct, g_Q, g_dt, None, None
+
+
+def _fused_route(dt: torch.Tensor) -> bool:
+    """The whole rank-1 kernel as one function (:class:`_S4Rank1`): the native Vandermonde kernel runs (CPU)."""
+    return dt.device.type == "cpu" and _native.available()
+
+
+def _rank1_native(dt: torch.Tensor) -> bool:
+    """The native rank-1 step runs for float32 steps on the CPU when the library is built."""
+    return dt.dtype == torch.float32 and dt.device.type == "cpu" and _native.available()
+
+
 def _khat_block(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
     """``K̂`` (H, J) at frequencies ``j`` (J,) from the stacked Cauchy numerators ``V``."""
     z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # (J,)
@@ -128,6 +308,8 @@ def _khat_vandermonde(V, lam, dt, L: int, r: int, conj_pairs: bool):
     _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
     coef = V / den.unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
     seq = vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)  # (H, K, L)
+    if r == 1 and conj_pairs:  # S4's usual case: the whole step to K in one function, hand-differentiated
+        return _Rank1Kernel.apply(seq, dt, L, _rank1_native(dt))
     k = rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)  # rfft: the one-irfft backward
     J = k.shape[-1]
     j = torch.arange(J, dtype=dt.dtype, device=dt.device)
@@ -172,6 +354,8 @@ def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torc
     if H == 0:  # an empty batch: no kernel to compute (the FFT refuses 0 rows)
         return torch.zeros(0, L, dtype=rdtype if conj_pairs else cdtype, device=Lambda.device)
     Lambda, P, B, Ct, Q = (t.to(cdtype) for t in (Lambda, P, B, Ct, Q))
+    if method == "vandermonde" and r == 1 and conj_pairs and _fused_route(dt):
+        return _S4Rank1.apply(Lambda, P, B, Ct, Q, dt, L, _rank1_native(dt))
     # Cauchy numerators, stacked: k(C̃,B), k(C̃,P_a), k(Q̄_a,B), k(Q̄_a,P_b)
     Qc = Q.conj()
     v_cb = (Ct * B).unsqueeze(1)  # (H, 1, M)
@@ -182,6 +366,8 @@ def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torc
     lam = Lambda
     if method == "vandermonde":
         Khat = _khat_vandermonde(V, lam, dt, L, r, conj_pairs)
+        if r == 1 and conj_pairs:
+            return Khat  # already the kernel (_Rank1Kernel)
     else:
         J = L // 2 + 1 if conj_pairs else L
         recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (V, lam, dt))

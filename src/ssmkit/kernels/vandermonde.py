@@ -57,38 +57,53 @@ def _exp_outer(w: torch.Tensor, idx: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.complex(m * torch.cos(y), m * torch.sin(y))
 
 
+def native_forward(w: torch.Tensor, CB: torch.Tensor, L: int, real_dtype: torch.dtype):
+    """``2 Re Σ_n CB_n e^{k w_n}`` for w, CB (R, M) complex on the CPU by the native kernel, outside
+    autograd: returns K (R, L) in ``real_dtype`` and the complex128 operands (as (R, M, 2) reals)
+    that :func:`native_backward` takes."""
+    w64 = torch.view_as_real(w.to(torch.complex128).contiguous())
+    cb64 = torch.view_as_real(CB.to(torch.complex128).contiguous())
+    R, M = w.shape
+    single = real_dtype == torch.float32  # summed in double, rounded as the kernel writes it
+    K = torch.empty(R, L, dtype=torch.float32 if single else torch.float64)
+    if _native.library().vdm_fwd_f64(w64.data_ptr(), cb64.data_ptr(), K.data_ptr(), int(single), R, M, L,
+                                     torch.get_num_threads()):
+        raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
+    return K.to(real_dtype), w64, cb64
+
+
+def native_backward(w64: torch.Tensor, cb64: torch.Tensor, gK: torch.Tensor, want_w: bool, want_cb: bool):
+    """Gradients (complex128 (R, M), or None where not wanted) of w and CB from ``gK`` (R, L)."""
+    R, M = w64.shape[:2]
+    single = gK.dtype == torch.float32  # read as it is, widened row by row in the kernel
+    gK = (gK if single else gK.to(torch.float64)).contiguous()
+    gw = torch.empty_like(w64) if want_w else None
+    gcb = torch.empty_like(cb64) if want_cb else None
+    if gw is not None or gcb is not None:
+        if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), gK.data_ptr(), int(single),
+                                         _native.ptr(gw), _native.ptr(gcb), R, M, gK.shape[1],
+                                         torch.get_num_threads()):
+            raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
+    return tuple(None if g is None else torch.view_as_complex(g) for g in (gw, gcb))
+
+
 class _NativeVandermonde(torch.autograd.Function):
     """``2 Re Σ_n CB_n e^{k w_n}`` for w, CB (R, M) complex on the CPU -> (R, L) real, computed in
     double precision and returned in ``real_dtype``."""
 
     @staticmethod
     def forward(ctx, w, CB, L, real_dtype):
-        w64 = torch.view_as_real(w.to(torch.complex128).contiguous())
-        cb64 = torch.view_as_real(CB.to(torch.complex128).contiguous())
-        R, M = w.shape
-        K = torch.empty(R, L, dtype=torch.float64)
-        if _native.library().vdm_fwd_f64(w64.data_ptr(), cb64.data_ptr(), K.data_ptr(), R, M, L,
-                                         torch.get_num_threads()):
-            raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
+        K, w64, cb64 = native_forward(w, CB, L, real_dtype)
         ctx.save_for_backward(w64, cb64)
         ctx.dtypes = (w.dtype, CB.dtype)
-        return K.to(real_dtype)
+        return K
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gK):
         w64, cb64 = ctx.saved_tensors
-        R, M = w64.shape[:2]
-        single = gK.dtype == torch.float32  # read as it is, widened row by row in the kernel
-        gK = (gK if single else gK.to(torch.float64)).contiguous()
-        gw = torch.empty_like(w64) if ctx.needs_input_grad[0] else None
-        gcb = torch.empty_like(cb64) if ctx.needs_input_grad[1] else None
-        if gw is not None or gcb is not None:
-            if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), gK.data_ptr(), int(single),
-                                             _native.ptr(gw), _native.ptr(gcb), R, M, gK.shape[1],
-                                             torch.get_num_threads()):
-                raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
-        out = [None if g is None else torch.view_as_complex(g).to(dt) for g, dt in zip((gw, gcb), ctx.dtypes)]
+        grads = native_backward(w64, cb64, gK, *ctx.needs_input_grad[:2])
+        out = [None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return out[0], out[1], None, None
 
 

@@ -43,10 +43,11 @@ __all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
 # Mamba-2's D skip + gated group RMSNorm, the direct causal convolution of short sequences, the LTI
-# blocks' channel mixer, the diagonal SSM's Vandermonde kernel
+# blocks' channel mixer, the diagonal SSM's Vandermonde kernel, S4's rank-1 Woodbury step
 _SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
          Path(__file__).with_name("gated_norm.c"), Path(__file__).with_name("direct_conv.c"),
-         Path(__file__).with_name("channel_mixer.c"), Path(__file__).with_name("vandermonde.c"))
+         Path(__file__).with_name("channel_mixer.c"), Path(__file__).with_name("vandermonde.c"),
+         Path(__file__).with_name("woodbury.c"))
 # headers the sources include (part of the cache key, like the sources)
 _HEADERS = (Path(__file__).with_name("native_common.h"),)
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
@@ -55,7 +56,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 10
+_ABI = 11
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -244,10 +245,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mix_fwd_f32.restype = I
     lib.mix_bwd_f32.argtypes = [P] * 9 + [L] * 2 + [I]
     lib.mix_bwd_f32.restype = I
-    lib.vdm_fwd_f64.argtypes = [P] * 3 + [L] * 3 + [I]  # Vandermonde kernel (ssmkit.kernels.vandermonde)
+    lib.vdm_fwd_f64.argtypes = [P] * 3 + [I] + [L] * 3 + [I]  # Vandermonde kernel (ssmkit.kernels.vandermonde)
     lib.vdm_fwd_f64.restype = I
     lib.vdm_bwd_f64.argtypes = [P] * 3 + [I] + [P] * 2 + [L] * 3 + [I]
     lib.vdm_bwd_f64.restype = I
+    lib.s4w_fwd_f32.argtypes = [P] * 3 + [L] * 3 + [I]  # S4's rank-1 Woodbury step (ssmkit.kernels.cauchy)
+    lib.s4w_fwd_f32.restype = I
+    lib.s4w_bwd_f32.argtypes = [P] * 5 + [L] * 3 + [I]
+    lib.s4w_bwd_f32.restype = I
     for name in ("mix_g_stride", "mix_z_stride"):
         getattr(lib, name).argtypes = [L]
         getattr(lib, name).restype = L

@@ -113,12 +113,15 @@ static void vdm_bwd_block(const double *ar, const double *ai, const double *g, l
 }
 #endif
 
-int vdm_fwd_f64(const double *w, const double *cb, double *K, long R, long M, long L, int nthreads) {
+/* K (R, L) is float64, or float32 (out_single: each row summed in double in the thread's buffer, then rounded) */
+int vdm_fwd_f64(const double *w, const double *cb, void *K, int out_single, long R, long M, long L, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
+    double *rows = out_single ? (double *)malloc((size_t)(nth * (L > 0 ? L : 1)) * sizeof(double)) : NULL;
+    if (out_single && !rows) return 1;
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long r = 0; r < R; r++) {
         const double *wr = w + 2 * r * M, *c = cb + 2 * r * M;
-        double *k = K + r * L;
+        double *k = out_single ? rows + ssm_thread_id() * L : (double *)K + r * L;
         for (long l = 0; l < L; l++) k[l] = 0.0;
         for (long m0 = 0; m0 < M; m0 += VDM_W) {
             double ar[VDM_W], ai[VDM_W], pr[VDM_W], pi[VDM_W];
@@ -129,7 +132,12 @@ int vdm_fwd_f64(const double *w, const double *cb, double *K, long R, long M, lo
             }
             vdm_fwd_block(ar, ai, pr, pi, k, L);
         }
+        if (out_single) {
+            float *kf = (float *)K + r * L;
+            for (long l = 0; l < L; l++) kf[l] = (float)k[l];
+        }
     }
+    free(rows);
     return 0;
 }
 
