@@ -239,7 +239,7 @@ def test_rank1_woodbury_step_gradcheck_and_native_agreement(L):
     cm = importlib.import_module("ssmkit.kernels.cauchy")  # the module (the package exports a function of that name)
 
     g = torch.Generator().manual_seed(L)
-    seq = torch.randn(3, 4, L, generator=g, dtype=f64).requires_grad_(True)
+    seq = torch.randn(4, 3, L, generator=g, dtype=f64).requires_grad_(True)
     dt = (torch.rand(3, generator=g, dtype=f64) + 0.1).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda s, d: cm._Rank1Kernel.apply(s, d, L, False), (seq, dt))
     if not native_available():

@@ -126,22 +126,22 @@ def _rank1_khat(k, dt, L: int):
     j = torch.arange(J, dtype=dt.dtype, device=dt.device)
     opz = 1 + torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # 1 + z_j
     s = (dt.unsqueeze(-1) / 2) * opz  # (H, J)
-    k_cb, k_cp, k_qb, k_qp = k.unbind(1)
+    k_cb, k_cp, k_qb, k_qp = k.unbind(0)
     D = 1 + s * k_qp
     corr = k_cp * k_qb / D
     return dt.unsqueeze(-1) * (k_cb - s * corr), s, D, corr
 
 
 def _rank1_grads(k, dt, F, L: int, want_seq: bool, want_dt: bool):
-    """The rank-1 step's backward in torch: ``Y`` (H, 3, J), ``F conj(∂K̂/∂k_x)`` for x = cp, qb, qp, and
+    """The rank-1 step's backward in torch: ``Y`` (3, H, J), ``F conj(∂K̂/∂k_x)`` for x = cp, qb, qp, and
     ``∂Δ`` (H,)."""
     _, s, D, corr = _rank1_khat(k, dt, L)
-    k_cb, k_cp, k_qb, k_qp = k.unbind(1)
+    k_cb, k_cp, k_qb, k_qp = k.unbind(0)
     Y = g_dt = None
     if want_seq:
         sD = dt.unsqueeze(-1) * s / D
-        dfs = torch.stack([-sD * k_qb, -sD * k_cp, sD * s * corr], 1)
-        Y = F.unsqueeze(1) * dfs.conj()
+        dfs = torch.stack([-sD * k_qb, -sD * k_cp, sD * s * corr])
+        Y = F * dfs.conj()
     if want_dt:
         c = _rfft_weights(L, k.shape[-1], dt.dtype, dt.device)
         df_dt = k_cb - 2 * s * corr + s * s * corr * k_qp / D
@@ -150,10 +150,10 @@ def _rank1_grads(k, dt, F, L: int, want_seq: bool, want_dt: bool):
 
 
 def _rank1_forward(seq, dt, L: int, native: bool):
-    """``K = irfft(K̂)`` (H, L) and the sums ``k = rfft(seq)`` (H, 4, J) the backward needs."""
-    k = torch.fft.rfft(seq, n=L).contiguous()  # (H, 4, J)
+    """``K = irfft(K̂)`` (H, L) and the sums ``k = rfft(seq)`` (4, H, J) the backward needs."""
+    k = torch.fft.rfft(seq, n=L).contiguous()  # (4, H, J)
     if native:
-        H, _, J = k.shape
+        _, H, J = k.shape
         Khat = torch.empty(H, J, dtype=k.dtype)
         if _native.library().s4w_fwd_f32(k.data_ptr(), dt.contiguous().data_ptr(), Khat.data_ptr(), H, J, L,
                                          torch.get_num_threads()):
@@ -164,28 +164,25 @@ def _rank1_forward(seq, dt, L: int, native: bool):
 
 
 def _rank1_backward(k, dt, gK, L: int, native: bool, want_seq: bool, want_dt: bool):
-    """Gradients of the four sequences (H, 4, L) and of Δ (H,) (None where not wanted) from ``gK`` (H, L)."""
+    """Gradients of the sequences cp, qb, qp (3, H, L) and of Δ (H,) (None where not wanted) from ``gK`` (H, L).
+
+    The gradient of the first sequence (cb) is ``Δ ∂K`` and is left to the caller."""
     F = torch.fft.rfft(gK, n=L).contiguous()  # (H, J): L/c times the gradient of K̂
     if native:
-        H, _, J = k.shape
-        Y = torch.empty(H, 3, J, dtype=k.dtype) if want_seq else None
+        _, H, J = k.shape
+        Y = torch.empty(3, H, J, dtype=k.dtype) if want_seq else None
         g_dt = torch.empty_like(dt) if want_dt else None
         if _native.library().s4w_bwd_f32(k.data_ptr(), dt.contiguous().data_ptr(), F.data_ptr(), _native.ptr(Y),
                                          _native.ptr(g_dt), H, J, L, torch.get_num_threads()):
             raise MemoryError("dplr_kernel: the native kernel could not allocate its scratch buffer")
     else:
         Y, g_dt = _rank1_grads(k, dt, F, L, want_seq, want_dt)
-    g_seq = None
-    if Y is not None:
-        g_seq = torch.empty(k.shape[0], 4, L, dtype=gK.dtype, device=gK.device)
-        torch.mul(gK, dt.unsqueeze(-1), out=g_seq[:, 0])
-        g_seq[:, 1:] = torch.fft.irfft(Y, n=L)
-    return g_seq, g_dt
+    return (None if Y is None else torch.fft.irfft(Y, n=L)), g_dt
 
 
 class _Rank1Kernel(torch.autograd.Function):
     """``K = irfft(Δ [k_cb - s k_cp k_qb / (1 + s k_qp)])`` with ``k = rfft(seq)``: the rank-1 Woodbury
-    step of the real S4 kernel, from the four Vandermonde sequences ``seq`` (H, 4, L) to K (H, L).
+    step of the real S4 kernel, from the four Vandermonde sequences ``seq`` (4, H, L) to K (H, L).
 
     One hand-written backward instead of autograd's graph of the FFTs and a dozen complex
     elementwise products. With ``f = K̂`` holomorphic in each sum and ``G = c/L · rfft(∂K)`` the
@@ -211,7 +208,8 @@ class _Rank1Kernel(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gK):
         k, dt = ctx.saved_tensors
-        g_seq, g_dt = _rank1_backward(k, dt, gK, ctx.L, ctx.native, *ctx.needs_input_grad[:2])
+        g_rest, g_dt = _rank1_backward(k, dt, gK, ctx.L, ctx.native, *ctx.needs_input_grad[:2])
+        g_seq = None if g_rest is None else torch.cat([(gK * dt.unsqueeze(-1)).unsqueeze(0), g_rest])
         return g_seq, g_dt, None, None
 
 
@@ -243,11 +241,11 @@ class _S4Rank1(torch.autograd.Function):
         _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
         P0, Q0 = P[0], Q[0]
         Qc = Q0.conj()
-        V = torch.stack([Ct * B, Ct * P0, Qc * B, Qc * P0], 1)  # (H, 4, M)
-        coef = V / den.unsqueeze(1)
-        seq, w64, cb64 = native_forward(log_r.unsqueeze(1).expand(H, 4, M).reshape(4 * H, M),
-                                        coef.reshape(4 * H, M), L, dt.dtype)
-        K, k = _rank1_forward(seq.view(H, 4, L), dt, L, native)
+        V = torch.stack([Ct * B, Ct * P0, Qc * B, Qc * P0])  # (4, H, M): the sums' rows, one block each
+        coef = V * (1 / den)
+        seq, w64, cb64 = native_forward(log_r.expand(4, H, M).reshape(4 * H, M), coef.reshape(4 * H, M), L,
+                                        dt.dtype)
+        K, k = _rank1_forward(seq.view(4, H, L), dt, L, native)
         ctx.save_for_backward(lam, P0, B, Ct, Q0, dt, h, a, e, den, coef, k, w64, cb64)
         ctx.L, ctx.native = L, native
         return K
@@ -258,21 +256,24 @@ class _S4Rank1(torch.autograd.Function):
         lam, P0, B, Ct, Q0, dt, h, a, e, den, coef, k, w64, cb64 = ctx.saved_tensors
         L = ctx.L
         H, M = lam.shape
-        g_seq, g_dt = _rank1_backward(k, dt, gK, L, ctx.native, True, ctx.needs_input_grad[5])
-        gw, gcoef = native_backward(w64, cb64, g_seq.view(4 * H, L), True, True)
+        g_rest, g_dt = _rank1_backward(k, dt, gK, L, ctx.native, True, ctx.needs_input_grad[5])
+        # the cb rows' gradient is Δ ∂K: the (linear) sums of ∂K, scaled by Δ per channel afterwards
+        gw0, gcoef0 = native_backward(w64[:H], cb64[:H], gK, True, True)
+        gw, gcoef = native_backward(w64[H:], cb64[H:], g_rest.view(3 * H, L), True, True)
         cd = lam.dtype
-        glog_r = gw.view(H, 4, M).sum(1).to(cd)
-        gcoef = gcoef.view(H, 4, M).to(cd)
-        dconj = den.conj()
-        gV = gcoef / dconj.unsqueeze(1)
-        gden = -(gcoef * coef.conj()).sum(1) / dconj
+        d64 = dt.to(torch.float64).unsqueeze(-1)
+        glog_r = (gw0 * d64 + gw.view(3, H, M).sum(0)).to(cd)
+        gcoef = torch.cat([(gcoef0 * d64).unsqueeze(0), gcoef.view(3, H, M)]).to(cd)
+        rden = (1 / den).conj()
+        gV = gcoef * rden
+        gden = -(gcoef * coef.conj()).sum(0) * rden
         ga = gden * e.conj()
         glog_r = glog_r - gden * (a * L * (1 - e)).conj()  # r^L = 1 - e
         gh = glog_r * (2 / (1 - h * h)).conj() - ga
         g_lam = gh * (dt / 2).unsqueeze(-1)
         gh_dt = (gh.conj() * lam).real.sum(-1) / 2
         g_dt = gh_dt if g_dt is None else g_dt + gh_dt
-        gcb, gcp, gqb, gqp = gV.unbind(1)
+        gcb, gcp, gqb, gqp = gV.unbind(0)
         g_Ct = gcb * B.conj() + gcp * P0.conj()
         g_B = gcb * Ct.conj() + gqb * Q0
         g_P = (gcp * Ct.conj() + gqp * Q0).unsqueeze(0)
@@ -309,7 +310,7 @@ def _khat_vandermonde(V, lam, dt, L: int, r: int, conj_pairs: bool):
     coef = V / den.unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
     seq = vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)  # (H, K, L)
     if r == 1 and conj_pairs:  # S4's usual case: the whole step to K in one function, hand-differentiated
-        return _Rank1Kernel.apply(seq, dt, L, _rank1_native(dt))
+        return _Rank1Kernel.apply(seq.transpose(0, 1), dt, L, _rank1_native(dt))
     k = rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)  # rfft: the one-irfft backward
     J = k.shape[-1]
     j = torch.arange(J, dtype=dt.dtype, device=dt.device)

@@ -1,6 +1,6 @@
 /* The rank-1 Woodbury step of the real S4 kernel (ssmkit.kernels.cauchy), forward and backward,
  * elementwise over the frequencies j < J of channels h < H. From the four Cauchy sums
- * k = (k_cb, k_cp, k_qb, k_qp) (H, 4, J) and the step dt (H):
+ * k = (k_cb, k_cp, k_qb, k_qp) (4, H, J) and the step dt (H):
  *     s = dt (1 + z_j) / 2,  z_j = exp(-2 pi i j / L),  D = 1 + s k_qp,  corr = k_cp k_qb / D,
  *     Khat = dt (k_cb - s corr)
  * Backward, from F = rfft(dLoss/dK) (H, J) (L / c_j times the gradient of Khat, c_j = 1 at bins 0
@@ -41,7 +41,7 @@ int s4w_fwd_f32(const float *k, const float *dt, float *khat, long H, long J, lo
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long h = 0; h < H; h++) {
         const float d = dt[h], hd = 0.5f * dt[h];
-        const float *cb = k + 8 * h * J, *cp = cb + 2 * J, *qb = cb + 4 * J, *qp = cb + 6 * J;
+        const float *cb = k + 2 * h * J, *cp = cb + 2 * H * J, *qb = cb + 4 * H * J, *qp = cb + 6 * H * J;
         float *out = khat + 2 * h * J;
 #pragma omp simd
         for (long j = 0; j < J; j++) {
@@ -60,7 +60,7 @@ int s4w_fwd_f32(const float *k, const float *dt, float *khat, long H, long J, lo
     return 0;
 }
 
-/* Y (H, 3, J) complex (the sums cp, qb, qp) and gdt (H) real; either may be NULL (not wanted). Two
+/* Y (3, H, J) complex (the sums cp, qb, qp) and gdt (H) real; either may be NULL (not wanted). Two
  * loops (one per output) rather than one with a branch: each vectorises. */
 int s4w_bwd_f32(const float *k, const float *dt, const float *F, float *Y, float *gdt, long H, long J, long L,
                 int nthreads) {
@@ -70,9 +70,10 @@ int s4w_bwd_f32(const float *k, const float *dt, const float *F, float *Y, float
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long h = 0; h < H; h++) {
         const float d = dt[h], hd = 0.5f * dt[h];
-        const float *cb = k + 8 * h * J, *cp = cb + 2 * J, *qb = cb + 4 * J, *qp = cb + 6 * J, *f = F + 2 * h * J;
+        const float *cb = k + 2 * h * J, *cp = cb + 2 * H * J, *qb = cb + 4 * H * J, *qp = cb + 6 * H * J;
+        const float *f = F + 2 * h * J;
         if (Y) {
-            float *ycp = Y + 6 * h * J, *yqb = ycp + 2 * J, *yqp = ycp + 4 * J;
+            float *ycp = Y + 2 * h * J, *yqb = ycp + 2 * H * J, *yqp = ycp + 4 * H * J;
 #pragma omp simd
             for (long j = 0; j < J; j++) {
                 const float sr = hd * opz[j], si = hd * opz[J + j];
