@@ -3,8 +3,9 @@
 Two versions of ssmkit cannot be imported into one process, so each measurement runs in a
 child process whose PYTHONPATH points at either this checkout's ``src`` or a copy of the
 baseline commit's ``src`` (extracted with ``git archive`` into a temporary folder). The
-parent alternates the two versions (new, old, new, old, ...) so that a change in the
-machine's load affects both alike, and reports the ratio of medians.
+parent alternates the two versions, and which goes first alternates by round (new, old, old,
+new, ...), so that a change in the machine's load, or an advantage of running first, affects
+both alike; it reports the ratio of medians.
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def compare(script: Path, configs: List[Dict[str, object]], key: str, baseline: 
     for cfg in configs:
         vals = {"new": [], "old": []}
         err = {}
-        for _ in range(rounds):
-            for name, src in (("new", new_src), ("old", old_src)):
+        for i in range(rounds):
+            order = (("new", new_src), ("old", old_src))
+            for name, src in (order if i % 2 == 0 else order[::-1]):  # who goes first alternates by round
                 r = run_worker(script, src, cfg, threads)
                 if "error" in r:
                     err[name] = r["error"]
