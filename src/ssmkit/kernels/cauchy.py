@@ -233,12 +233,7 @@ class _S4Rank1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lam, P, B, Ct, Q, dt, L, native):
         H, M = lam.shape
-        h = (dt / 2).unsqueeze(-1) * lam
-        a = 1 - h
-        log_r = torch.log((1 + h) / a)
-        e = -torch.expm1(L * log_r)  # 1 - r^L
-        den = a * e
-        _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
+        h, a, log_r, e, den = _bilinear_poles(lam, dt, L)  # e = 1 - r^L
         P0, Q0 = P[0], Q[0]
         Qc = Q0.conj()
         V = torch.stack([Ct * B, Ct * P0, Qc * B, Qc * P0])  # (4, H, M): the sums' rows, one block each
@@ -300,17 +295,27 @@ def _khat_block(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
     return _woodbury(k, s, dt, r)
 
 
-def _khat_vandermonde(V, lam, dt, L: int, r: int, conj_pairs: bool):
-    """``K̂`` at all J frequencies through the Vandermonde sequences of the Cauchy sums."""
-    h = (dt / 2).unsqueeze(-1) * lam  # (H, M): Δλ/2
+def _bilinear_poles(lam, dt, L: int):
+    """``h = Δλ/2``, ``a = 1 - h``, ``log r = log((1 + h)/a)``, ``e = 1 - r^L`` and ``den = a e`` (each (H, M));
+    a mode whose pole sits on the L-th roots of unity (``den = 0``) is refused by name."""
+    h = (dt / 2).unsqueeze(-1) * lam
     a = 1 - h
     log_r = torch.log((1 + h) / a)
-    den = a * -torch.expm1(L * log_r)  # (H, M): a (1 - r^L); zero when a pole sits on the L-th roots of unity
+    e = -torch.expm1(L * log_r)
+    den = a * e
     _refuse_poles((den == 0).unsqueeze(-1), "Lambda", "its bilinear pole r_n satisfies r_n^L = 1")
-    coef = V / den.unsqueeze(1)  # (H, K, M): v / (a (1 - r^L))
-    seq = vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)  # (H, K, L)
-    if r == 1 and conj_pairs:  # S4's usual case: the whole step to K in one function, hand-differentiated
-        return _Rank1Kernel.apply(seq.transpose(0, 1), dt, L, _rank1_native(dt))
+    return h, a, log_r, e, den
+
+
+def _vandermonde_sequences(V, lam, dt, L: int, conj_pairs: bool):
+    """The Cauchy sums' Vandermonde sequences (H, K, L): ``Σ_n coef_n r_n^k`` with ``coef = V / (a (1 - r^L))``."""
+    _, _, log_r, _, den = _bilinear_poles(lam, dt, L)
+    coef = V / den.unsqueeze(1)  # (H, K, M)
+    return vandermonde_kernel(log_r.unsqueeze(1), coef, L, conj_pairs=conj_pairs)
+
+
+def _khat_from_sequences(seq, dt, L: int, r: int, conj_pairs: bool):
+    """``K̂`` at all J frequencies from the Vandermonde sequences: their DFTs are the Cauchy sums."""
     k = rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)  # rfft: the one-irfft backward
     J = k.shape[-1]
     j = torch.arange(J, dtype=dt.dtype, device=dt.device)
@@ -366,9 +371,10 @@ def dplr_kernel(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, Ct: torc
     V = torch.cat([v_cb, v_cp, v_qb, v_qp], dim=1)
     lam = Lambda
     if method == "vandermonde":
-        Khat = _khat_vandermonde(V, lam, dt, L, r, conj_pairs)
-        if r == 1 and conj_pairs:
-            return Khat  # already the kernel (_Rank1Kernel)
+        seq = _vandermonde_sequences(V, lam, dt, L, conj_pairs)  # (H, K, L)
+        if r == 1 and conj_pairs:  # the Woodbury step to K as one function, hand-differentiated
+            return _Rank1Kernel.apply(seq.transpose(0, 1), dt, L, _rank1_native(dt))
+        Khat = _khat_from_sequences(seq, dt, L, r, conj_pairs)
     else:
         J = L // 2 + 1 if conj_pairs else L
         recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (V, lam, dt))
