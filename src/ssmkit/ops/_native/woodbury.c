@@ -34,6 +34,29 @@ static float *opz_table(long J, long L) {
 /* complex product (ar + i ai)(br + i bi) -> (*r, *i) */
 #define CMUL(ar, ai, br, bi, r, i) do { const float r_ = (ar) * (br) - (ai) * (bi); (i) = (ar) * (bi) + (ai) * (br); (r) = r_; } while (0)
 
+/* channel h's four sums in k (4, H, J): the row of each, (re, im) pairs */
+static inline void s4w_sums(const float *k, long H, long J, long h, const float **cb, const float **cp,
+                            const float **qb, const float **qp) {
+    *cb = k + 2 * h * J;
+    *cp = *cb + 2 * H * J;
+    *qb = *cb + 4 * H * J;
+    *qp = *cb + 6 * H * J;
+}
+
+/* at frequency j: u = s / D and v = s corr = u k_cp k_qb, with s = (dt / 2)(1 + z_j), D = 1 + s k_qp */
+static inline __attribute__((always_inline)) void s4w_terms(float hd, const float *opz, long J, long j,
+                                                            const float *cp, const float *qb, const float *qp,
+                                                            float *ur, float *ui, float *vr, float *vi) {
+    const float sr = hd * opz[j], si = hd * opz[J + j];
+    float tr, ti, pr, pi, a, b;
+    CMUL(sr, si, qp[2 * j], qp[2 * j + 1], tr, ti); /* s k_qp */
+    const float Dr = 1.0f + tr, Di = ti, n = 1.0f / (Dr * Dr + Di * Di);
+    CMUL(sr, si, Dr * n, -Di * n, a, b);
+    CMUL(cp[2 * j], cp[2 * j + 1], qb[2 * j], qb[2 * j + 1], pr, pi);
+    *ur = a; *ui = b;
+    CMUL(pr, pi, a, b, *vr, *vi);
+}
+
 int s4w_fwd_f32(const float *k, const float *dt, float *khat, long H, long J, long L, int nthreads) {
     float *opz = opz_table(J, L);
     if (!opz) return 1;
@@ -41,19 +64,15 @@ int s4w_fwd_f32(const float *k, const float *dt, float *khat, long H, long J, lo
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long h = 0; h < H; h++) {
         const float d = dt[h], hd = 0.5f * dt[h];
-        const float *cb = k + 2 * h * J, *cp = cb + 2 * H * J, *qb = cb + 4 * H * J, *qp = cb + 6 * H * J;
+        const float *cb, *cp, *qb, *qp;
+        s4w_sums(k, H, J, h, &cb, &cp, &qb, &qp);
         float *out = khat + 2 * h * J;
 #pragma omp simd
         for (long j = 0; j < J; j++) {
-            const float sr = hd * opz[j], si = hd * opz[J + j];
-            float tr, ti, pr, pi, cr, ci, xr, xi;
-            CMUL(sr, si, qp[2 * j], qp[2 * j + 1], tr, ti);  /* s k_qp */
-            const float Dr = 1.0f + tr, Di = ti, n = 1.0f / (Dr * Dr + Di * Di);
-            CMUL(cp[2 * j], cp[2 * j + 1], qb[2 * j], qb[2 * j + 1], pr, pi);  /* k_cp k_qb */
-            CMUL(pr, pi, Dr * n, -Di * n, cr, ci);  /* corr */
-            CMUL(sr, si, cr, ci, xr, xi);  /* s corr */
-            out[2 * j] = d * (cb[2 * j] - xr);
-            out[2 * j + 1] = d * (cb[2 * j + 1] - xi);
+            float ur, ui, vr, vi;
+            s4w_terms(hd, opz, J, j, cp, qb, qp, &ur, &ui, &vr, &vi);
+            out[2 * j] = d * (cb[2 * j] - vr);
+            out[2 * j + 1] = d * (cb[2 * j + 1] - vi);
         }
     }
     free(opz);
@@ -70,19 +89,15 @@ int s4w_bwd_f32(const float *k, const float *dt, const float *F, float *Y, float
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long h = 0; h < H; h++) {
         const float d = dt[h], hd = 0.5f * dt[h];
-        const float *cb = k + 2 * h * J, *cp = cb + 2 * H * J, *qb = cb + 4 * H * J, *qp = cb + 6 * H * J;
+        const float *cb, *cp, *qb, *qp;
+        s4w_sums(k, H, J, h, &cb, &cp, &qb, &qp);
         const float *f = F + 2 * h * J;
         if (Y) {
             float *ycp = Y + 2 * h * J, *yqb = ycp + 2 * H * J, *yqp = ycp + 4 * H * J;
 #pragma omp simd
             for (long j = 0; j < J; j++) {
-                const float sr = hd * opz[j], si = hd * opz[J + j];
-                float tr, ti, pr, pi, cr, ci, ur, ui, vr, vi, ar, ai, br, bi;
-                CMUL(sr, si, qp[2 * j], qp[2 * j + 1], tr, ti);  /* s k_qp */
-                const float Dr = 1.0f + tr, Di = ti, n = 1.0f / (Dr * Dr + Di * Di);
-                CMUL(sr, si, Dr * n, -Di * n, ur, ui);  /* s / D */
-                CMUL(cp[2 * j], cp[2 * j + 1], qb[2 * j], qb[2 * j + 1], pr, pi);
-                CMUL(pr, pi, ur, ui, vr, vi);  /* s corr */
+                float ur, ui, vr, vi, ar, ai, br, bi, cr, ci;
+                s4w_terms(hd, opz, J, j, cp, qb, qp, &ur, &ui, &vr, &vi);
                 const float Fr = f[2 * j], Fi = f[2 * j + 1];
                 /* df/dk_cp = -dt (s/D) k_qb, df/dk_qb = -dt (s/D) k_cp, df/dk_qp = dt (s corr)(s/D); Y = F conj(df) */
                 CMUL(ur, ui, qb[2 * j], qb[2 * j + 1], ar, ai);
@@ -100,13 +115,8 @@ int s4w_bwd_f32(const float *k, const float *dt, const float *F, float *Y, float
             float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
             for (long j = 0; j < J; j++) {
-                const float sr = hd * opz[j], si = hd * opz[J + j];
-                float tr, ti, pr, pi, ur, ui, vr, vi, ar, ai, br, bi;
-                CMUL(sr, si, qp[2 * j], qp[2 * j + 1], tr, ti);  /* s k_qp */
-                const float Dr = 1.0f + tr, Di = ti, n = 1.0f / (Dr * Dr + Di * Di);
-                CMUL(sr, si, Dr * n, -Di * n, ur, ui);  /* s / D */
-                CMUL(cp[2 * j], cp[2 * j + 1], qb[2 * j], qb[2 * j + 1], pr, pi);
-                CMUL(pr, pi, ur, ui, vr, vi);  /* s corr */
+                float ur, ui, vr, vi, ar, ai, br, bi;
+                s4w_terms(hd, opz, J, j, cp, qb, qp, &ur, &ui, &vr, &vi);
                 /* df/dt = k_cb - 2 s corr + (s corr)(s/D) k_qp */
                 CMUL(vr, vi, ur, ui, ar, ai);
                 CMUL(ar, ai, qp[2 * j], qp[2 * j + 1], br, bi);
