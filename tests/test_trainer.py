@@ -319,6 +319,35 @@ def test_ssm_learning_rate_and_weight_decay_override_the_layer_hints():
     assert all(where[id(p)]["lr"] == 2e-3 for p in others)
 
 
+def test_cpu_optimizer_is_torchs_fused_adamw_with_the_default_kernels_values():
+    # the fused CPU kernel is chosen for float32 / float64 CPU parameters; five steps give the same
+    # parameters as AdamW's default (per-list) kernel with the same groups, to rounding (an ulp or two)
+    from ssmkit.train import make_optimizer
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        model = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=1), 3).to(dtype)
+        twin = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=1), 3).to(dtype)
+        twin.load_state_dict(model.state_dict())
+        opt = make_optimizer(model, _cfg(weight_decay=0.1))
+        assert all(g["fused"] for g in opt.param_groups)
+        ref = torch.optim.AdamW([{k: v for k, v in g.items() if k not in ("params", "fused", "foreach")}
+                                 | {"params": [dict(twin.named_parameters())[n] for n, p in model.named_parameters()
+                                               if any(p is q for q in g["params"])]}
+                                 for g in opt.param_groups], foreach=True)
+        for _ in range(5):
+            for p, q in zip(model.parameters(), twin.parameters()):
+                g = torch.randn_like(p)
+                p.grad, q.grad = g, g.clone()
+            opt.step()
+            ref.step()
+        for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(p, q, rtol=4 * torch.finfo(dtype).eps, atol=1e-7 if dtype == torch.float32 else 1e-15, msg=n)
+    # half precision keeps torch's default kernel (the fused one rounds differently there)
+    half = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=1), 3).to(torch.bfloat16)
+    assert not any(g["fused"] for g in make_optimizer(half, _cfg()).param_groups)
+
+
 def test_autocast_follows_the_model_device(monkeypatch):
     import ssmkit.train.trainer as trainer
 
