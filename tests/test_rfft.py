@@ -34,3 +34,18 @@ def test_bad_input_named():
         rfft(torch.arange(4), 4)
     with raises_naming(ValueError, "x"):
         rfft(torch.tensor(1.0), 4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 1024])
+def test_bin_weights_count_each_frequency_once(n):
+    # bin k of a length-n rfft stands for frequencies k and n - k: the weights sum to n, and
+    # summing c_k |X_k|^2 gives Parseval's n Σ x² for a real signal
+    from ssmkit.ops.rfft import bin_weights
+
+    c = bin_weights(n, dtype=torch.float64)
+    assert c.shape == (n // 2 + 1,) and float(c.sum()) == n
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    X = torch.fft.rfft(x)
+    torch.testing.assert_close((c * X.abs() ** 2).sum(), n * (x ** 2).sum(), rtol=1e-12, atol=1e-12)
+    with raises_naming(ValueError, "n"):
+        bin_weights(0)

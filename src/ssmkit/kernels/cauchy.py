@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 from .._checks import (FULL_PRECISION, check_bool, check_choice, check_positive, check_positive_int, check_tensor,
                        value_checks_enabled)
 from ..ops import _native
-from ..ops.rfft import rfft
+from ..ops.rfft import bin_weights, rfft
 from .naive import naive_kernel
 from .vandermonde import native_backward, native_forward, vandermonde_kernel
 
@@ -111,21 +111,15 @@ def _woodbury(k, s, dt, r: int):
     return dt.unsqueeze(-1) * (k_cb - s * corr)
 
 
-def _rfft_weights(L: int, J: int, dtype, device) -> torch.Tensor:
-    """``c_j``: how many of the L frequencies bin j of a length-L rfft stands for (1 at 0 and at L/2, else 2)."""
-    c = torch.full((J,), 2.0, dtype=dtype, device=device)
-    c[0] = 1
-    if L % 2 == 0:
-        c[-1] = 1
-    return c
+def _roots_of_unity(j: torch.Tensor, L: int) -> torch.Tensor:
+    """``z_j = exp(-2πi j / L)`` for the (real) frequency indices ``j``."""
+    return torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))
 
 
 def _rank1_khat(k, dt, L: int):
     """The rank-1 Woodbury step in torch: ``K̂``, ``s``, ``D = 1 + s k_qp``, ``corr = k_cp k_qb / D`` (each (H, J))."""
-    J = k.shape[-1]
-    j = torch.arange(J, dtype=dt.dtype, device=dt.device)
-    opz = 1 + torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # 1 + z_j
-    s = (dt.unsqueeze(-1) / 2) * opz  # (H, J)
+    z = _roots_of_unity(torch.arange(k.shape[-1], dtype=dt.dtype, device=dt.device), L)
+    s = (dt.unsqueeze(-1) / 2) * (1 + z)  # (H, J)
     k_cb, k_cp, k_qb, k_qp = k.unbind(0)
     D = 1 + s * k_qp
     corr = k_cp * k_qb / D
@@ -143,7 +137,7 @@ def _rank1_grads(k, dt, F, L: int, want_seq: bool, want_dt: bool):
         dfs = torch.stack([-sD * k_qb, -sD * k_cp, sD * s * corr])
         Y = F * dfs.conj()
     if want_dt:
-        c = _rfft_weights(L, k.shape[-1], dt.dtype, dt.device)
+        c = bin_weights(L, dtype=dt.dtype, device=dt.device)
         df_dt = k_cb - 2 * s * corr + s * s * corr * k_qp / D
         g_dt = ((F.conj() * df_dt).real * (c / L)).sum(-1)
     return Y, g_dt
@@ -288,7 +282,7 @@ def _rank1_native(dt: torch.Tensor) -> bool:
 
 def _khat_block(V, lam, dt, j, L: int, r: int, conj_pairs: bool):
     """``K̂`` (H, J) at frequencies ``j`` (J,) from the stacked Cauchy numerators ``V``."""
-    z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))  # (J,)
+    z = _roots_of_unity(j, L)  # (J,)
     x = 1 - z
     s = (dt.unsqueeze(-1) / 2) * (1 + z)  # (H, J)
     k = (_cauchy_conj_sum if conj_pairs else _cauchy_sum)(V, x, s, lam, "Lambda")  # (H, 1 + 2r + r², J)
@@ -317,9 +311,7 @@ def _vandermonde_sequences(V, lam, dt, L: int, conj_pairs: bool):
 def _khat_from_sequences(seq, dt, L: int, r: int, conj_pairs: bool):
     """``K̂`` at all J frequencies from the Vandermonde sequences: their DFTs are the Cauchy sums."""
     k = rfft(seq, n=L) if conj_pairs else torch.fft.fft(seq, n=L)  # rfft: the one-irfft backward
-    J = k.shape[-1]
-    j = torch.arange(J, dtype=dt.dtype, device=dt.device)
-    z = torch.exp(torch.complex(torch.zeros_like(j), -2 * math.pi * j / L))
+    z = _roots_of_unity(torch.arange(k.shape[-1], dtype=dt.dtype, device=dt.device), L)
     s = (dt.unsqueeze(-1) / 2) * (1 + z)
     return _woodbury(k, s, dt, r)
 
