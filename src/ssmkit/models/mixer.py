@@ -196,8 +196,8 @@ class ChannelMixer(nn.Sequential):
         x = match_parameter_dtype(h, lin.weight.dtype)  # the layers' dtype rule (docs/reliability.md)
         if torch.is_autocast_enabled(x.device.type):  # autocast picks each product's precision
             y = super().forward(x)
-            return y if residual is None else residual + y
-        if residual is not None and residual.dtype == x.dtype == h.dtype:
+        elif residual is not None and residual.dtype == x.dtype == h.dtype:
             return channel_mixer(x, lin.weight, lin.bias, residual=residual)
-        y = channel_mixer(x, lin.weight, lin.bias).to(h.dtype)
+        else:
+            y = channel_mixer(x, lin.weight, lin.bias).to(h.dtype)
         return y if residual is None else residual + y
