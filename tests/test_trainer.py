@@ -343,6 +343,9 @@ def test_cpu_optimizer_is_torchs_fused_adamw_with_the_default_kernels_values():
             ref.step()
         for (n, p), q in zip(model.named_parameters(), twin.parameters()):
             torch.testing.assert_close(p, q, rtol=4 * torch.finfo(dtype).eps, atol=1e-7 if dtype == torch.float32 else 1e-15, msg=n)
+    frozen = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=1), 3).requires_grad_(False)
+    with raises_naming(ValueError, "trainable parameters"):
+        make_optimizer(frozen, _cfg())
     # half precision keeps torch's default kernel (the fused one rounds differently there)
     half = SequenceClassifier(Backbone(8, 1, "s4d", {"d_state": 4}, d_input=1), 3).to(torch.bfloat16)
     assert not any(g["fused"] for g in make_optimizer(half, _cfg()).param_groups)

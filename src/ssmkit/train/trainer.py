@@ -68,7 +68,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     # torch's fused CPU kernel: the default (per-list) kernel's float32/float64 values to rounding, in
     # about a third of the time for the demo's 46 small tensors; other cases keep the default
     params = [p for ps in groups.values() for p in ps]
-    fused = bool(params) and all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params)
+    if not params:
+        raise ValueError("model has no trainable parameters (every parameter has requires_grad=False)")
+    fused = all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params)
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd, "base_lr": lr}
                               for (lr, wd), ps in groups.items()], fused=True if fused else None)
 
