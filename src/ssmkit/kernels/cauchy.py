@@ -247,12 +247,12 @@ class _S4Rank1(torch.autograd.Function):
         H, M = lam.shape
         g_rest, g_dt = _rank1_backward(k, dt, gK, L, ctx.native, True, ctx.needs_input_grad[5])
         # the cb rows' gradient is Δ ∂K: the (linear) sums of ∂K, scaled by Δ per channel afterwards
-        gw0, gcoef0 = native_backward(w64[:H], cb64[:H], gK, True, True)
-        gw, gcoef = native_backward(w64[H:], cb64[H:], g_rest.view(3 * H, L), True, True)
+        gw, gcoef = native_backward(w64[:H], cb64, [gK, *g_rest.unbind(0)], True, True)
+        gw, gcoef = gw.view(4, H, M), gcoef.view(4, H, M)
         cd = lam.dtype
         d64 = dt.to(torch.float64).unsqueeze(-1)
-        glog_r = (gw0 * d64 + gw.view(3, H, M).sum(0)).to(cd)
-        gcoef = torch.cat([(gcoef0 * d64).unsqueeze(0), gcoef.view(3, H, M)]).to(cd)
+        glog_r = (gw[0] * d64 + gw[1:].sum(0)).to(cd)
+        gcoef = torch.cat([(gcoef[0] * d64).unsqueeze(0), gcoef[1:]]).to(cd)
         rden = (1 / den).conj()
         gV = gcoef * rden
         gden = -(gcoef * coef.conj()).sum(0) * rden

@@ -17,14 +17,18 @@ the same way. Each power is the product of two exponentials, a relative error of
 On the CPU the real kernel (``conj_pairs``) is computed by a native kernel instead
 (``ops/_native/vandermonde.c``): the powers by the recurrence ``e^{(k+1) w} = e^{k w} e^{w}`` in
 double precision (relative error ~k ulp of double, ~1e-13 at L = 4096), the modes of a channel
-vectorised, and its backward in one pass over the lags:
+vectorised, and its backward
 
-    ∂CB_n = 2 conj(Σ_k ∂K_k e^{k w_n}),   ∂w_n = 2 conj(CB_n Σ_k k ∂K_k e^{k w_n}).
+    ∂CB_n = 2 conj(Σ_k ∂K_k e^{k w_n}),   ∂w_n = 2 conj(CB_n Σ_k k ∂K_k e^{k w_n})
+
+in tiles of lags ``k = b T + t``: each tile's sums against one table of ``e^{t w}``, added times
+``e^{b T w}`` (no complex product per term; docs/lti.md).
 
 The blocked torch computation above stays as the route for other devices (``method="torch"``).
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Optional
 
@@ -72,16 +76,20 @@ def native_forward(w: torch.Tensor, CB: torch.Tensor, L: int, real_dtype: torch.
     return K.to(real_dtype), w64, cb64
 
 
-def native_backward(w64: torch.Tensor, cb64: torch.Tensor, gK: torch.Tensor, want_w: bool, want_cb: bool):
-    """Gradients (complex128 (R, M), or None where not wanted) of w and CB from ``gK`` (R, L)."""
-    R, M = w64.shape[:2]
-    single = gK.dtype == torch.float32  # read as it is, widened row by row in the kernel
-    gK = (gK if single else gK.to(torch.float64)).contiguous()
-    gw = torch.empty_like(w64) if want_w else None
+def native_backward(w64: torch.Tensor, cb64: torch.Tensor, gKs, want_w: bool, want_cb: bool):
+    """Gradients (complex128 (X H, M), or None where not wanted) of every row's w and CB, for X row blocks
+    that share their modes: ``w64`` (H, M, 2) as :func:`native_forward` returned it for one block, ``cb64``
+    (X H, M, 2), and ``gKs`` the X blocks' gradients, each (H, L). The blocks share the power tables."""
+    H, M = w64.shape[:2]
+    X = len(gKs)
+    single = all(g.dtype == torch.float32 for g in gKs)  # read as they are, widened row by row in the kernel
+    gKs = [(g if single else g.to(torch.float64)).contiguous() for g in gKs]
+    gw = torch.empty_like(cb64) if want_w else None
     gcb = torch.empty_like(cb64) if want_cb else None
     if gw is not None or gcb is not None:
-        if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), gK.data_ptr(), int(single),
-                                         _native.ptr(gw), _native.ptr(gcb), R, M, gK.shape[1],
+        rows = (ctypes.c_void_p * X)(*(g.data_ptr() for g in gKs))
+        if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), ctypes.addressof(rows), int(single),
+                                         _native.ptr(gw), _native.ptr(gcb), X, H, M, gKs[0].shape[1],
                                          torch.get_num_threads()):
             raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
     return tuple(None if g is None else torch.view_as_complex(g) for g in (gw, gcb))
@@ -102,7 +110,7 @@ class _NativeVandermonde(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gK):
         w64, cb64 = ctx.saved_tensors
-        grads = native_backward(w64, cb64, gK, *ctx.needs_input_grad[:2])
+        grads = native_backward(w64, cb64, [gK], *ctx.needs_input_grad[:2])
         out = [None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return out[0], out[1], None, None
 

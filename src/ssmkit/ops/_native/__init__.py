@@ -56,7 +56,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 11
+_ABI = 12
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -247,7 +247,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mix_bwd_f32.restype = I
     lib.vdm_fwd_f64.argtypes = [P] * 3 + [I] + [L] * 3 + [I]  # Vandermonde kernel (ssmkit.kernels.vandermonde)
     lib.vdm_fwd_f64.restype = I
-    lib.vdm_bwd_f64.argtypes = [P] * 3 + [I] + [P] * 2 + [L] * 3 + [I]
+    lib.vdm_bwd_f64.argtypes = [P] * 3 + [I] + [P] * 2 + [L] * 4 + [I]
     lib.vdm_bwd_f64.restype = I
     lib.s4w_fwd_f32.argtypes = [P] * 3 + [L] * 3 + [I]  # S4's rank-1 Woodbury step (ssmkit.kernels.cauchy)
     lib.s4w_fwd_f32.restype = I

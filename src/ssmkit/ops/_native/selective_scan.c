@@ -121,7 +121,7 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #undef SSM_LOG1P
 #undef SSM_EXPM1
 
-int ssm_abi_version(void) { return 11; }
+int ssm_abi_version(void) { return 12; }
 
 #else /* template body */
 

@@ -4,10 +4,14 @@
  * torch's convention for complex gradients (conj of the derivative for a real loss):
  *     S0[r, m] = sum_l gK[r, l] E[r, m, l],   S1[r, m] = sum_l l gK[r, l] E[r, m, l]
  *     gCB = 2 conj(S0),   gw = 2 conj(CB S1)
- * The powers come from the recurrence E_{l+1} = E_l e^w (one complex product per term, the modes
- * of a row vectorised), so the relative error of E_l grows about like l ulp of double: ~1e-13
+ * The forward's powers come from the recurrence E_{l+1} = E_l e^w (one complex product per term, the
+ * modes of a row vectorised), so the relative error of E_l grows about like l ulp of double: ~1e-13
  * at L = 4096, far below the float32 the layers use. Blocks of VDM_W modes keep their powers and
- * sums in registers across all lags. Complex numbers are (re, im) pairs,
+ * sums in registers across all lags. The backward splits the lags into tiles of T,
+ * l = b T + t, E_l = e^{b T w} e^{t w}: a tile's sums against one table of e^{t w} need no complex
+ * product per term (four multiply-adds per mode and lag, vectorised over the lags), and are added
+ * to the totals times the tile's anchor e^{b T w}. Rows that share their modes (S4's four sums of
+ * a channel) share the table and the anchors. Complex numbers are (re, im) pairs,
  * row-major (R, M). Threads split the rows; each row's sums have one fixed order, so the
  * results do not depend on the number of threads. */
 #include <math.h>
@@ -16,6 +20,8 @@
 #include "native_common.h"
 
 #define VDM_W 8 /* modes per block (two AVX registers): their powers and sums stay in registers across the lags */
+#define VDM_T 128 /* lags per tile of the backward (at most): one table of e^{t w}, t < T, serves every tile */
+#define VDM_G 3  /* modes per group of the backward: 3 modes x 4 sums = 12 accumulators, four lags each */
 
 /* e^w for modes m0 .. m0 + VDM_W of a row (zero past the row's M modes) */
 static void vdm_step(const double *w, long m0, long M, double *ar, double *ai) {
@@ -52,31 +58,34 @@ static void vdm_fwd_block(const double *ar, const double *ai, const double *pr, 
     }
 }
 
-/* S0 = sum_l g_l e^{l w}, S1 = sum_l l g_l e^{l w} for the VDM_W modes of a block */
-static void vdm_bwd_block(const double *ar, const double *ai, const double *g, long L, double *s0r, double *s0i,
-                          double *s1r, double *s1i) {
-    __m256d Ar[2], Ai[2], Er[2], Ei[2], S0r[2], S0i[2], S1r[2], S1i[2];
-    for (int v = 0; v < 2; v++) {
-        Ar[v] = _mm256_loadu_pd(ar + 4 * v); Ai[v] = _mm256_loadu_pd(ai + 4 * v);
-        Er[v] = _mm256_set1_pd(1.0); Ei[v] = _mm256_setzero_pd();
-        S0r[v] = S0i[v] = S1r[v] = S1i[v] = _mm256_setzero_pd();
-    }
-    for (long l = 0; l < L; l++) {
-        const __m256d g0 = _mm256_set1_pd(g[l]), g1 = _mm256_set1_pd(g[l] * (double)l);
-        for (int v = 0; v < 2; v++) {
-            S0r[v] = _mm256_fmadd_pd(g0, Er[v], S0r[v]);
-            S0i[v] = _mm256_fmadd_pd(g0, Ei[v], S0i[v]);
-            S1r[v] = _mm256_fmadd_pd(g1, Er[v], S1r[v]);
-            S1i[v] = _mm256_fmadd_pd(g1, Ei[v], S1i[v]);
-            const __m256d t = _mm256_fmsub_pd(Er[v], Ar[v], _mm256_mul_pd(Ei[v], Ai[v]));
-            Ei[v] = _mm256_fmadd_pd(Er[v], Ai[v], _mm256_mul_pd(Ei[v], Ar[v]));
-            Er[v] = t;
+/* u (G x 4 sums x 4 lanes): the tile's sums U0 = sum_t g_t P_t, U1 = sum_t lg_t P_t (re, im) for the group's
+ * modes k < G, over its T lags (a multiple of 4) against the table P_t = e^{t w_k} = (tr, ti)[k * VDM_T + t];
+ * lane i sums the lags t = i mod 4 */
+static inline __attribute__((always_inline)) void vdm_tile_g(const double *tr, const double *ti, const double *g,
+                                                             const double *lg, long T, const int G, double *u) {
+    __m256d a[VDM_G][4];
+    for (int k = 0; k < G; k++) a[k][0] = a[k][1] = a[k][2] = a[k][3] = _mm256_setzero_pd();
+    for (long t = 0; t < T; t += 4) {
+        const __m256d gv = _mm256_loadu_pd(g + t), lv = _mm256_loadu_pd(lg + t);
+        for (int k = 0; k < G; k++) {
+            __m256d pr = _mm256_loadu_pd(tr + k * VDM_T + t), pi = _mm256_loadu_pd(ti + k * VDM_T + t);
+#if defined(__GNUC__)
+            __asm__("" : "+x"(pr), "+x"(pi)); /* one load each (else the compiler folds each into both its products) */
+#endif
+            a[k][0] = _mm256_fmadd_pd(gv, pr, a[k][0]);
+            a[k][1] = _mm256_fmadd_pd(gv, pi, a[k][1]);
+            a[k][2] = _mm256_fmadd_pd(lv, pr, a[k][2]);
+            a[k][3] = _mm256_fmadd_pd(lv, pi, a[k][3]);
         }
     }
-    for (int v = 0; v < 2; v++) {
-        _mm256_storeu_pd(s0r + 4 * v, S0r[v]); _mm256_storeu_pd(s0i + 4 * v, S0i[v]);
-        _mm256_storeu_pd(s1r + 4 * v, S1r[v]); _mm256_storeu_pd(s1i + 4 * v, S1i[v]);
-    }
+    for (int k = 0; k < G; k++)
+        for (int j = 0; j < 4; j++) _mm256_storeu_pd(u + 16 * k + 4 * j, a[k][j]);
+}
+
+static void vdm_tile(const double *tr, const double *ti, const double *g, const double *lg, long T, int G, double *u) {
+    if (G == 3) vdm_tile_g(tr, ti, g, lg, T, 3, u);
+    else if (G == 2) vdm_tile_g(tr, ti, g, lg, T, 2, u);
+    else vdm_tile_g(tr, ti, g, lg, T, 1, u);
 }
 #else
 static void vdm_fwd_block(const double *ar, const double *ai, const double *pr0, const double *pi0, double *k, long L) {
@@ -94,24 +103,84 @@ static void vdm_fwd_block(const double *ar, const double *ai, const double *pr0,
     }
 }
 
-static void vdm_bwd_block(const double *ar, const double *ai, const double *g, long L, double *s0r, double *s0i,
-                          double *s1r, double *s1i) {
-    double er[VDM_W], ei[VDM_W];
-    for (int q = 0; q < VDM_W; q++) { er[q] = 1.0; ei[q] = 0.0; s0r[q] = s0i[q] = s1r[q] = s1i[q] = 0.0; }
-    for (long l = 0; l < L; l++) {
-        const double g0 = g[l], g1 = g[l] * (double)l;
-        for (int q = 0; q < VDM_W; q++) {
-            s0r[q] += g0 * er[q];
-            s0i[q] += g0 * ei[q];
-            s1r[q] += g1 * er[q];
-            s1i[q] += g1 * ei[q];
-            const double t = er[q] * ar[q] - ei[q] * ai[q];
-            ei[q] = er[q] * ai[q] + ei[q] * ar[q];
-            er[q] = t;
+static void vdm_tile(const double *tr, const double *ti, const double *g, const double *lg, long T, int G, double *u) {
+    for (int i = 0; i < 16 * G; i++) u[i] = 0.0;
+    for (long t = 0; t < T; t++)
+        for (int k = 0; k < G; k++) {
+            double *uk = u + 16 * k + (t & 3);
+            uk[0] += g[t] * tr[k * VDM_T + t];
+            uk[4] += g[t] * ti[k * VDM_T + t];
+            uk[8] += lg[t] * tr[k * VDM_T + t];
+            uk[12] += lg[t] * ti[k * VDM_T + t];
+        }
+}
+#endif
+
+/* The table e^{t w_k} (t < T: P_1..P_4 by products, then four chains P_{t+4} = P_t P_4, <= T/4 + 4 ulp) and the
+ * anchors anc[b] = e^{b T w_k} (b < nb: A_{b+1} = A_b e^{T w}, e^{T w} = P_{T-1} P_1, <= nb (T/4 + 5) ulp) of the
+ * group's G modes w + 2 m0: one exp, cos and sin per mode */
+static void vdm_table(const double *w, long m0, int G, long T, long nb, double *tr, double *ti, double *anc) {
+    double ar[VDM_G], ai[VDM_G], a4r[VDM_G], a4i[VDM_G];
+    for (int k = 0; k < G; k++) {
+        double *r = tr + k * VDM_T, *i = ti + k * VDM_T;
+        const double mag = exp(w[2 * (m0 + k)]);
+        ar[k] = mag * cos(w[2 * (m0 + k) + 1]);
+        ai[k] = mag * sin(w[2 * (m0 + k) + 1]);
+        r[0] = 1.0; i[0] = 0.0;
+        for (long t = 1; t < 4; t++) {
+            r[t] = r[t - 1] * ar[k] - i[t - 1] * ai[k];
+            i[t] = r[t - 1] * ai[k] + i[t - 1] * ar[k];
+        }
+        a4r[k] = r[3] * ar[k] - i[3] * ai[k];
+        a4i[k] = r[3] * ai[k] + i[3] * ar[k];
+    }
+    for (long t = 4; t < T; t += 4) /* T is a multiple of 4: the modes' chains interleave, four lags at a time */
+        for (int k = 0; k < G; k++) {
+            double *r = tr + k * VDM_T + t, *i = ti + k * VDM_T + t;
+            for (int j = 0; j < 4; j++) {
+                r[j] = r[j - 4] * a4r[k] - i[j - 4] * a4i[k];
+                i[j] = r[j - 4] * a4i[k] + i[j - 4] * a4r[k];
+            }
+        }
+    for (int k = 0; k < G; k++) {
+        const double *r = tr + k * VDM_T, *i = ti + k * VDM_T;
+        const double br = r[T - 1] * ar[k] - i[T - 1] * ai[k], bi = r[T - 1] * ai[k] + i[T - 1] * ar[k];
+        double cr = 1.0, ci = 0.0;
+        for (long b = 0; b < nb; b++) {
+            anc[2 * (b * VDM_G + k)] = cr; anc[2 * (b * VDM_G + k) + 1] = ci;
+            const double t = cr * br - ci * bi;
+            ci = cr * bi + ci * br;
+            cr = t;
         }
     }
 }
-#endif
+
+/* s (G x 4): (S0 re, S0 im, S1 re, S1 im) of the group's modes for one row (g, lg padded with zeros to nb T),
+ * S = sum_b A_b U_b over its tiles */
+static void vdm_bwd_group(const double *tr, const double *ti, const double *anc, const double *g, const double *lg,
+                          long T, long nb, int G, double *s) {
+    double u[16 * VDM_G], acc[16 * VDM_G];
+    for (int i = 0; i < 16 * G; i++) acc[i] = 0.0;
+    for (long b = 0; b < nb; b++) {
+        vdm_tile(tr, ti, g + b * T, lg + b * T, T, G, u);
+        for (int k = 0; k < G; k++) {
+            const double cr = anc[2 * (b * VDM_G + k)], ci = anc[2 * (b * VDM_G + k) + 1];
+            double *a = acc + 16 * k;
+            const double *v = u + 16 * k;
+            for (int i = 0; i < 4; i++) {
+                a[i] += cr * v[i] - ci * v[4 + i];
+                a[4 + i] += cr * v[4 + i] + ci * v[i];
+                a[8 + i] += cr * v[8 + i] - ci * v[12 + i];
+                a[12 + i] += cr * v[12 + i] + ci * v[8 + i];
+            }
+        }
+    }
+    for (int k = 0; k < G; k++)
+        for (int j = 0; j < 4; j++) {
+            const double *a = acc + 16 * k + 4 * j;
+            s[4 * k + j] = (a[0] + a[1]) + (a[2] + a[3]);
+        }
+}
 
 /* K (R, L) is float64, or float32 (out_single: each row summed in double in the thread's buffer, then rounded) */
 int vdm_fwd_f64(const double *w, const double *cb, void *K, int out_single, long R, long M, long L, int nthreads) {
@@ -141,36 +210,50 @@ int vdm_fwd_f64(const double *w, const double *cb, void *K, int out_single, long
     return 0;
 }
 
-/* gw, gcb (R, M) complex; either may be NULL (not wanted) */
-int vdm_bwd_f64(const double *w, const double *cb, const void *gK, int gk_single, double *gw, double *gcb, long R,
-                long M, long L, int nthreads) {
+/* Rows x H + h (x < X) share the modes w[h] (H, M); gK[x] (H, L) is their gradient, float32 (gk_single) or
+ * float64; gw, gcb (X H, M) complex, either may be NULL (not wanted) */
+int vdm_bwd_f64(const double *w, const double *cb, const void *const *gK, int gk_single, double *gw, double *gcb,
+                long X, long H, long M, long L, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
-    /* gK is float32 (gk_single) or float64; a float32 row is widened into the thread's buffer */
-    double *rows = gk_single ? (double *)malloc((size_t)(nth * (L > 0 ? L : 1)) * sizeof(double)) : NULL;
-    if (gk_single && !rows) return 1;
+    const long T = L >= VDM_T ? VDM_T : ((L + 3) / 4) * 4, nb = T > 0 ? (L + T - 1) / T : 0, Lp = nb * T;
+    /* per thread: the X rows g and l g as double, padded with zeros to Lp; the group's table and anchors */
+    const long stride = 2 * X * Lp + 2 * VDM_G * VDM_T + 2 * VDM_G * nb;
+    double *buf = (double *)malloc((size_t)(nth * (stride > 0 ? stride : 1)) * sizeof(double));
+    if (!buf) return 1;
 #pragma omp parallel for schedule(static) num_threads(nth)
-    for (long r = 0; r < R; r++) {
-        const double *wr = w + 2 * r * M, *g = (const double *)gK + r * L;
-        if (gk_single) {
-            double *buf = rows + ssm_thread_id() * L;
-            const float *gf = (const float *)gK + r * L;
-            for (long l = 0; l < L; l++) buf[l] = (double)gf[l];
-            g = buf;
+    for (long h = 0; h < H; h++) {
+        double *gx = buf + ssm_thread_id() * stride, *tr = gx + 2 * X * Lp, *ti = tr + VDM_G * VDM_T,
+               *anc = ti + VDM_G * VDM_T;
+        for (long x = 0; x < X; x++) {
+            double *g = gx + 2 * x * Lp, *lg = g + Lp, li = 0.0;
+            if (gk_single) {
+                const float *src = (const float *)gK[x] + h * L;
+                for (long l = 0; l < L; l++) g[l] = (double)src[l];
+            } else {
+                const double *src = (const double *)gK[x] + h * L;
+                for (long l = 0; l < L; l++) g[l] = src[l];
+            }
+            for (long l = L; l < Lp; l++) g[l] = 0.0;
+            for (long l = 0; l < Lp; l++, li += 1.0) lg[l] = li * g[l];
         }
-        for (long m0 = 0; m0 < M; m0 += VDM_W) {
-            double ar[VDM_W], ai[VDM_W], s0r[VDM_W], s0i[VDM_W], s1r[VDM_W], s1i[VDM_W];
-            vdm_step(wr, m0, M, ar, ai);
-            vdm_bwd_block(ar, ai, g, L, s0r, s0i, s1r, s1i);
-            for (int q = 0; q < VDM_W && m0 + q < M; q++) {
-                const long i = 2 * (r * M + m0 + q);
-                if (gcb) { gcb[i] = 2.0 * s0r[q]; gcb[i + 1] = -2.0 * s0i[q]; }
-                if (gw) { /* 2 conj(CB S1) */
-                    gw[i] = 2.0 * (cb[i] * s1r[q] - cb[i + 1] * s1i[q]);
-                    gw[i + 1] = -2.0 * (cb[i] * s1i[q] + cb[i + 1] * s1r[q]);
+        for (long m0 = 0; m0 < M; m0 += VDM_G) {
+            const int G = M - m0 < VDM_G ? (int)(M - m0) : VDM_G;
+            vdm_table(w + 2 * h * M, m0, G, T, nb, tr, ti, anc);
+            for (long x = 0; x < X; x++) {
+                double s[4 * VDM_G];
+                vdm_bwd_group(tr, ti, anc, gx + 2 * x * Lp, gx + 2 * x * Lp + Lp, T, nb, G, s);
+                for (int k = 0; k < G; k++) {
+                    const long i = 2 * ((x * H + h) * M + m0 + k);
+                    const double s1r = s[4 * k + 2], s1i = s[4 * k + 3];
+                    if (gcb) { gcb[i] = 2.0 * s[4 * k]; gcb[i + 1] = -2.0 * s[4 * k + 1]; }
+                    if (gw) { /* 2 conj(CB S1) */
+                        gw[i] = 2.0 * (cb[i] * s1r - cb[i + 1] * s1i);
+                        gw[i + 1] = -2.0 * (cb[i] * s1i + cb[i + 1] * s1r);
+                    }
                 }
             }
         }
     }
-    free(rows);
+    free(buf);
     return 0;
 }
