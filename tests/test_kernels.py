@@ -324,9 +324,9 @@ def test_native_vandermonde_gradients_equal_the_blocked_route(dtype, tol):
 @needs_native
 @pytest.mark.parametrize("shape,L", [((2, 13), 3000), ((3, 11), 150), ((2, 2), 5), ((4, 1), 1), ((2, 3), 128)])
 def test_native_vandermonde_gradients_equal_cumulative_powers(shape, L):
-    """The backward's tiles of 128 lags: the table e^{t w} and the anchors e^{b T w} each err by at most
-    ~T/4 and ~L/T ulp of float64; autograd through the cumulative products is the reference. M = 13
-    and 11 end in a partial group of modes, L = 150 and 5 in a partial tile, L = 128 fills one tile."""
+    """The backward's tiles of at most 128 lags: the table e^{t w} and the anchors e^{b T w} each err by
+    at most ~T/8 + 8 and ~L/T ulp of float64; autograd through the cumulative products is the reference.
+    M = 13 and 11 end in a partial group of modes, L = 150, 5 and 1 pad their tiles with zeros."""
     w, CB = _modes(shape, L)
     gK = torch.randn(*shape[:-1], L, dtype=f64, generator=torch.Generator().manual_seed(L))
     got = torch.autograd.grad(vandermonde_kernel(w.requires_grad_(), CB.requires_grad_(), L, method="native"), (w, CB), gK)

@@ -63,24 +63,26 @@ def _exp_outer(w: torch.Tensor, idx: torch.Tensor, scale: int) -> torch.Tensor:
 
 def native_forward(w: torch.Tensor, CB: torch.Tensor, L: int, real_dtype: torch.dtype):
     """``2 Re Σ_n CB_n e^{k w_n}`` for w, CB (R, M) complex on the CPU by the native kernel, outside
-    autograd: returns K (R, L) in ``real_dtype`` and the complex128 operands (as (R, M, 2) reals)
-    that :func:`native_backward` takes."""
-    w64 = torch.view_as_real(w.to(torch.complex128).contiguous())
+    autograd: returns K (R, L) in ``real_dtype`` and the complex128 operands ``z = e^w`` and CB (as
+    (R, M, 2) reals) that :func:`native_backward` takes. The kernels take ``e^w``, computed here once
+    (vectorised) for both directions."""
+    w = w.to(torch.complex128)
+    z64 = torch.view_as_real(torch.polar(torch.exp(w.real), w.imag).contiguous())
     cb64 = torch.view_as_real(CB.to(torch.complex128).contiguous())
     R, M = w.shape
     single = real_dtype == torch.float32  # summed in double, rounded as the kernel writes it
     K = torch.empty(R, L, dtype=torch.float32 if single else torch.float64)
-    if _native.library().vdm_fwd_f64(w64.data_ptr(), cb64.data_ptr(), K.data_ptr(), int(single), R, M, L,
+    if _native.library().vdm_fwd_f64(z64.data_ptr(), cb64.data_ptr(), K.data_ptr(), int(single), R, M, L,
                                      torch.get_num_threads()):
         raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
-    return K.to(real_dtype), w64, cb64
+    return K.to(real_dtype), z64, cb64
 
 
-def native_backward(w64: torch.Tensor, cb64: torch.Tensor, gKs, want_w: bool, want_cb: bool):
+def native_backward(z64: torch.Tensor, cb64: torch.Tensor, gKs, want_w: bool, want_cb: bool):
     """Gradients (complex128 (X H, M), or None where not wanted) of every row's w and CB, for X row blocks
-    that share their modes: ``w64`` (H, M, 2) as :func:`native_forward` returned it for one block, ``cb64``
-    (X H, M, 2), and ``gKs`` the X blocks' gradients, each (H, L). The blocks share the power tables."""
-    H, M = w64.shape[:2]
+    that share their modes: ``z64`` (H, M, 2), ``e^w`` as :func:`native_forward` returned it for one block,
+    ``cb64`` (X H, M, 2), and ``gKs`` the X blocks' gradients, each (H, L). The blocks share the power tables."""
+    H, M = z64.shape[:2]
     X = len(gKs)
     single = all(g.dtype == torch.float32 for g in gKs)  # read as they are, widened row by row in the kernel
     gKs = [(g if single else g.to(torch.float64)).contiguous() for g in gKs]
@@ -88,7 +90,7 @@ def native_backward(w64: torch.Tensor, cb64: torch.Tensor, gKs, want_w: bool, wa
     gcb = torch.empty_like(cb64) if want_cb else None
     if gw is not None or gcb is not None:
         rows = (ctypes.c_void_p * X)(*(g.data_ptr() for g in gKs))
-        if _native.library().vdm_bwd_f64(w64.data_ptr(), cb64.data_ptr(), ctypes.addressof(rows), int(single),
+        if _native.library().vdm_bwd_f64(z64.data_ptr(), cb64.data_ptr(), ctypes.addressof(rows), int(single),
                                          _native.ptr(gw), _native.ptr(gcb), X, H, M, gKs[0].shape[1],
                                          torch.get_num_threads()):
             raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
@@ -101,16 +103,16 @@ class _NativeVandermonde(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, CB, L, real_dtype):
-        K, w64, cb64 = native_forward(w, CB, L, real_dtype)
-        ctx.save_for_backward(w64, cb64)
+        K, z64, cb64 = native_forward(w, CB, L, real_dtype)
+        ctx.save_for_backward(z64, cb64)
         ctx.dtypes = (w.dtype, CB.dtype)
         return K
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gK):
-        w64, cb64 = ctx.saved_tensors
-        grads = native_backward(w64, cb64, [gK], *ctx.needs_input_grad[:2])
+        z64, cb64 = ctx.saved_tensors
+        grads = native_backward(z64, cb64, [gK], *ctx.needs_input_grad[:2])
         out = [None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return out[0], out[1], None, None
 

@@ -1,6 +1,7 @@
 /* The diagonal SSM kernel as a Vandermonde product, forward and backward, in double precision:
  *     K[r, l] = 2 Re sum_m CB[r, m] E[r, m, l],   E[r, m, l] = exp(l w[r, m]),   l < L
- * for rows r < R of M modes (w = log of the discrete eigenvalue). With gK = dLoss/dK (real), in
+ * for rows r < R of M modes (w = log of the discrete eigenvalue; the kernels take z = e^w, computed once by
+ * the caller for both directions). With gK = dLoss/dK (real), in
  * torch's convention for complex gradients (conj of the derivative for a real loss):
  *     S0[r, m] = sum_l gK[r, l] E[r, m, l],   S1[r, m] = sum_l l gK[r, l] E[r, m, l]
  *     gCB = 2 conj(S0),   gw = 2 conj(CB S1)
@@ -14,7 +15,6 @@
  * a channel) share the table and the anchors. Complex numbers are (re, im) pairs,
  * row-major (R, M). Threads split the rows; each row's sums have one fixed order, so the
  * results do not depend on the number of threads. */
-#include <math.h>
 #include <stdlib.h>
 
 #include "native_common.h"
@@ -23,13 +23,12 @@
 #define VDM_T 128 /* lags per tile of the backward (at most): one table of e^{t w}, t < T, serves every tile */
 #define VDM_G 3  /* modes per group of the backward: 3 modes x 4 sums = 12 accumulators, four lags each */
 
-/* e^w for modes m0 .. m0 + VDM_W of a row (zero past the row's M modes) */
-static void vdm_step(const double *w, long m0, long M, double *ar, double *ai) {
+/* z = e^w for modes m0 .. m0 + VDM_W of a row (zero past the row's M modes) */
+static void vdm_step(const double *z, long m0, long M, double *ar, double *ai) {
     for (int q = 0; q < VDM_W; q++) {
         if (m0 + q < M) {
-            const double mag = exp(w[2 * (m0 + q)]);
-            ar[q] = mag * cos(w[2 * (m0 + q) + 1]);
-            ai[q] = mag * sin(w[2 * (m0 + q) + 1]);
+            ar[q] = z[2 * (m0 + q)];
+            ai[q] = z[2 * (m0 + q) + 1];
         } else {
             ar[q] = ai[q] = 0.0;
         }
@@ -59,7 +58,7 @@ static void vdm_fwd_block(const double *ar, const double *ai, const double *pr, 
 }
 
 /* u (G x 4 sums x 4 lanes): the tile's sums U0 = sum_t g_t P_t, U1 = sum_t lg_t P_t (re, im) for the group's
- * modes k < G, over its T lags (a multiple of 4) against the table P_t = e^{t w_k} = (tr, ti)[k * VDM_T + t];
+ * modes k < G, over its T lags (a multiple of 8) against the table P_t = e^{t w_k} = (tr, ti)[k * VDM_T + t];
  * lane i sums the lags t = i mod 4 */
 static inline __attribute__((always_inline)) void vdm_tile_g(const double *tr, const double *ti, const double *g,
                                                              const double *lg, long T, const int G, double *u) {
@@ -80,6 +79,27 @@ static inline __attribute__((always_inline)) void vdm_tile_g(const double *tr, c
     }
     for (int k = 0; k < G; k++)
         for (int j = 0; j < 4; j++) _mm256_storeu_pd(u + 16 * k + 4 * j, a[k][j]);
+}
+
+/* the table rows P_{t+8} = P_t P_8 from P_0..P_7 (T a multiple of 8), four lags per register, the G modes'
+ * eight chains each interleaved */
+static void vdm_table_chains(double *tr, double *ti, const double *a8r, const double *a8i, int G, long T) {
+    __m256d Pr[2 * VDM_G], Pi[2 * VDM_G], Ar[VDM_G], Ai[VDM_G];
+    for (int k = 0; k < G; k++) {
+        for (int v = 0; v < 2; v++) {
+            Pr[2 * k + v] = _mm256_loadu_pd(tr + k * VDM_T + 4 * v); Pi[2 * k + v] = _mm256_loadu_pd(ti + k * VDM_T + 4 * v);
+        }
+        Ar[k] = _mm256_set1_pd(a8r[k]); Ai[k] = _mm256_set1_pd(a8i[k]);
+    }
+    for (long t = 8; t < T; t += 8)
+        for (int k = 0; k < G; k++)
+            for (int v = 0; v < 2; v++) {
+                const int c = 2 * k + v;
+                const __m256d r = _mm256_fmsub_pd(Pr[c], Ar[k], _mm256_mul_pd(Pi[c], Ai[k]));
+                Pi[c] = _mm256_fmadd_pd(Pr[c], Ai[k], _mm256_mul_pd(Pi[c], Ar[k]));
+                Pr[c] = r;
+                _mm256_storeu_pd(tr + k * VDM_T + t + 4 * v, Pr[c]); _mm256_storeu_pd(ti + k * VDM_T + t + 4 * v, Pi[c]);
+            }
 }
 
 static void vdm_tile(const double *tr, const double *ti, const double *g, const double *lg, long T, int G, double *u) {
@@ -114,34 +134,38 @@ static void vdm_tile(const double *tr, const double *ti, const double *g, const 
             uk[12] += lg[t] * ti[k * VDM_T + t];
         }
 }
-#endif
-
-/* The table e^{t w_k} (t < T: P_1..P_4 by products, then four chains P_{t+4} = P_t P_4, <= T/4 + 4 ulp) and the
- * anchors anc[b] = e^{b T w_k} (b < nb: A_{b+1} = A_b e^{T w}, e^{T w} = P_{T-1} P_1, <= nb (T/4 + 5) ulp) of the
- * group's G modes w + 2 m0: one exp, cos and sin per mode */
-static void vdm_table(const double *w, long m0, int G, long T, long nb, double *tr, double *ti, double *anc) {
-    double ar[VDM_G], ai[VDM_G], a4r[VDM_G], a4i[VDM_G];
-    for (int k = 0; k < G; k++) {
-        double *r = tr + k * VDM_T, *i = ti + k * VDM_T;
-        const double mag = exp(w[2 * (m0 + k)]);
-        ar[k] = mag * cos(w[2 * (m0 + k) + 1]);
-        ai[k] = mag * sin(w[2 * (m0 + k) + 1]);
-        r[0] = 1.0; i[0] = 0.0;
-        for (long t = 1; t < 4; t++) {
-            r[t] = r[t - 1] * ar[k] - i[t - 1] * ai[k];
-            i[t] = r[t - 1] * ai[k] + i[t - 1] * ar[k];
-        }
-        a4r[k] = r[3] * ar[k] - i[3] * ai[k];
-        a4i[k] = r[3] * ai[k] + i[3] * ar[k];
-    }
-    for (long t = 4; t < T; t += 4) /* T is a multiple of 4: the modes' chains interleave, four lags at a time */
+static void vdm_table_chains(double *tr, double *ti, const double *a8r, const double *a8i, int G, long T) {
+    for (long t = 8; t < T; t += 8)
         for (int k = 0; k < G; k++) {
             double *r = tr + k * VDM_T + t, *i = ti + k * VDM_T + t;
-            for (int j = 0; j < 4; j++) {
-                r[j] = r[j - 4] * a4r[k] - i[j - 4] * a4i[k];
-                i[j] = r[j - 4] * a4i[k] + i[j - 4] * a4r[k];
+            for (int j = 0; j < 8; j++) {
+                r[j] = r[j - 8] * a8r[k] - i[j - 8] * a8i[k];
+                i[j] = r[j - 8] * a8i[k] + i[j - 8] * a8r[k];
             }
         }
+}
+#endif
+
+/* The table e^{t w_k} (t < T: P_1..P_8 by products, then eight chains P_{t+8} = P_t P_8, <= T/8 + 8 ulp) and the
+ * anchors anc[b] = e^{b T w_k} (b < nb: A_{b+1} = A_b e^{T w}, e^{T w} = P_{T-1} P_1, <= nb (T/8 + 9) ulp) of the
+ * group's G modes z + 2 m0 */
+static void vdm_table(const double *z, long m0, int G, long T, long nb, double *tr, double *ti, double *anc) {
+    double ar[VDM_G], ai[VDM_G], a8r[VDM_G], a8i[VDM_G];
+    for (int k = 0; k < G; k++) {
+        /* P_0 .. P_8 as products of depth three (P_8 is the chains' factor), in registers */
+        double pr[9], pi[9];
+        pr[0] = 1.0; pi[0] = 0.0;
+        pr[1] = ar[k] = z[2 * (m0 + k)];
+        pi[1] = ai[k] = z[2 * (m0 + k) + 1];
+        static const int lhs[9] = {0, 0, 1, 2, 2, 4, 4, 4, 4}, rhs[9] = {0, 0, 1, 1, 2, 1, 2, 3, 4};
+        for (int t = 2; t < 9; t++) {
+            pr[t] = pr[lhs[t]] * pr[rhs[t]] - pi[lhs[t]] * pi[rhs[t]];
+            pi[t] = pr[lhs[t]] * pi[rhs[t]] + pi[lhs[t]] * pr[rhs[t]];
+        }
+        for (int t = 0; t < 8; t++) { tr[k * VDM_T + t] = pr[t]; ti[k * VDM_T + t] = pi[t]; }
+        a8r[k] = pr[8]; a8i[k] = pi[8];
+    }
+    vdm_table_chains(tr, ti, a8r, a8i, G, T);
     for (int k = 0; k < G; k++) {
         const double *r = tr + k * VDM_T, *i = ti + k * VDM_T;
         const double br = r[T - 1] * ar[k] - i[T - 1] * ai[k], bi = r[T - 1] * ai[k] + i[T - 1] * ar[k];
@@ -183,18 +207,18 @@ static void vdm_bwd_group(const double *tr, const double *ti, const double *anc,
 }
 
 /* K (R, L) is float64, or float32 (out_single: each row summed in double in the thread's buffer, then rounded) */
-int vdm_fwd_f64(const double *w, const double *cb, void *K, int out_single, long R, long M, long L, int nthreads) {
+int vdm_fwd_f64(const double *z, const double *cb, void *K, int out_single, long R, long M, long L, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
     double *rows = out_single ? (double *)malloc((size_t)(nth * (L > 0 ? L : 1)) * sizeof(double)) : NULL;
     if (out_single && !rows) return 1;
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long r = 0; r < R; r++) {
-        const double *wr = w + 2 * r * M, *c = cb + 2 * r * M;
+        const double *zr = z + 2 * r * M, *c = cb + 2 * r * M;
         double *k = out_single ? rows + ssm_thread_id() * L : (double *)K + r * L;
         for (long l = 0; l < L; l++) k[l] = 0.0;
         for (long m0 = 0; m0 < M; m0 += VDM_W) {
             double ar[VDM_W], ai[VDM_W], pr[VDM_W], pi[VDM_W];
-            vdm_step(wr, m0, M, ar, ai);
+            vdm_step(zr, m0, M, ar, ai);
             for (int q = 0; q < VDM_W; q++) {
                 pr[q] = m0 + q < M ? c[2 * (m0 + q)] : 0.0;
                 pi[q] = m0 + q < M ? c[2 * (m0 + q) + 1] : 0.0;
@@ -210,12 +234,13 @@ int vdm_fwd_f64(const double *w, const double *cb, void *K, int out_single, long
     return 0;
 }
 
-/* Rows x H + h (x < X) share the modes w[h] (H, M); gK[x] (H, L) is their gradient, float32 (gk_single) or
+/* Rows x H + h (x < X) share the modes z[h] = e^{w[h]} (H, M); gK[x] (H, L) is their gradient, float32 (gk_single) or
  * float64; gw, gcb (X H, M) complex, either may be NULL (not wanted) */
-int vdm_bwd_f64(const double *w, const double *cb, const void *const *gK, int gk_single, double *gw, double *gcb,
+int vdm_bwd_f64(const double *z, const double *cb, const void *const *gK, int gk_single, double *gw, double *gcb,
                 long X, long H, long M, long L, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
-    const long T = L >= VDM_T ? VDM_T : ((L + 3) / 4) * 4, nb = T > 0 ? (L + T - 1) / T : 0, Lp = nb * T;
+    /* nb tiles of T lags (a multiple of 8, at most VDM_T), as few and as even as they can be: little padding */
+    const long nb = (L + VDM_T - 1) / VDM_T, T = nb > 0 ? ((L + nb - 1) / nb + 7) / 8 * 8 : 0, Lp = nb * T;
     /* per thread: the X rows g and l g as double, padded with zeros to Lp; the group's table and anchors */
     const long stride = 2 * X * Lp + 2 * VDM_G * VDM_T + 2 * VDM_G * nb;
     double *buf = (double *)malloc((size_t)(nth * (stride > 0 ? stride : 1)) * sizeof(double));
@@ -238,7 +263,7 @@ int vdm_bwd_f64(const double *w, const double *cb, const void *const *gK, int gk
         }
         for (long m0 = 0; m0 < M; m0 += VDM_G) {
             const int G = M - m0 < VDM_G ? (int)(M - m0) : VDM_G;
-            vdm_table(w + 2 * h * M, m0, G, T, nb, tr, ti, anc);
+            vdm_table(z + 2 * h * M, m0, G, T, nb, tr, ti, anc);
             for (long x = 0; x < X; x++) {
                 double s[4 * VDM_G];
                 vdm_bwd_group(tr, ti, anc, gx + 2 * x * Lp, gx + 2 * x * Lp + Lp, T, nb, G, s);
