@@ -261,6 +261,8 @@ def main():
                          "none given: decode only)")
     ap.add_argument("--new-tokens", type=int, default=None, help="decode tokens timed per measurement (default 32)")
     ap.add_argument("--no-decode", action="store_true", help="prompt forward only")
+    ap.add_argument("--decode-batches", nargs="*", type=int, default=[1, 4], metavar="B",
+                    help="batch sizes of the decode rows (default: 1 4)")
     ap.add_argument("--repeats", type=int, default=3, help="rounds per measurement (medians / minima over them)")
     args = ap.parse_args()
     bw, rate = bandwidth(), matmul_rate()
@@ -274,7 +276,8 @@ def main():
         shapes = [(b, L) for L in ((512,) if args.quick else (512, 2048)) for b in (1, 4)]
     n_new = args.new_tokens or (16 if args.quick else 32)
     for name in names:
-        bench_model(name, MODELS[name], shapes, () if args.no_decode else (1, 4), n_new, args.repeats, rows, bw, rate)
+        bench_model(name, MODELS[name], shapes, () if args.no_decode else tuple(args.decode_batches), n_new,
+                    args.repeats, rows, bw, rate)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(bandwidth=bw, matmul=rate, rows=rows), f, indent=1)
