@@ -124,14 +124,15 @@ def test_layer_fused_path_equals_composed_path(make, dtype, tol):
 
 @needs_native
 def test_fused_gradients_do_not_depend_on_thread_count(tmp_path):
-    """The same backward on 1 and 2 threads (child processes) gives bit-identical gradients."""
+    """The same backward on 1 and 2 threads (child processes) gives bit-identical gradients (200
+    channels: the conv kernels split each row into chunks of 128)."""
     code = (
         "import sys, torch\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_mamba_fused import _operands, _grads\n"
         "from ssmkit.ops.mamba_fused import mamba_inner\n"
         "torch.set_num_threads(int(sys.argv[2]))\n"
-        "args = _operands(2, 90, 72, 8, 3, 4, dtype=torch.float32)\n"
+        "args = _operands(2, 90, 200, 8, 3, 4, dtype=torch.float32)\n"
         "y, h, g = _grads(mamba_inner, args, 16)\n"
         "torch.save([y, h, *g], sys.argv[3])\n")
     outs = []
@@ -147,7 +148,7 @@ def test_fused_gradients_do_not_depend_on_thread_count(tmp_path):
 # --- Mamba-2's conv + SiLU of [x, B, C] (mamba2_conv) ---------------------------------------
 
 @needs_native
-@pytest.mark.parametrize("E,GN,H,K,L", [(40, 12, 3, 4, 23), (64, 128, 2, 4, 5), (8, 4, 1, 3, 1)])
+@pytest.mark.parametrize("E,GN,H,K,L", [(40, 12, 3, 4, 23), (64, 128, 2, 4, 5), (8, 4, 1, 3, 1), (300, 12, 3, 4, 9)])
 @pytest.mark.parametrize("with_state", [True, False])
 def test_mamba2_conv_equals_reference_float64_with_gradients(E, GN, H, K, L, with_state):
     from ssmkit.ops.mamba_fused import mamba2_conv, mamba2_conv_ref

@@ -47,6 +47,7 @@ from .selective_scan import CHECKPOINT_EVERY, selective_scan, selective_scan_ref
 __all__ = ["mamba_inner", "mamba_inner_ref", "mamba2_conv", "mamba2_conv_ref", "fused_applies"]
 
 _CB = 32  # channels per vector block in the native kernels (MI_CB)
+_CV_C = 128  # channels per task of the native conv kernels (CV_C): their work buffers hold L rows of it
 _TASKS = 64  # about this many backward tasks (SSM_TASKS)
 
 
@@ -121,8 +122,7 @@ def _fused_forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt
     At = A.detach().t().contiguous()  # (N, E)
     h0 = None if ssm_state is None else ssm_state.detach().contiguous()
     u = xz.new_empty(bsz, L, E)
-    cwork = xz.new_empty(threads * (L + 2 * K) * _CB)
-    _native.kernel("cv_fwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _native.ptr(cb), _native.ptr(win), u.data_ptr(), cwork.data_ptr(),
+    _native.kernel("cv_fwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _native.ptr(cb), _native.ptr(win), u.data_ptr(),
                               bsz, E, L, K, threads)
     xdbl = torch.mm(u.view(-1, E), Wx.t())  # (b L, R + 2N)
     dtr = torch.mm(xdbl[:, :R], Wdt.t())  # (b L, E)
@@ -191,8 +191,8 @@ class _MambaInnerFn(torch.autograd.Function):
         dwt = xz.new_empty(K, E)
         dcb = xz.new_empty(E) if has_cb else None
         dwin = xz.new_empty(bsz, K - 1, E) if has_win else None
-        part2 = xz.new_empty(bsz * nblk * (K + 1) * _CB)
-        work2 = xz.new_empty(threads * (2 * L + 5 * K) * _CB)
+        part2 = xz.new_empty(bsz * (K + 1) * E)
+        work2 = xz.new_empty(threads * L * _CV_C)
         _native.kernel("cv_bwd", dtype)(xz.data_ptr(), E2, wt.data_ptr(), _native.ptr(cb), _native.ptr(win), du2.data_ptr(), dxz.data_ptr(), E2,
                                   _native.ptr(dwin), dwt.data_ptr(), _native.ptr(dcb), part2.data_ptr(), work2.data_ptr(),
                                   bsz, E, L, K, threads)
@@ -253,7 +253,6 @@ def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
     cb = None if conv_bias is None else conv_bias.detach()
     win = None if conv_state is None else conv_state.detach().transpose(1, 2)  # (b, K-1, Cd)
     esz = zxbcdt.element_size()
-    cwork = zxbcdt.new_empty(threads * (L + 2 * K) * _CB)
     outs, pieces = [], []
     for col, ch, width in _m2_parts(sizes):
         wpart = wt[:, ch:ch + width].contiguous()
@@ -261,7 +260,7 @@ def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
         wnp = None if win is None else win[..., ch:ch + width].contiguous()
         u = zxbcdt.new_empty(bsz, L, width)
         _native.kernel("cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
-                                  u.data_ptr(), cwork.data_ptr(), bsz, width, L, K, threads)
+                                  u.data_ptr(), bsz, width, L, K, threads)
         outs.append(u)
         pieces.append((wpart, bpart, wnp))
     z = zxbcdt[..., :E].contiguous()
@@ -302,14 +301,13 @@ class _Mamba2ConvFn(torch.autograd.Function):
         else:
             g[..., E + Cd:].copy_(ddt)
         dw, db, dwin = [], [], []
-        work = zxbcdt.new_empty(threads * (2 * L + 5 * K) * _CB)
+        work = zxbcdt.new_empty(threads * L * _CV_C)
         for (col, ch, width), (wpart, bpart, wnp), du in zip(_m2_parts(ctx.sizes), pieces, (dx, dB, dC)):
             du = zxbcdt.new_zeros(bsz, L, width) if du is None else du.contiguous()
-            nblk = -(-width // _CB)
             dwt = zxbcdt.new_empty(K, width)
             dcb = zxbcdt.new_empty(width) if has_cb else None
             dwn = zxbcdt.new_empty(bsz, K - 1, width) if has_win else None
-            part = zxbcdt.new_empty(bsz * nblk * (K + 1) * _CB)
+            part = zxbcdt.new_empty(bsz * (K + 1) * width)
             _native.kernel("cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
                                       du.data_ptr(), g.data_ptr() + col * esz, Din, _native.ptr(dwn), dwt.data_ptr(), _native.ptr(dcb),
                                       part.data_ptr(), work.data_ptr(), bsz, width, L, K, threads)

@@ -56,7 +56,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 12
+_ABI = 13
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -192,7 +192,7 @@ def _declare(lib: ctypes.CDLL) -> None:
                       + [L] * 6 + [I])
         f.restype = None
         f = getattr(lib, f"cv_fwd_{sfx}")
-        f.argtypes = [P] + [L] + [P] * 5 + [L] * 4 + [I]
+        f.argtypes = [P] + [L] + [P] * 4 + [L] * 4 + [I]
         f.restype = None
         f = getattr(lib, f"cv_bwd_{sfx}")
         f.argtypes = [P] + [L] + [P] * 5 + [L] + [P] * 5 + [L] * 4 + [I]

@@ -48,6 +48,7 @@
 
 #define SSM_BLOCK 8
 #define MI_CB 32 /* channels per vector block in the fused Mamba kernels */
+#define CV_C 128 /* channels per task of the conv kernels (contiguous in each row) */
 
 /* exp for float32, inlined so that the loops over N vectorise without a library call:
  * exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two for an exact
@@ -121,7 +122,7 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #undef SSM_LOG1P
 #undef SSM_EXPM1
 
-int ssm_abi_version(void) { return 12; }
+int ssm_abi_version(void) { return 13; }
 
 #else /* template body */
 
@@ -605,154 +606,120 @@ void SSM_CAT(mi_bwd, SSM_SFX)(const S *restrict u, const S *restrict dtr, const 
     }
 }
 
-/* The conv kernels copy a task's inputs into a local buffer of full MI_CB-wide rows (lanes past
- * the block's cw channels are zero and never written out), so that every vector loop has a
- * fixed width: xb holds the K-1 window rows (or zeros) followed by the L input rows. */
-static void SSM_CAT(cv_load, SSM_SFX)(S *restrict xb, const S *restrict x, long sx, const S *restrict win,
-                                      long bi, long c0, long cw, long E, long L, long K) {
-    for (long j = 0; j < L + K - 1; j++) {
-        const long tt = j - (K - 1);
-        const S *src = tt >= 0 ? x + (bi * L + tt) * sx + c0 : (win ? win + (bi * (K - 1) + j) * E + c0 : NULL);
-        S *d = xb + j * MI_CB;
-        long c = 0;
-        if (src)
-            for (; c < cw; c++) d[c] = src[c];
-        for (; c < MI_CB; c++) d[c] = 0;
-    }
+/* The conv kernels work row by row: a task is one batch element and a chunk of at most CV_C
+ * contiguous channels, and reads its input rows (stride sx) where they are, so each step reads
+ * one new row of the chunk and finds the K-1 before it in L1. */
+
+/* input row tau of batch element bi at channel c0: a window row for tau < 0 (NULL: zeros) */
+static inline const S *SSM_CAT(cv_row, SSM_SFX)(const S *x, long sx, const S *win, long bi, long tau, long c0,
+                                                long E, long L, long K) {
+    if (tau >= 0) return x + (bi * L + tau) * sx + c0;
+    return win ? win + (bi * (K - 1) + tau + K - 1) * E + c0 : NULL;
 }
 
-/* pre-activation of step t from the buffered inputs: bias + sum_k w[k] x_{t-K+1+k} */
-static inline void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *restrict xb, const S *restrict wb,
-                                            const S *restrict bb, long t, long K) {
+/* pre-activation of step t for channels c0 .. c0 + cw: bias + sum_k w[k] x_{t-K+1+k} */
+static inline void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *x, long sx, const S *restrict wt,
+                                            const S *restrict bias, const S *win, long bi, long t, long c0,
+                                            long cw, long E, long L, long K) {
+    if (bias) {
 #pragma omp simd
-    for (long c = 0; c < MI_CB; c++) a[c] = bb[c];
+        for (long c = 0; c < cw; c++) a[c] = bias[c0 + c];
+    } else {
+#pragma omp simd
+        for (long c = 0; c < cw; c++) a[c] = 0;
+    }
     for (long k = 0; k < K; k++) {
-        const S *w = wb + k * MI_CB, *xr = xb + (t + k) * MI_CB;
+        const S *xr = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
+        if (!xr) continue;
+        const S *w = wt + k * E + c0;
 #pragma omp simd
-        for (long c = 0; c < MI_CB; c++) a[c] += w[c] * xr[c];
+        for (long c = 0; c < cw; c++) a[c] += w[c] * xr[c];
     }
-}
-
-/* the block's weights (K rows) and bias as full-width rows */
-static void SSM_CAT(cv_params, SSM_SFX)(S *restrict wb, S *restrict bb, const S *restrict wt, const S *restrict bias,
-                                        long c0, long cw, long E, long K) {
-    for (long k = 0; k < K; k++)
-        for (long c = 0; c < MI_CB; c++) wb[k * MI_CB + c] = c < cw ? wt[k * E + c0 + c] : (S)0;
-    for (long c = 0; c < MI_CB; c++) bb[c] = (c < cw && bias) ? bias[c0 + c] : (S)0;
 }
 
 /* Causal depthwise conv + SiLU, forward. x: rows of stride sx; wt (K, E); bias (E) or NULL;
- * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous.
- * work: nthreads * (L + 2K) * MI_CB scalars. */
-void SSM_CAT(cv_fwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
-                              const S *restrict win, S *restrict u, S *restrict work, long nb, long E, long L,
-                              long K, int nthreads) {
-    const long nblk = (E + MI_CB - 1) / MI_CB;
-#pragma omp parallel num_threads(nthreads)
-    {
-        const long tid = ssm_thread_id();
-        S *xb = work + tid * (L + 2 * K) * MI_CB, *wb = xb + (L + K - 1) * MI_CB;
-        long task;
-#pragma omp for schedule(dynamic, 1)
-        for (task = 0; task < nb * nblk; task++) {
-            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
-            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
-            S bb[MI_CB];
-            SSM_CAT(cv_params, SSM_SFX)(wb, bb, wt, bias, c0, cw, E, K);
-            SSM_CAT(cv_load, SSM_SFX)(xb, x, sx, win, bi, c0, cw, E, L, K);
-            for (long t = 0; t < L; t++) {
-                S a[MI_CB];
-                SSM_CAT(cv_pre, SSM_SFX)(a, xb, wb, bb, t, K);
+ * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous, not overlapping x. */
+void SSM_CAT(cv_fwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win,
+                              S *restrict u, long nb, long E, long L, long K, int nthreads) {
+    const long nch = (E + CV_C - 1) / CV_C;
+    long task;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (task = 0; task < nb * nch; task++) {
+        const long bi = task / nch, c0 = (task % nch) * CV_C, cw = E - c0 < CV_C ? E - c0 : CV_C;
+        for (long t = 0; t < L; t++) {
+            S *restrict o = u + (bi * L + t) * E + c0;
+            SSM_CAT(cv_pre, SSM_SFX)(o, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
 #pragma omp simd
-                for (long c = 0; c < MI_CB; c++) a[c] *= MI_SIG(a[c]);
-                S *o = u + (bi * L + t) * E + c0;
-                for (long c = 0; c < cw; c++) o[c] = a[c];
-            }
+            for (long c = 0; c < cw; c++) o[c] *= MI_SIG(o[c]);
         }
     }
 }
 
 /* Backward of cv_fwd. du (b, L, E) contiguous; dx rows of stride sdx; dwin (b, K-1, E) or NULL.
- * dwt (K, E) and dbias (E) (may be NULL) are summed over the batch in index order from per-task
- * slots in part (nb * nblk * (K + 1) * MI_CB scalars). work: nthreads * (2L + 5K) * MI_CB. */
-void SSM_CAT(cv_bwd, SSM_SFX)(const S *restrict x, long sx, const S *restrict wt, const S *restrict bias,
-                              const S *restrict win, const S *restrict du, S *restrict dx, long sdx,
-                              S *restrict dwin, S *restrict dwt, S *restrict dbias, S *restrict part,
-                              S *restrict work, long nb, long E, long L, long K, int nthreads) {
-    const long nblk = (E + MI_CB - 1) / MI_CB;
+ * dwt (K, E) and dbias (E) (may be NULL) are summed over the batch in index order from the batch
+ * elements' slots in part (nb * (K + 1) * E scalars), each summed over t in order: the same
+ * numbers for any thread count. work: nthreads * L * CV_C scalars (a task's dpre rows). */
+void SSM_CAT(cv_bwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win,
+                              const S *restrict du, S *dx, long sdx, S *dwin, S *restrict dwt, S *restrict dbias,
+                              S *restrict part, S *restrict work, long nb, long E, long L, long K, int nthreads) {
+    const long nch = (E + CV_C - 1) / CV_C;
 #pragma omp parallel num_threads(nthreads)
     {
-        const long tid = ssm_thread_id();
-        S *xb = work + tid * (2 * L + 5 * K) * MI_CB;  /* L + K - 1 rows */
-        S *dp = xb + (L + K - 1) * MI_CB;              /* L + 2(K-1) rows: dpre_t at row t + K - 1 */
-        S *wb = dp + (L + 2 * K - 2) * MI_CB;          /* K rows */
+        S *restrict dp = work + ssm_thread_id() * L * CV_C; /* dpre_t at dp + t * CV_C */
         long task;
-#pragma omp for schedule(dynamic, 1)
-        for (task = 0; task < nb * nblk; task++) {
-            const long bi = task / nblk, c0 = (task % nblk) * MI_CB;
-            const long cw = (E - c0 < MI_CB) ? E - c0 : MI_CB;
-            S *pw = part + task * (K + 1) * MI_CB, *pb = pw + K * MI_CB;
-            S bb[MI_CB];
-            SSM_CAT(cv_params, SSM_SFX)(wb, bb, wt, bias, c0, cw, E, K);
-            SSM_CAT(cv_load, SSM_SFX)(xb, x, sx, win, bi, c0, cw, E, L, K);
-            memset(dp, 0, (K - 1) * MI_CB * sizeof(S));
-            memset(dp + (L + K - 1) * MI_CB, 0, (K - 1) * MI_CB * sizeof(S));
-            S gb[MI_CB];
-            for (long c = 0; c < MI_CB; c++) gb[c] = 0;
+#pragma omp for schedule(static)
+        for (task = 0; task < nb * nch; task++) {
+            const long bi = task / nch, c0 = (task % nch) * CV_C, cw = E - c0 < CV_C ? E - c0 : CV_C;
+            S *restrict pw = part + bi * (K + 1) * E + c0; /* rows k < K: dw[k], row K: dbias */
+            for (long k = 0; k <= K; k++)
+                for (long c = 0; c < cw; c++) pw[k * E + c] = 0;
             for (long t = 0; t < L; t++) {
-                S a[MI_CB], g[MI_CB];
-                SSM_CAT(cv_pre, SSM_SFX)(a, xb, wb, bb, t, K);
-                const S *dur = du + (bi * L + t) * E + c0;
-                for (long c = 0; c < cw; c++) g[c] = dur[c];
-                for (long c = cw; c < MI_CB; c++) g[c] = 0;
-                S *dpt = dp + (t + K - 1) * MI_CB;
+                S a[CV_C];
+                SSM_CAT(cv_pre, SSM_SFX)(a, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
+                const S *restrict g = du + (bi * L + t) * E + c0;
+                S *restrict d = dp + t * CV_C, *restrict pb = pw + K * E;
 #pragma omp simd
-                for (long c = 0; c < MI_CB; c++) {
+                for (long c = 0; c < cw; c++) {
                     const S sg = MI_SIG(a[c]);
-                    const S v = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
-                    dpt[c] = v;
-                    gb[c] += v;
+                    d[c] = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
+                    pb[c] += d[c];
                 }
-            }
-            /* dw[k] = sum_t dpre_t x_{t-K+1+k}; the sums run over t in order for each k */
-            for (long k = 0; k < K; k++) {
-                S s[MI_CB];
-                for (long c = 0; c < MI_CB; c++) s[c] = 0;
-                for (long t = 0; t < L; t++) {
-                    const S *dpt = dp + (t + K - 1) * MI_CB, *xr = xb + (t + k) * MI_CB;
+                for (long k = 0; k < K; k++) { /* dw[k] += dpre_t x_{t-K+1+k} */
+                    const S *xr = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
+                    if (!xr) continue;
+                    S *restrict p = pw + k * E;
 #pragma omp simd
-                    for (long c = 0; c < MI_CB; c++) s[c] += dpt[c] * xr[c];
+                    for (long c = 0; c < cw; c++) p[c] += d[c] * xr[c];
                 }
-                for (long c = 0; c < MI_CB; c++) pw[k * MI_CB + c] = s[c];
             }
-            for (long c = 0; c < MI_CB; c++) pb[c] = gb[c];
-            /* dx_tp = sum_k w[k] dpre_{tp+K-1-k}, tp from -(K-1) (window rows) to L-1 */
-            for (long tp = -(K - 1); tp < L; tp++) {
-                S *o = tp >= 0 ? dx + (bi * L + tp) * sdx + c0
-                               : (dwin ? dwin + (bi * (K - 1) + tp + K - 1) * E + c0 : NULL);
+            /* dx_tau = sum_k w[k] dpre_{tau+K-1-k}, tau from -(K-1) (window rows) to L-1 */
+            for (long tau = -(K - 1); tau < L; tau++) {
+                S *o = tau >= 0 ? dx + (bi * L + tau) * sdx + c0
+                                : (dwin ? dwin + (bi * (K - 1) + tau + K - 1) * E + c0 : NULL);
                 if (!o) continue;
-                S a[MI_CB];
-                for (long c = 0; c < MI_CB; c++) a[c] = 0;
-                for (long k = 0; k < K; k++) {
-                    const S *r = dp + (tp + 2 * (K - 1) - k) * MI_CB, *w = wb + k * MI_CB;
+                S a[CV_C];
 #pragma omp simd
-                    for (long c = 0; c < MI_CB; c++) a[c] += w[c] * r[c];
+                for (long c = 0; c < cw; c++) a[c] = 0;
+                for (long k = 0; k < K; k++) {
+                    const long j = tau + K - 1 - k;
+                    if (j < 0 || j >= L) continue;
+                    const S *restrict w = wt + k * E + c0, *restrict r = dp + j * CV_C;
+#pragma omp simd
+                    for (long c = 0; c < cw; c++) a[c] += w[c] * r[c];
                 }
-                for (long c = 0; c < cw; c++) o[c] = a[c];
+                memcpy(o, a, cw * sizeof(S));
             }
         }
         /* (implicit barrier) sum the slots over the batch in index order */
         long r;
 #pragma omp for schedule(static)
-        for (r = 0; r < E; r++) {
-            const long blk = r / MI_CB, c = r % MI_CB;
-            for (long k = 0; k < K + 1; k++) {
+        for (r = 0; r < E; r++)
+            for (long k = 0; k <= K; k++) {
                 S sum = 0;
-                for (long bi = 0; bi < nb; bi++) sum += part[((bi * nblk + blk) * (K + 1) + k) * MI_CB + c];
+                for (long bi = 0; bi < nb; bi++) sum += part[(bi * (K + 1) + k) * E + r];
                 if (k < K) dwt[k * E + r] = sum;
                 else if (dbias) dbias[r] = sum;
             }
-        }
     }
 }
 
