@@ -618,7 +618,7 @@ static inline const S *SSM_CAT(cv_row, SSM_SFX)(const S *x, long sx, const S *wi
 }
 
 /* pre-activation of step t for channels c0 .. c0 + cw: bias + sum_k w[k] x_{t-K+1+k} */
-static inline void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *x, long sx, const S *restrict wt,
+static inline __attribute__((always_inline)) void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *x, long sx, const S *restrict wt,
                                             const S *restrict bias, const S *win, long bi, long t, long c0,
                                             long cw, long E, long L, long K) {
     if (bias) {
@@ -639,18 +639,70 @@ static inline void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *x, long sx, 
 
 /* Causal depthwise conv + SiLU, forward. x: rows of stride sx; wt (K, E); bias (E) or NULL;
  * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous, not overlapping x. */
+static inline __attribute__((always_inline)) void SSM_CAT(cv_fwd_task, SSM_SFX)(
+    const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win, S *restrict u, long bi,
+    long c0, const long cw, long E, long L, long K) {
+    for (long t = 0; t < L; t++) {
+        S *restrict o = u + (bi * L + t) * E + c0;
+        SSM_CAT(cv_pre, SSM_SFX)(o, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
+#pragma omp simd
+        for (long c = 0; c < cw; c++) o[c] *= MI_SIG(o[c]);
+    }
+}
+
 void SSM_CAT(cv_fwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win,
                               S *restrict u, long nb, long E, long L, long K, int nthreads) {
     const long nch = (E + CV_C - 1) / CV_C;
     long task;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (task = 0; task < nb * nch; task++) {
-        const long bi = task / nch, c0 = (task % nch) * CV_C, cw = E - c0 < CV_C ? E - c0 : CV_C;
-        for (long t = 0; t < L; t++) {
-            S *restrict o = u + (bi * L + t) * E + c0;
-            SSM_CAT(cv_pre, SSM_SFX)(o, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
+        const long bi = task / nch, c0 = (task % nch) * CV_C;
+        if (E - c0 >= CV_C) /* a full chunk: loops of a fixed length */
+            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, CV_C, E, L, K);
+        else
+            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0, E, L, K);
+    }
+}
+
+/* one task of cv_bwd: batch element bi, channels c0 .. c0 + cw (dx, dwin: rows not overlapping x or du) */
+static inline __attribute__((always_inline)) void SSM_CAT(cv_bwd_task, SSM_SFX)(
+    const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win, const S *restrict du, S *dx,
+    long sdx, S *dwin, S *restrict part, S *restrict dp, long bi, long c0, const long cw, long E, long L, long K) {
+    S *restrict pw = part + bi * (K + 1) * E + c0; /* rows k < K: dw[k], row K: dbias */
+    for (long k = 0; k <= K; k++)
+        for (long c = 0; c < cw; c++) pw[k * E + c] = 0;
+    for (long t = 0; t < L; t++) {
+        S a[CV_C];
+        SSM_CAT(cv_pre, SSM_SFX)(a, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
+        const S *restrict g = du + (bi * L + t) * E + c0;
+        S *restrict d = dp + t * CV_C, *restrict pb = pw + K * E;
 #pragma omp simd
-            for (long c = 0; c < cw; c++) o[c] *= MI_SIG(o[c]);
+        for (long c = 0; c < cw; c++) {
+            const S sg = MI_SIG(a[c]);
+            d[c] = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
+            pb[c] += d[c];
+        }
+        for (long k = 0; k < K; k++) { /* dw[k] += dpre_t x_{t-K+1+k} */
+            const S *xr = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
+            if (!xr) continue;
+            S *restrict p = pw + k * E;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) p[c] += d[c] * xr[c];
+        }
+    }
+    /* dx_tau = sum_k w[k] dpre_{tau+K-1-k}, tau from -(K-1) (window rows) to L-1 */
+    for (long tau = -(K - 1); tau < L; tau++) {
+        S *restrict o = tau >= 0 ? dx + (bi * L + tau) * sdx + c0
+                                 : (dwin ? dwin + (bi * (K - 1) + tau + K - 1) * E + c0 : NULL);
+        if (!o) continue;
+#pragma omp simd
+        for (long c = 0; c < cw; c++) o[c] = 0;
+        for (long k = 0; k < K; k++) {
+            const long j = tau + K - 1 - k;
+            if (j < 0 || j >= L) continue;
+            const S *restrict w = wt + k * E + c0, *restrict r = dp + j * CV_C;
+#pragma omp simd
+            for (long c = 0; c < cw; c++) o[c] += w[c] * r[c];
         }
     }
 }
@@ -669,46 +721,11 @@ void SSM_CAT(cv_bwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S
         long task;
 #pragma omp for schedule(static)
         for (task = 0; task < nb * nch; task++) {
-            const long bi = task / nch, c0 = (task % nch) * CV_C, cw = E - c0 < CV_C ? E - c0 : CV_C;
-            S *restrict pw = part + bi * (K + 1) * E + c0; /* rows k < K: dw[k], row K: dbias */
-            for (long k = 0; k <= K; k++)
-                for (long c = 0; c < cw; c++) pw[k * E + c] = 0;
-            for (long t = 0; t < L; t++) {
-                S a[CV_C];
-                SSM_CAT(cv_pre, SSM_SFX)(a, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
-                const S *restrict g = du + (bi * L + t) * E + c0;
-                S *restrict d = dp + t * CV_C, *restrict pb = pw + K * E;
-#pragma omp simd
-                for (long c = 0; c < cw; c++) {
-                    const S sg = MI_SIG(a[c]);
-                    d[c] = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
-                    pb[c] += d[c];
-                }
-                for (long k = 0; k < K; k++) { /* dw[k] += dpre_t x_{t-K+1+k} */
-                    const S *xr = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
-                    if (!xr) continue;
-                    S *restrict p = pw + k * E;
-#pragma omp simd
-                    for (long c = 0; c < cw; c++) p[c] += d[c] * xr[c];
-                }
-            }
-            /* dx_tau = sum_k w[k] dpre_{tau+K-1-k}, tau from -(K-1) (window rows) to L-1 */
-            for (long tau = -(K - 1); tau < L; tau++) {
-                S *o = tau >= 0 ? dx + (bi * L + tau) * sdx + c0
-                                : (dwin ? dwin + (bi * (K - 1) + tau + K - 1) * E + c0 : NULL);
-                if (!o) continue;
-                S a[CV_C];
-#pragma omp simd
-                for (long c = 0; c < cw; c++) a[c] = 0;
-                for (long k = 0; k < K; k++) {
-                    const long j = tau + K - 1 - k;
-                    if (j < 0 || j >= L) continue;
-                    const S *restrict w = wt + k * E + c0, *restrict r = dp + j * CV_C;
-#pragma omp simd
-                    for (long c = 0; c < cw; c++) a[c] += w[c] * r[c];
-                }
-                memcpy(o, a, cw * sizeof(S));
-            }
+            const long bi = task / nch, c0 = (task % nch) * CV_C;
+            if (E - c0 >= CV_C) /* a full chunk: loops of a fixed length */
+                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, CV_C, E, L, K);
+            else
+                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, E - c0, E, L, K);
         }
         /* (implicit barrier) sum the slots over the batch in index order */
         long r;
