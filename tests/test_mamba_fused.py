@@ -148,7 +148,7 @@ def test_fused_gradients_do_not_depend_on_thread_count(tmp_path):
 # --- Mamba-2's conv + SiLU of [x, B, C] (mamba2_conv) ---------------------------------------
 
 @needs_native
-@pytest.mark.parametrize("E,GN,H,K,L", [(40, 12, 3, 4, 23), (64, 128, 2, 4, 5), (8, 4, 1, 3, 1), (300, 12, 3, 4, 9)])
+@pytest.mark.parametrize("E,GN,H,K,L", [(40, 12, 3, 4, 23), (64, 128, 2, 4, 5), (8, 4, 1, 3, 1), (300, 12, 3, 4, 9), (300, 12, 3, 3, 9)])
 @pytest.mark.parametrize("with_state", [True, False])
 def test_mamba2_conv_equals_reference_float64_with_gradients(E, GN, H, K, L, with_state):
     from ssmkit.ops.mamba_fused import mamba2_conv, mamba2_conv_ref

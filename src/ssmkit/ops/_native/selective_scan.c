@@ -617,36 +617,48 @@ static inline const S *SSM_CAT(cv_row, SSM_SFX)(const S *x, long sx, const S *wi
     return win ? win + (bi * (K - 1) + tau + K - 1) * E + c0 : NULL;
 }
 
-/* pre-activation of step t for channels c0 .. c0 + cw: bias + sum_k w[k] x_{t-K+1+k} */
-static inline __attribute__((always_inline)) void SSM_CAT(cv_pre, SSM_SFX)(S *restrict a, const S *x, long sx, const S *restrict wt,
-                                            const S *restrict bias, const S *win, long bi, long t, long c0,
-                                            long cw, long E, long L, long K) {
-    if (bias) {
-#pragma omp simd
-        for (long c = 0; c < cw; c++) a[c] = bias[c0 + c];
-    } else {
-#pragma omp simd
-        for (long c = 0; c < cw; c++) a[c] = 0;
-    }
+static const S SSM_CAT(cv_zeros, SSM_SFX)[CV_C]; /* stands in for a missing row or bias */
+
+/* the K input rows of step t (x_{t-K+1+k}, k < K) at channel c0; zeros where there is no row */
+static inline void SSM_CAT(cv_rows, SSM_SFX)(const S **xr, const S *x, long sx, const S *win, long bi, long t,
+                                             long c0, long E, long L, long K) {
     for (long k = 0; k < K; k++) {
-        const S *xr = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
-        if (!xr) continue;
-        const S *w = wt + k * E + c0;
-#pragma omp simd
-        for (long c = 0; c < cw; c++) a[c] += w[c] * xr[c];
+        const S *r = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
+        xr[k] = r ? r : SSM_CAT(cv_zeros, SSM_SFX);
     }
 }
 
-/* Causal depthwise conv + SiLU, forward. x: rows of stride sx; wt (K, E); bias (E) or NULL;
- * win (b, K-1, E) or NULL (zeros before the sequence); u (b, L, E) contiguous, not overlapping x. */
+/* a[c] += sum_k w[k] r_k[c] over k < K, tap by tap (any K; the K = 4 loops below keep the sum in a register) */
+static inline void SSM_CAT(cv_taps, SSM_SFX)(S *restrict a, const S **r, const S *restrict wt, long c0, long cw,
+                                             long E, long K) {
+    for (long k = 0; k < K; k++) {
+        const S *restrict w = wt + k * E + c0, *restrict rk = r[k];
+#pragma omp simd
+        for (long c = 0; c < cw; c++) a[c] += w[c] * rk[c];
+    }
+}
+
+/* one task of cv_fwd: batch element bi, channels c0 .. c0 + cw */
 static inline __attribute__((always_inline)) void SSM_CAT(cv_fwd_task, SSM_SFX)(
     const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win, S *restrict u, long bi,
-    long c0, const long cw, long E, long L, long K) {
+    long c0, const long cw, long E, long L, const long K) {
+    const S *xr[K], *bs = bias ? bias + c0 : SSM_CAT(cv_zeros, SSM_SFX);
     for (long t = 0; t < L; t++) {
         S *restrict o = u + (bi * L + t) * E + c0;
-        SSM_CAT(cv_pre, SSM_SFX)(o, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
+        SSM_CAT(cv_rows, SSM_SFX)(xr, x, sx, win, bi, t, c0, E, L, K);
+        if (K == 4) {
 #pragma omp simd
-        for (long c = 0; c < cw; c++) o[c] *= MI_SIG(o[c]);
+            for (long c = 0; c < cw; c++) {
+                S a = bs[c];
+                for (long k = 0; k < 4; k++) a += wt[k * E + c0 + c] * xr[k][c];
+                o[c] = a * MI_SIG(a);
+            }
+        } else {
+            memcpy(o, bs, cw * sizeof(S));
+            SSM_CAT(cv_taps, SSM_SFX)(o, xr, wt, c0, cw, E, K);
+#pragma omp simd
+            for (long c = 0; c < cw; c++) o[c] *= MI_SIG(o[c]);
+        }
     }
 }
 
@@ -657,37 +669,56 @@ void SSM_CAT(cv_fwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (task = 0; task < nb * nch; task++) {
         const long bi = task / nch, c0 = (task % nch) * CV_C;
-        if (E - c0 >= CV_C) /* a full chunk: loops of a fixed length */
-            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, CV_C, E, L, K);
+        /* a full chunk and the usual width K = 4: loops of fixed lengths, the taps unrolled */
+        if (E - c0 >= CV_C && K == 4)
+            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, CV_C, E, L, 4);
+        else if (K == 4)
+            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0, E, L, 4);
         else
-            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0, E, L, K);
+            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0 < CV_C ? E - c0 : CV_C, E, L, K);
     }
 }
 
 /* one task of cv_bwd: batch element bi, channels c0 .. c0 + cw (dx, dwin: rows not overlapping x or du) */
 static inline __attribute__((always_inline)) void SSM_CAT(cv_bwd_task, SSM_SFX)(
     const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win, const S *restrict du, S *dx,
-    long sdx, S *dwin, S *restrict part, S *restrict dp, long bi, long c0, const long cw, long E, long L, long K) {
+    long sdx, S *dwin, S *restrict part, S *restrict dp, long bi, long c0, const long cw, long E, long L,
+    const long K) {
     S *restrict pw = part + bi * (K + 1) * E + c0; /* rows k < K: dw[k], row K: dbias */
+    const S *xr[K], *bs = bias ? bias + c0 : SSM_CAT(cv_zeros, SSM_SFX);
+    S a[CV_C];
     for (long k = 0; k <= K; k++)
         for (long c = 0; c < cw; c++) pw[k * E + c] = 0;
-    for (long t = 0; t < L; t++) {
-        S a[CV_C];
-        SSM_CAT(cv_pre, SSM_SFX)(a, x, sx, wt, bias, win, bi, t, c0, cw, E, L, K);
+    for (long t = 0; t < L; t++) { /* dpre_t; dbias and dw[k] += dpre_t x_{t-K+1+k} */
         const S *restrict g = du + (bi * L + t) * E + c0;
         S *restrict d = dp + t * CV_C, *restrict pb = pw + K * E;
+        SSM_CAT(cv_rows, SSM_SFX)(xr, x, sx, win, bi, t, c0, E, L, K);
+        if (K == 4) {
 #pragma omp simd
-        for (long c = 0; c < cw; c++) {
-            const S sg = MI_SIG(a[c]);
-            d[c] = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
-            pb[c] += d[c];
-        }
-        for (long k = 0; k < K; k++) { /* dw[k] += dpre_t x_{t-K+1+k} */
-            const S *xr = SSM_CAT(cv_row, SSM_SFX)(x, sx, win, bi, t - K + 1 + k, c0, E, L, K);
-            if (!xr) continue;
-            S *restrict p = pw + k * E;
+            for (long c = 0; c < cw; c++) {
+                S p = bs[c];
+                for (long k = 0; k < 4; k++) p += wt[k * E + c0 + c] * xr[k][c];
+                const S sg = MI_SIG(p);
+                const S v = g[c] * sg * ((S)1 + p * ((S)1 - sg));
+                d[c] = v;
+                pb[c] += v;
+                for (long k = 0; k < 4; k++) pw[k * E + c] += v * xr[k][c];
+            }
+        } else {
+            memcpy(a, bs, cw * sizeof(S));
+            SSM_CAT(cv_taps, SSM_SFX)(a, xr, wt, c0, cw, E, K);
 #pragma omp simd
-            for (long c = 0; c < cw; c++) p[c] += d[c] * xr[c];
+            for (long c = 0; c < cw; c++) {
+                const S sg = MI_SIG(a[c]);
+                d[c] = g[c] * sg * ((S)1 + a[c] * ((S)1 - sg));
+                pb[c] += d[c];
+            }
+            for (long k = 0; k < K; k++) {
+                S *restrict p = pw + k * E;
+                const S *restrict r = xr[k];
+#pragma omp simd
+                for (long c = 0; c < cw; c++) p[c] += d[c] * r[c];
+            }
         }
     }
     /* dx_tau = sum_k w[k] dpre_{tau+K-1-k}, tau from -(K-1) (window rows) to L-1 */
@@ -695,14 +726,21 @@ static inline __attribute__((always_inline)) void SSM_CAT(cv_bwd_task, SSM_SFX)(
         S *restrict o = tau >= 0 ? dx + (bi * L + tau) * sdx + c0
                                  : (dwin ? dwin + (bi * (K - 1) + tau + K - 1) * E + c0 : NULL);
         if (!o) continue;
-#pragma omp simd
-        for (long c = 0; c < cw; c++) o[c] = 0;
+        const S *dr[K]; /* dpre_{tau+K-1-k}, zeros outside 0 .. L-1 */
         for (long k = 0; k < K; k++) {
             const long j = tau + K - 1 - k;
-            if (j < 0 || j >= L) continue;
-            const S *restrict w = wt + k * E + c0, *restrict r = dp + j * CV_C;
+            dr[k] = (j < 0 || j >= L) ? SSM_CAT(cv_zeros, SSM_SFX) : dp + j * CV_C;
+        }
+        if (K == 4) {
 #pragma omp simd
-            for (long c = 0; c < cw; c++) o[c] += w[c] * r[c];
+            for (long c = 0; c < cw; c++) {
+                S v = 0;
+                for (long k = 0; k < 4; k++) v += wt[k * E + c0 + c] * dr[k][c];
+                o[c] = v;
+            }
+        } else {
+            memset(o, 0, cw * sizeof(S));
+            SSM_CAT(cv_taps, SSM_SFX)(o, dr, wt, c0, cw, E, K);
         }
     }
 }
@@ -722,10 +760,13 @@ void SSM_CAT(cv_bwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S
 #pragma omp for schedule(static)
         for (task = 0; task < nb * nch; task++) {
             const long bi = task / nch, c0 = (task % nch) * CV_C;
-            if (E - c0 >= CV_C) /* a full chunk: loops of a fixed length */
-                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, CV_C, E, L, K);
+            if (E - c0 >= CV_C && K == 4) /* as in cv_fwd */
+                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, CV_C, E, L, 4);
+            else if (K == 4)
+                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, E - c0, E, L, 4);
             else
-                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, E - c0, E, L, K);
+                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0,
+                                              E - c0 < CV_C ? E - c0 : CV_C, E, L, K);
         }
         /* (implicit barrier) sum the slots over the batch in index order */
         long r;
