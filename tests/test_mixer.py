@@ -111,6 +111,9 @@ def test_native_route_saves_nothing_without_gradients_and_skips_unwanted_ones():
     Wg = W.clone().requires_grad_()  # only the weight wants a gradient
     gW, = torch.autograd.grad(channel_mixer(h, Wg, b, method="native").sum(), (Wg,))
     assert rel_err(gW.double(), _float64_reference(h, W, b, torch.ones(40, 16))[2]) < 1e-5
+    hg = h.clone().requires_grad_()  # only the input: GELU'(h) saved, no weight gradient formed
+    gh, = torch.autograd.grad(channel_mixer(hg, W, b, method="native").sum(), (hg,))
+    assert rel_err(gh.double(), _float64_reference(h, W, b, torch.ones(40, 16))[1]) < 1e-5
 
 
 @needs_native

@@ -18,8 +18,9 @@ backward). Same arithmetic as the unfused modules up to rounding order.
 
 On the CPU in float32 (H a multiple of 8, native library built) a native kernel runs instead
 (``ops/_native/channel_mixer.c``): one pass over blocks of 32 rows takes each block through every
-step while it is in cache (torch's dozen separate passes each go out to memory); it saves ``g``
-and ``z`` for its backward, which again works block by block.
+step while it is in cache (torch's dozen separate passes each go out to memory); it saves ``g``,
+``[a, σ(s)]`` and ``GELU'(h)`` (the erf is shared with GELU) for its backward, which again works
+block by block and evaluates no transcendental function.
 The torch composition above stays as the reference it is tested against (and the path for other
 devices and dtypes).
 """
@@ -77,51 +78,67 @@ TORCH_WEIGHT_GRAD_MIN_H = 128
 
 
 class _NativeMixer(torch.autograd.Function):
-    """The same function by the native kernel (float32, CPU, H % 8 == 0). Saves h, GELU(h) and z
-    (their rows padded, as the kernel reads them)."""
+    """The same function by the native kernel (float32, CPU, H % 8 == 0). Saves GELU(h),
+    [a, σ(s)] (their rows padded, as the kernel reads them) and, when h needs a gradient,
+    GELU'(h): the backward evaluates no erf, exp or sigmoid."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, residual):
-        lib = _native.library()
-        H = weight.shape[1]
-        h2 = h.reshape(-1, H).contiguous()
-        res = None if residual is None else residual.reshape(-1, H).contiguous()
-        weight, bias = weight.contiguous(), bias.contiguous()
-        R = h2.shape[0]
-        y = torch.empty_like(h2)
-        z = g = None
-        if any(ctx.needs_input_grad[:3]):
-            z = h2.new_empty(R, lib.mix_z_stride(H))
-            g = h2.new_empty(R, lib.mix_g_stride(H))
-        if lib.mix_fwd_f32(h2.data_ptr(), weight.data_ptr(), bias.data_ptr(), _native.ptr(res), y.data_ptr(),
-                           _native.ptr(z), _native.ptr(g), R, H, torch.get_num_threads()):
-            raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
-        ctx.save_for_backward(h2, z, g, weight)
+        y, (dg, z, g) = _native_forward(h, weight, bias, residual, any(ctx.needs_input_grad[:3]),
+                                        ctx.needs_input_grad[0])
+        ctx.save_for_backward(dg, z, g, weight)
+        ctx.rows = y.shape[0]
         ctx.shape = h.shape
         return y.reshape(h.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        h2, z, g, weight = ctx.saved_tensors
+        dg, z, g, weight = ctx.saved_tensors
         g_res = gy if ctx.needs_input_grad[3] else None  # y = residual + ...: its gradient is gy
-        gy = gy.reshape(h2.shape).contiguous()
-        R, H = h2.shape
-        gh = torch.empty_like(h2) if ctx.needs_input_grad[0] else None
+        R, H = ctx.rows, weight.shape[1]
+        gy = gy.reshape(R, H).contiguous()
+        gh = gy.new_empty(R, H) if ctx.needs_input_grad[0] else None
         want_w = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         # wide layers: dz out to memory and gW, gb by torch's product and sum over all rows
         dz = z.new_empty(z.shape) if want_w and H >= TORCH_WEIGHT_GRAD_MIN_H else None
         gW = torch.empty_like(weight) if ctx.needs_input_grad[1] and dz is None else None
         gb = weight.new_empty(weight.shape[0]) if ctx.needs_input_grad[2] and dz is None else None
-        if z is not None and _native.library().mix_bwd_f32(
-                gy.data_ptr(), h2.data_ptr(), z.data_ptr(), g.data_ptr(), weight.data_ptr(), _native.ptr(gh),
-                _native.ptr(gW), _native.ptr(gb), _native.ptr(dz), R, H, torch.get_num_threads()):
-            raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
+        if z is not None:
+            rc = _native.library().mix_bwd_f32(
+                gy.data_ptr(), _native.ptr(dg), z.data_ptr(), g.data_ptr(), weight.data_ptr(), _native.ptr(gh),
+                _native.ptr(gW), _native.ptr(gb), _native.ptr(dz), R, H, torch.get_num_threads())
+            if rc == 1:
+                raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
+            if rc:
+                raise RuntimeError(f"channel_mixer: the native backward failed (code {rc})")
         if dz is not None:
             dz2 = dz[:, :2 * H]
             gW = dz2.t() @ g[:, :H] if ctx.needs_input_grad[1] else None
             gb = dz2.sum(0) if ctx.needs_input_grad[2] else None
         return (None if gh is None else gh.reshape(ctx.shape)), gW, gb, g_res
+
+
+def _native_forward(h, weight, bias, residual, save: bool, save_dg: bool):
+    """The native forward: y (R, H) and, for the backward, (GELU'(h) if save_dg, [a, σ(s)] and
+    GELU(h) if save; else None). Without ``save`` the kernel writes nothing but y."""
+    lib = _native.library()
+    H = weight.shape[1]
+    h2 = h.reshape(-1, H).contiguous()
+    res = None if residual is None else residual.reshape(-1, H).contiguous()
+    weight, bias = weight.contiguous(), bias.contiguous()
+    R = h2.shape[0]
+    y = torch.empty_like(h2)
+    z = g = dg = None
+    if save:
+        z = h2.new_empty(R, lib.mix_z_stride(H))
+        g = h2.new_empty(R, lib.mix_g_stride(H))
+    if save and save_dg:
+        dg = torch.empty_like(h2)
+    if lib.mix_fwd_f32(h2.data_ptr(), weight.data_ptr(), bias.data_ptr(), _native.ptr(res), y.data_ptr(),
+                       _native.ptr(z), _native.ptr(g), _native.ptr(dg), R, H, torch.get_num_threads()):
+        raise MemoryError("channel_mixer: the native kernel could not allocate its scratch buffers")
+    return y, (dg, z, g)
 
 
 def _check_residual(residual, h: torch.Tensor, same_dtype: bool) -> None:
@@ -165,7 +182,9 @@ def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
                          f"(got {h.dtype} on {h.device.type}, H = {weight.shape[1]}, native library "
                          f"{'built' if _native.available() else 'unavailable'})")
     if method == "native" or (method == "auto" and _native_applies(h, weight, bias)):
-        return _NativeMixer.apply(h, weight, bias, residual)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias, residual)):
+            return _NativeMixer.apply(h, weight, bias, residual)
+        return _native_forward(h, weight, bias, residual, False, False)[0].reshape(h.shape)  # nothing saved
     y = _FusedMixer.apply(h, weight, bias)
     return y if residual is None else residual + y
 

@@ -56,7 +56,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 13
+_ABI = 14
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -241,7 +241,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.dconv_fwd_f32.restype = I
     lib.dconv_bwd_f32.argtypes = [P] * 5 + [L] * 4 + [I]
     lib.dconv_bwd_f32.restype = I
-    lib.mix_fwd_f32.argtypes = [P] * 7 + [L] * 2 + [I]  # fused channel mixer (ssmkit.models.mixer)
+    lib.mix_fwd_f32.argtypes = [P] * 8 + [L] * 2 + [I]  # fused channel mixer (ssmkit.models.mixer)
     lib.mix_fwd_f32.restype = I
     lib.mix_bwd_f32.argtypes = [P] * 9 + [L] * 2 + [I]
     lib.mix_bwd_f32.restype = I

@@ -8,7 +8,9 @@
  * torch runs these as a dozen passes over (R, H) or (R, 2H) tensors that leave the cache between
  * passes; here one thread takes MX_RB rows at a time through every step (GELU, the product, the
  * gate; in the backward dz, GELU', both products), so each step reads what the previous one left
- * in L1/L2. The forward saves g and z for the backward (rows padded, see mix_z_stride).
+ * in L1/L2. The forward saves for the backward g, [a, sig(s)] in place of z (rows padded, see
+ * mix_z_stride) and GELU'(h), which it gets almost free beside GELU(h) (the erf is shared), so
+ * the backward evaluates no erf, exp or sigmoid.
  * The products use an AVX2 register tile of 4 rows x 16 columns over B packed in panels of
  * 16 columns (a portable loop otherwise). H must be a multiple of 8. float32, contiguous operands.
  * gW and gb are sums over rows: every chunk of rows (its size a function of R only) sums into its
@@ -102,43 +104,56 @@ static void mx_pack(const float *src, long rs, long cs, long K, long N, float *d
     }
 }
 
-/* rows of x (n, H, row stride xs) -> g = GELU(x) (row stride gs); vectorised with the vector erf
+/* rows of x (n, H, row stride xs) -> g = GELU(x) (row stride gs) and, if dg is given, its
+ * derivative GELU'(x) = Phi(x) + x phi(x) (n rows of H); vectorised with the vector erf and exp
  * of the math library */
-static void mx_gelu(const float *x, long xs, float *g, long gs, long n, long H) {
+static void mx_gelu(const float *x, long xs, float *g, long gs, float *dg, long n, long H) {
     for (long r = 0; r < n; r++) {
         const float *xr = x + r * xs;
         float *gr = g + r * gs;
-        for (long j = 0; j < H; j++) gr[j] = xr[j] * (0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f));
-    }
-}
-
-/* GELU'(x) = Phi(x) + x phi(x) for n contiguous x */
-static void mx_gelu_grad(const float *x, float *dg, long n) {
-    for (long i = 0; i < n; i++)
-        dg[i] = 0.5f + 0.5f * erff(x[i] * 0.70710678118654752f) + x[i] * 0.39894228040143268f * expf(-0.5f * x[i] * x[i]);
-}
-
-/* rows of z (n, 2H, row stride zs) -> y (n, H) = a * sigmoid(s), plus res (n, H) if given */
-static void mx_gate(const float *z, long zs, const float *res, float *y, long n, long H) {
-    for (long r = 0; r < n; r++) {
-        const float *a = z + r * zs, *s = a + H;
-        float *o = y + r * H;
-        if (res) {
-            const float *q = res + r * H;
-            for (long j = 0; j < H; j++) o[j] = q[j] + a[j] / (1.0f + expf(-s[j]));
+        if (dg) {
+            float *dr = dg + r * H;
+            for (long j = 0; j < H; j++) {
+                const float Phi = 0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f);
+                gr[j] = xr[j] * Phi;
+                dr[j] = Phi + xr[j] * 0.39894228040143268f * expf(-0.5f * xr[j] * xr[j]);
+            }
         } else {
-            for (long j = 0; j < H; j++) o[j] = a[j] / (1.0f + expf(-s[j]));
+            for (long j = 0; j < H; j++) gr[j] = xr[j] * (0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f));
         }
     }
 }
 
-/* rows of z (n, 2H, row stride zs) and gy (n, H) -> dz = [ga, gs] (row stride zs) */
+/* rows of z (n, 2H, row stride zs) -> y (n, H) = a * sigmoid(s), plus res (n, H) if given;
+ * with keep_sig, sigmoid(s) overwrites s (for the backward) */
+static inline __attribute__((always_inline)) void mx_gate_row(float *a, const float *q, float *o, long H,
+                                                               const int with_res, const int keep_sig) {
+    float *s = a + H;
+    for (long j = 0; j < H; j++) {
+        const float sig = 1.0f / (1.0f + expf(-s[j]));
+        o[j] = with_res ? q[j] + a[j] * sig : a[j] * sig;
+        if (keep_sig) s[j] = sig;
+    }
+}
+
+static void mx_gate(float *z, long zs, const float *res, float *y, long n, long H, int keep_sig) {
+    for (long r = 0; r < n; r++) { /* the options fixed per loop: no masked or conditional loads inside */
+        float *a = z + r * zs, *o = y + r * H;
+        if (res && keep_sig) mx_gate_row(a, res + r * H, o, H, 1, 1);
+        else if (res) mx_gate_row(a, res + r * H, o, H, 1, 0);
+        else if (keep_sig) mx_gate_row(a, NULL, o, H, 0, 1);
+        else mx_gate_row(a, NULL, o, H, 0, 0);
+    }
+}
+
+/* rows of [a, sig(s)] (n, 2H, row stride zs, as mx_gate leaves them) and gy (n, H) ->
+ * dz = [ga, gs] (row stride zs) */
 static void mx_gate_grad(const float *z, const float *gy, float *dz, long zs, long n, long H) {
     for (long r = 0; r < n; r++) {
-        const float *a = z + r * zs, *s = a + H, *d = gy + r * H;
+        const float *a = z + r * zs, *sg = a + H, *d = gy + r * H;
         float *da = dz + r * zs, *ds = da + H;
         for (long j = 0; j < H; j++) {
-            const float sig = 1.0f / (1.0f + expf(-s[j]));
+            const float sig = sg[j];
             const float ga = d[j] * sig;
             ds[j] = ga * a[j] * (1.0f - sig);
             da[j] = ga;
@@ -153,9 +168,10 @@ long mix_z_stride(long H) { return 2 * H + 16; }
 
 /* y = res + a * sigmoid(s), [a, s] = GELU(h) W^T + b for h (R, H); res (R, H) may be NULL (no
  * residual: y = a * sigmoid(s)). When z and g are given (R rows of mix_z_stride(H) and
- * mix_g_stride(H) floats) they receive z and GELU(h) for the backward. */
-int mix_fwd_f32(const float *h, const float *W, const float *b, const float *res, float *y, float *z, float *g, long R,
-                long H, int nthreads) {
+ * mix_g_stride(H) floats) they receive [a, sigmoid(s)] and GELU(h) for the backward, and dg
+ * (R, H), if given, GELU'(h) (needed for the gradient of h only). */
+int mix_fwd_f32(const float *h, const float *W, const float *b, const float *res, float *y, float *z, float *g,
+                float *dg, long R, long H, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
     const long nblk = (R + MX_RB - 1) / MX_RB, zs = mix_z_stride(H), gs = mix_g_stride(H);
     float *Wt = (float *)malloc((size_t)(2 * H * H) * sizeof(float));
@@ -167,9 +183,9 @@ int mix_fwd_f32(const float *h, const float *W, const float *b, const float *res
         const long r0 = blk * MX_RB, n = R - r0 < MX_RB ? R - r0 : MX_RB;
         float *gb = g ? g + r0 * gs : scr + ssm_thread_id() * MX_RB * (zs + gs);
         float *zb = z ? z + r0 * zs : scr + ssm_thread_id() * MX_RB * (zs + gs) + MX_RB * gs;
-        mx_gelu(h + r0 * H, H, gb, gs, n, H);
+        mx_gelu(h + r0 * H, H, gb, gs, dg ? dg + r0 * H : NULL, n, H);
         mx_gemm(n, 2 * H, H, gb, gs, 1, Wt, 0, 1, zb, zs, b, 0);
-        mx_gate(zb, zs, res ? res + r0 * H : NULL, y + r0 * H, n, H);
+        mx_gate(zb, zs, res ? res + r0 * H : NULL, y + r0 * H, n, H, z != NULL);
     }
     free(Wt);
     free(scr);
@@ -182,16 +198,18 @@ static long mx_chunk_rows(long R) {
     return ((per + MX_RB - 1) / MX_RB) * MX_RB;
 }
 
-/* From the forward's saved z and g: gh (R, H), gW (2H, H), gb (2H,), each may be NULL (not wanted).
+/* From the forward's saved z ([a, sigmoid(s)]), g and dg (GELU'(h); may be NULL when gh is):
+ * gh (R, H), gW (2H, H), gb (2H,), each may be NULL (not wanted).
  * dzo, if given (R rows of mix_z_stride(H) floats), receives dz, for the caller to form gW and gb
  * itself (pass gW = gb = NULL then): at H = 256 a (2H, H) partial per block of rows no longer
  * stays in L2, and a library product over all rows does better. */
-int mix_bwd_f32(const float *gy, const float *h, const float *z, const float *g, const float *W, float *gh, float *gW,
+int mix_bwd_f32(const float *gy, const float *dg, const float *z, const float *g, const float *W, float *gh, float *gW,
                 float *gb, float *dzo, long R, long H, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
     const long CH = R > 0 ? mx_chunk_rows(R) : MX_RB, nch = (R + CH - 1) / CH;
-    const long zs = mix_z_stride(H), gs = mix_g_stride(H), per_thread = MX_RB * (zs + 2 * H);
+    const long zs = mix_z_stride(H), gs = mix_g_stride(H), per_thread = MX_RB * (zs + H);
     const int want_w = gW != NULL || gb != NULL;
+    if (gh && !dg) return 2; /* gh needs the forward's GELU'(h) */
     const long pw = 2 * H * H + 2 * H; /* one partial: gW then gb */
     float *Wp = (float *)malloc((size_t)(2 * H * H) * sizeof(float));
     float *scr = (float *)malloc((size_t)(nth * per_thread) * sizeof(float));
@@ -200,7 +218,7 @@ int mix_bwd_f32(const float *gy, const float *h, const float *z, const float *g,
     mx_pack(W, H, 1, 2 * H, H, Wp); /* W (2H x H) */
 #pragma omp parallel for schedule(static) num_threads(nth)
     for (long c = 0; c < nch; c++) {
-        float *dz = scr + ssm_thread_id() * per_thread, *dg = dz + MX_RB * zs, *gg = dg + MX_RB * H;
+        float *dz = scr + ssm_thread_id() * per_thread, *gg = dz + MX_RB * zs;
         float *pW = want_w ? part + c * pw : NULL, *pb = want_w ? pW + 2 * H * H : NULL;
         if (want_w) memset(pW, 0, (size_t)pw * sizeof(float));
         const long cend = (c + 1) * CH < R ? (c + 1) * CH : R;
@@ -209,10 +227,10 @@ int mix_bwd_f32(const float *gy, const float *h, const float *z, const float *g,
             float *dzb = dzo ? dzo + r0 * zs : dz;
             mx_gate_grad(z + r0 * zs, gy + r0 * H, dzb, zs, n, H);
             if (gh) {
-                mx_gelu_grad(h + r0 * H, dg, n * H);
                 mx_gemm(n, H, 2 * H, dzb, zs, 1, Wp, 0, 1, gg, H, NULL, 0);
                 float *o = gh + r0 * H;
-                for (long i = 0; i < n * H; i++) o[i] = gg[i] * dg[i];
+                const float *d = dg + r0 * H;
+                for (long i = 0; i < n * H; i++) o[i] = gg[i] * d[i];
             }
             if (want_w) {
                 mx_gemm(2 * H, H, n, dzb, 1, zs, g + r0 * gs, gs, 0, pW, H, NULL, 1); /* pW += dz^T g */
