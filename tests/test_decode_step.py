@@ -76,6 +76,20 @@ def test_under_autograd_step_uses_the_torch_path_and_has_gradients():
     assert x.grad is not None and layer.A_log.grad is not None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_linear_equals_the_module_for_any_number_of_rows(dtype):
+    """One to eight float32 rows take the native kernel, more rows and float64 BLAS's
+    matrix-vector form: all equal the module to rounding."""
+    torch.manual_seed(8)
+    lin = torch.nn.Linear(45, 37, dtype=dtype)
+    for rows in (1, 2, 8, 9, 33):
+        x = torch.randn(rows, 45, dtype=dtype)
+        with torch.no_grad():
+            assert_close_to_reference(rows_linear(lin, x).double(), lin.double()(x.double()), TOL[dtype],
+                                      f"{rows} rows")
+            lin.to(dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("K", [45, 61])  # the kernels' blocks of 32 and 16 columns, and a tail
