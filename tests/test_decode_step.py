@@ -107,12 +107,14 @@ def test_rows_matmul_equals_linear(dtype, rows, K):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rows_matmul_gives_the_same_numbers_for_any_thread_count_and_number_of_rows(dtype):
-    # the kernel groups weight rows into tiles by thread range (rows a quarter of a range apart);
-    # every output must still be the same sum, bit for bit, whatever the grouping
+@pytest.mark.parametrize("K", [61, 1100])  # 3+ rows: two weight streams by four rows up to K = 1024, else four by two
+def test_rows_matmul_gives_the_same_numbers_for_any_thread_count_and_number_of_rows(dtype, K):
+    # the kernel groups weight rows into tiles by thread range (rows a quarter or a half of a range
+    # apart) and rows of x by twos or fours; every output must still be the same sum, bit for bit,
+    # whatever the grouping
     torch.manual_seed(0)
-    W = torch.randn(37, 61).to(dtype)
-    x = torch.randn(5, 61).to(dtype)
+    W = torch.randn(37, K).to(dtype)
+    x = torch.randn(5, K).to(dtype)
     old = torch.get_num_threads()
     whole = []
     try:
@@ -120,6 +122,8 @@ def test_rows_matmul_gives_the_same_numbers_for_any_thread_count_and_number_of_r
             torch.set_num_threads(threads)
             for M in (37, 9, 3):  # ranges of several tiles, of one tile and a tail, of a tail only
                 full = decode_step.rows_matmul(x, W[:M])
+                for n in (2, 3, 4):
+                    assert torch.equal(decode_step.rows_matmul(x[:n], W[:M]), full[:n])
                 for b in range(5):
                     assert torch.equal(decode_step.rows_matmul(x[b:b + 1], W[:M]), full[b:b + 1])
                     assert torch.equal(decode_step.rows_matmul(x[b:b + 1], W[M - 1:M])[0, 0], full[b, M - 1])

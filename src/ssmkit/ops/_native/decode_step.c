@@ -120,18 +120,32 @@ static inline __attribute__((always_inline)) void dec_tile_bf16(const uint16_t *
     long k = 0;
     for (; k + 16 <= K; k += 16) {
         __m256 xl[4], xh[4];
-        for (int r = 0; r < NR; r++) {
+        for (int r = 0; r < NR; r++) { /* for NR > 2 loads the compiler may fold into the multiply-adds */
             xl[r] = _mm256_loadu_ps(x + (b0 + r) * K + k);
             xh[r] = _mm256_loadu_ps(x + (b0 + r) * K + k + 8);
         }
-        for (int a = 0; a < JT; a++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(W + (j + a * js) * K + k));
-            const __m256 wl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w));
-            const __m256 wh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w));
-            for (int r = 0; r < NR; r++) {
-                acc[a][r] = _mm256_fmadd_ps(wl, xl[r], acc[a][r]);
-                acc[a][r] = _mm256_fmadd_ps(wh, xh[r], acc[a][r]);
+        if (NR <= 2) {
+            for (int a = 0; a < JT; a++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(W + (j + a * js) * K + k));
+                const __m256 wl = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w));
+                const __m256 wh = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w));
+                for (int r = 0; r < NR; r++) {
+                    acc[a][r] = _mm256_fmadd_ps(wl, xl[r], acc[a][r]);
+                    acc[a][r] = _mm256_fmadd_ps(wh, xh[r], acc[a][r]);
+                }
             }
+        } else { /* 3-4 rows of x (JT <= 2): the widened weights stay in registers, x is read per row */
+            __m256 wl[2], wh[2];
+            for (int a = 0; a < JT; a++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(W + (j + a * js) * K + k));
+                wl[a] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, w));
+                wh[a] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, w));
+            }
+            for (int r = 0; r < NR; r++)
+                for (int a = 0; a < JT; a++) {
+                    acc[a][r] = _mm256_fmadd_ps(wl[a], xl[r], acc[a][r]);
+                    acc[a][r] = _mm256_fmadd_ps(wh[a], xh[r], acc[a][r]);
+                }
         }
     }
     for (int a = 0; a < JT; a++)
@@ -157,29 +171,38 @@ static void dec_bf16_perm(float *x, long K) { (void)x; (void)K; }
 #endif
 
 /* The rows of W are split into nthreads contiguous ranges, one per thread. Inside a range of n
- * rows a tile takes 4 weight rows a quarter of the range apart (rows i, i + q, i + 2q, i + 3q,
- * q = n / 4), times 1 or 2 rows of x (at most 8 accumulators); more rows of x take further passes
- * over the same 4 weight rows, from L1. Four long linear streams: one core reads memory markedly
- * faster from several distant streams than from one (the hardware prefetcher runs ahead on each;
- * 14-17 against 8-10 GB/s for a bfloat16 product measured on an AMD EPYC core, see
- * benchmarks/RESULTS.md), while four adjacent rows are one stream. The < 4 rows left over in a
+ * rows a tile takes S weight rows a fraction 1/S of the range apart (rows i, i + q, ..., q = n / S):
+ * S long linear streams, which one core reads markedly faster than one (the hardware prefetcher
+ * runs ahead on each; 14-17 against 8-10 GB/s for a bfloat16 product measured on an AVX2 AMD EPYC
+ * core, see benchmarks/RESULTS.md), while adjacent rows are one stream. For 1-2 rows of x (or
+ * rows longer than DEC_WIDE_K) S = 4, times 1 or 2 rows of x (at most 8 accumulators), and more
+ * rows of x take further passes over the same weight rows; those passes do not overlap the
+ * memory stream, so for 3 or more rows of length <= DEC_WIDE_K, S = 2 times up to 4 rows of x in
+ * one pass (4 rows of x then stay in L1 beside the streams: at the 130m shapes' K = 768 a batch of
+ * 4 ran 1.4x faster this way on an AVX-512 EPYC; at K = 1536 slower). The < S rows left over in a
  * range go one at a time. Each output row's sum is the same whatever the grouping, so the result
  * does not depend on nthreads or on nb. */
+#define DEC_WIDE_K 1024
 #define DEC_ROWS_LOOP(TILE, STORE_ROW)                                                             \
     const int nth = nthreads > 0 ? nthreads : 1;                                                   \
+    const int wide = nb >= 3 && K <= DEC_WIDE_K;                                                   \
+    const int S = wide ? 2 : 4, RP = wide ? 4 : 2; /* weight streams, rows of x per pass */       \
     long c;                                                                                        \
     _Pragma("omp parallel for schedule(static) num_threads(nth)")                                  \
     for (c = 0; c < nth; c++) {                                                                    \
-        const long r0 = M * c / nth, r1 = M * (c + 1) / nth, q = (r1 - r0) / 4;                    \
+        const long r0 = M * c / nth, r1 = M * (c + 1) / nth, q = (r1 - r0) / S;                    \
         for (long j = r0; j < r1; j++) {                                                           \
-            if (j >= r0 + q && j < r0 + 4 * q) continue;   /* done as rows 2-4 of a tile */       \
-            const int jt = j < r0 + q ? 4 : 1;                                                     \
-            const long js = jt == 4 ? q : 1;                                                       \
-            for (long b0 = 0; b0 < nb; b0 += 2) {                                                  \
-                const int nr = (int)(nb - b0 < 2 ? nb - b0 : 2);                                   \
+            if (j >= r0 + q && j < r0 + S * q) continue;   /* done as rows 2-S of a tile */       \
+            const int jt = j < r0 + q ? S : 1;                                                     \
+            const long js = jt > 1 ? q : 1;                                                        \
+            for (long b0 = 0; b0 < nb; b0 += RP) {                                                 \
+                const int nr = (int)(nb - b0 < RP ? nb - b0 : RP);                                 \
                 float out[4][4];                                                                   \
                 if (jt == 4 && nr == 2) TILE(W, x, K, j, js, b0, 4, 2, out);                       \
                 else if (jt == 4) TILE(W, x, K, j, js, b0, 4, 1, out);                             \
+                else if (jt == 2 && nr == 4) TILE(W, x, K, j, js, b0, 2, 4, out);                  \
+                else if (jt == 2 && nr == 3) TILE(W, x, K, j, js, b0, 2, 3, out);                  \
+                else if (jt == 2) TILE(W, x, K, j, js, b0, 2, nr, out);                            \
                 else TILE(W, x, K, j, 1, b0, 1, nr, out);                                          \
                 for (int a = 0; a < jt; a++)                                                       \
                     for (int r = 0; r < nr; r++)                                                   \
