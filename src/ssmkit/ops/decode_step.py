@@ -116,8 +116,10 @@ _ROWS_FN = {torch.float32: "rows_matmul_f32", torch.bfloat16: "rows_matmul_bf16"
 
 def rows_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """``x Wᵀ + bias`` for a few rows ``x`` (b, K) by the native kernel, which reads every row of
-    the weight (M, K) once for all rows of x (float32 or bfloat16, accumulated in float32), four
-    distant rows at a time (four concurrent memory streams, which one core reads faster than one).
+    the weight (M, K) once for all rows of x (float32 or bfloat16, accumulated in float32), several
+    distant weight rows at a time (concurrent memory streams, which one core reads faster than one:
+    four for one or two rows of x, two for three or more rows of length K <= 1024, which then go
+    in one pass).
     Each output is the same sum whatever the thread count or b. None when the kernel does not
     apply (then the caller uses torch)."""
     name = _ROWS_FN.get(weight.dtype)
