@@ -110,6 +110,8 @@ needs_native = pytest.mark.skipif(not _native.available(), reason="the native li
     (2, 37, 40, 37),   # 16 + 16 + 8 channels, L not a multiple of 4
     (3, 50, 64, 50),   # the layers' case: full-length kernel, channels a multiple of 16
     (1, 9, 19, 4),     # 16 channels and a scalar tail of 3
+    (2, 24, 16, 24),   # L and the kernel exact multiples of the register block (7, or 12 with AVX-512VL)
+    (2, 30, 8, 25),    # several blocks of outputs and of taps, both with partial last blocks
 ])
 @pytest.mark.parametrize("with_D", [False, True])
 def test_direct_sum_and_its_gradients_equal_the_definition(B, L, H, Lk, with_D):

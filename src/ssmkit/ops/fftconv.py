@@ -38,9 +38,9 @@ from . import _native
 __all__ = ["fftconv", "causal_conv_ref", "DIRECT_MAX_LEN"]
 
 # "auto" sums directly up to this length: the crossover of forward + backward against the FFT
-# route on the CPU (benchmarks/bench_conv.py) lies between 768 and 1024 on an AVX2 core and between
-# 512 and 768 on an AVX-512 one (where the FFT gained more); at 768 direct is 1.23-1.30x faster on
-# the first and 0.89-0.92x on the second, at 1024 1.03-1.07x and 0.74-0.78x.
+# route on the CPU (benchmarks/bench_conv.py) lies between 768 and 1024 both on an AVX2 core and on
+# an AVX-512 one (where the FFT gained more); at 768 direct is 1.23-1.30x faster on the first and
+# 1.03-1.08x on the second, at 1024 1.03-1.07x and 0.84-0.87x.
 DIRECT_MAX_LEN = 768
 
 

@@ -7,9 +7,11 @@
  * K is given as (Lk, H): the kernel transposed, channels contiguous. float32, contiguous.
  * The gradient of u is the forward convolution run backwards in time (a negative time stride).
  * Vectorised over channels (8 per AVX register). Each block of 8 channels of a batch row is
- * packed into contiguous rows with zero rows around it; DC_T = 7 outputs (or taps) are summed at
- * once, and the input rows they need rotate through 7 registers, so each step loads one input row
- * and one tap row for 7 multiply-adds (dc_causal8, dc_taps8). Threads split the batch (forward,
+ * packed into contiguous rows with zero rows around it; DC_T outputs (or taps) are summed at
+ * once, and the input rows they need rotate through DC_T registers, so each step loads one input
+ * row and one tap row for DC_T multiply-adds (dc_causal8, dc_taps8). DC_T is 7 with AVX2's 16
+ * vector registers and 12 where AVX-512VL gives 32 (the same 256-bit code; forward + backward
+ * 5-14% faster on an AVX-512 AMD EPYC, more for longer sequences). Threads split the batch (forward,
  * gu) or the channels (gK); every sum is taken in one fixed order (taps, or batch then time,
  * increasing), so the results do not depend on the number of threads. */
 #include <stddef.h>
@@ -17,8 +19,16 @@
 
 #include "native_common.h"
 
+#if defined(__AVX512VL__)
+/* 32 vector registers (AVX-512VL encodes ymm16-31 too): 12 accumulators + 12 input rows + 1 */
+#define DC_T 12
+#define DC_PAD 16
+#else
 #define DC_T 7   /* outputs (or taps) per register block: 7 accumulators + 7 input rows + 1 = 15 registers */
 #define DC_PAD 8 /* zero rows before row 0 of a packed slice (at least DC_T - 1) */
+#endif
+#define DC_PRAGMA(x) _Pragma(#x)
+#define DC_UNROLL(n) DC_PRAGMA(GCC unroll n)
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -39,12 +49,12 @@ static void dc_causal8(const float *in, const float *K, long Lk, float *out, lon
         long nt = t0 + DC_T < Lk ? t0 + DC_T : Lk; /* taps j <= t0 + DC_T - 1 and j < Lk */
         nt = (nt + DC_T - 1) / DC_T * DC_T;
         for (long j = 0; j < nt; j += DC_T) {
-#pragma GCC unroll 7
+DC_UNROLL(DC_T)
             for (int jj = 0; jj < DC_T; jj++) {
                 const int s0 = (DC_T - jj) % DC_T; /* the register of row t0 - j - jj */
                 r[s0] = _mm256_loadu_ps(in + (t0 - j - jj) * 8);
                 const __m256 k = _mm256_loadu_ps(K + (j + jj) * 8);
-#pragma GCC unroll 7
+DC_UNROLL(DC_T)
                 for (int i = 0; i < DC_T; i++) acc[i] = _mm256_fmadd_ps(k, r[(s0 + i) % DC_T], acc[i]);
             }
         }
@@ -67,11 +77,11 @@ static void dc_taps8(const float *g, const float *x, float *gK, long H, long L, 
         }
         const long ns = L - j0;
         for (long s = 0; s < ns; s += DC_T) {
-#pragma GCC unroll 7
+DC_UNROLL(DC_T)
             for (int ss = 0; ss < DC_T; ss++) {
                 r[ss] = _mm256_loadu_ps(x + (s + ss) * 8); /* row s + ss in register (s + ss) mod DC_T */
                 const __m256 gv = _mm256_loadu_ps(g + (j0 + s + ss) * 8);
-#pragma GCC unroll 7
+DC_UNROLL(DC_T)
                 for (int i = 0; i < DC_T; i++) acc[i] = _mm256_fmadd_ps(gv, r[(ss - i + DC_T) % DC_T], acc[i]);
             }
         }
