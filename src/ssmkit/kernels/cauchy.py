@@ -232,8 +232,7 @@ class _S4Rank1(torch.autograd.Function):
         Qc = Q0.conj()
         V = torch.stack([Ct * B, Ct * P0, Qc * B, Qc * P0])  # (4, H, M): the sums' rows, one block each
         coef = V * (1 / den)
-        seq, z64, cb64 = native_forward(log_r.expand(4, H, M).reshape(4 * H, M), coef.reshape(4 * H, M), L,
-                                        dt.dtype)
+        seq, z64, cb64 = native_forward(log_r, coef.reshape(4 * H, M), L, dt.dtype)  # the 4 blocks share log_r
         K, k = _rank1_forward(seq.view(4, H, L), dt, L, native)
         ctx.save_for_backward(lam, P0, B, Ct, Q0, dt, h, a, e, den, coef, k, z64, cb64)
         ctx.L, ctx.native = L, native
@@ -247,7 +246,7 @@ class _S4Rank1(torch.autograd.Function):
         H, M = lam.shape
         g_rest, g_dt = _rank1_backward(k, dt, gK, L, ctx.native, True, ctx.needs_input_grad[5])
         # the cb rows' gradient is Δ ∂K: the (linear) sums of ∂K, scaled by Δ per channel afterwards
-        gw, gcoef = native_backward(z64[:H], cb64, [gK, *g_rest.unbind(0)], True, True)
+        gw, gcoef = native_backward(z64, cb64, [gK, *g_rest.unbind(0)], True, True)
         gw, gcoef = gw.view(4, H, M), gcoef.view(4, H, M)
         cd = lam.dtype
         d64 = dt.to(torch.float64).unsqueeze(-1)

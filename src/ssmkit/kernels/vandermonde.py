@@ -62,17 +62,19 @@ def _exp_outer(w: torch.Tensor, idx: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def native_forward(w: torch.Tensor, CB: torch.Tensor, L: int, real_dtype: torch.dtype):
-    """``2 Re Σ_n CB_n e^{k w_n}`` for w, CB (R, M) complex on the CPU by the native kernel, outside
-    autograd: returns K (R, L) in ``real_dtype`` and the complex128 operands ``z = e^w`` and CB (as
-    (R, M, 2) reals) that :func:`native_backward` takes. The kernels take ``e^w``, computed here once
-    (vectorised) for both directions."""
+    """``2 Re Σ_n CB_n e^{k w_n}`` on the CPU by the native kernel, outside autograd, for w (H, M) and
+    CB (X H, M) complex: row x H + h of CB uses the modes w[h] (X = 1: one set of modes per row).
+    Returns K (X H, L) in ``real_dtype`` and the complex128 operands ``z = e^w`` (H, M, 2) and CB
+    (X H, M, 2) as reals, which :func:`native_backward` takes. The kernels take ``e^w``, computed here
+    once per set of modes (vectorised) for both directions."""
     w = w.to(torch.complex128)
     z64 = torch.view_as_real(torch.polar(torch.exp(w.real), w.imag).contiguous())
     cb64 = torch.view_as_real(CB.to(torch.complex128).contiguous())
-    R, M = w.shape
+    (H, M), R = w.shape, CB.shape[0]
+    z_rows = z64 if R == H else z64.repeat(R // H, 1, 1)  # the forward kernel reads a z row per CB row
     single = real_dtype == torch.float32  # summed in double, rounded as the kernel writes it
     K = torch.empty(R, L, dtype=torch.float32 if single else torch.float64)
-    if _native.library().vdm_fwd_f64(z64.data_ptr(), cb64.data_ptr(), K.data_ptr(), int(single), R, M, L,
+    if _native.library().vdm_fwd_f64(z_rows.data_ptr(), cb64.data_ptr(), K.data_ptr(), int(single), R, M, L,
                                      torch.get_num_threads()):
         raise MemoryError("vandermonde_kernel: the native kernel could not allocate its scratch buffers")
     return K.to(real_dtype), z64, cb64
@@ -80,7 +82,7 @@ def native_forward(w: torch.Tensor, CB: torch.Tensor, L: int, real_dtype: torch.
 
 def native_backward(z64: torch.Tensor, cb64: torch.Tensor, gKs, want_w: bool, want_cb: bool):
     """Gradients (complex128 (X H, M), or None where not wanted) of every row's w and CB, for X row blocks
-    that share their modes: ``z64`` (H, M, 2), ``e^w`` as :func:`native_forward` returned it for one block,
+    that share their modes: ``z64`` (H, M, 2), ``e^w`` as :func:`native_forward` returned it,
     ``cb64`` (X H, M, 2), and ``gKs`` the X blocks' gradients, each (H, L). The blocks share the power tables."""
     H, M = z64.shape[:2]
     X = len(gKs)
