@@ -166,7 +166,7 @@ static void vdm_table(const double *z, long m0, int G, long T, long nb, double *
         a8r[k] = pr[8]; a8i[k] = pi[8];
     }
     vdm_table_chains(tr, ti, a8r, a8i, G, T);
-    for (int k = 0; k < G; k++) {
+    for (int k = 0; k < G && nb > 0; k++) { /* (L = 0: no tiles, no anchors) */
         const double *r = tr + k * VDM_T, *i = ti + k * VDM_T;
         const double br = r[T - 1] * ar[k] - i[T - 1] * ai[k], bi = r[T - 1] * ai[k] + i[T - 1] * ar[k];
         double cr = 1.0, ci = 0.0;
