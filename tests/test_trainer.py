@@ -231,8 +231,9 @@ def test_a_budget_stopped_run_ends_with_a_decayed_learning_rate(tmp_path):
     peak = max(range(len(lrs)), key=lrs.__getitem__)
     assert lrs[peak] > 0.9e-2 and lrs[-1] < 0.05e-2  # warmed up fully, ended decayed
     # warm-up ended once 10% of the 2 s budget had passed (the lr of a row is set before its step,
-    # so at about the previous row's elapsed time), not after 10,000 steps
-    assert peak >= 1 and train[peak - 1]["elapsed"] < 0.3 and (peak < 2 or train[peak - 2]["elapsed"] < 0.2)
+    # so just after the previous row's elapsed time was taken), not after 10,000 steps; the log
+    # rounds elapsed to the millisecond, so a time just under 0.2 s may read 0.2
+    assert peak >= 1 and train[peak - 1]["elapsed"] < 0.3 and (peak < 2 or train[peak - 2]["elapsed"] <= 0.2)
     timing = next(r for r in _rows(tmp_path / "run") if r.get("event") == "timing")
     assert timing["expected_steps"] > 0 and res["params"] > 0
 
