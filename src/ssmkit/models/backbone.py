@@ -31,9 +31,10 @@ from .._checks import (check_bool, check_choice, check_finite, check_float, chec
 from ..layers import get_layer
 from ..layers.mamba_family import cached_float_copies
 from ..ops import decode_step
+from ..ops.layer_norm import layer_norm
 from .mixer import ChannelMixer
 
-__all__ = ["Backbone", "Block", "RMSNorm", "make_norm", "NORMS"]
+__all__ = ["Backbone", "Block", "LayerNorm", "RMSNorm", "make_norm", "NORMS"]
 
 NORMS = ("layer", "rms", "batch")
 
@@ -55,6 +56,19 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(xf, (xf.shape[-1],), None, self.eps).to(dtype)
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension (same parameters and state dict) whose forward
+    runs :func:`ssmkit.ops.layer_norm.layer_norm`: the native kernel for float32 on the CPU
+    (torch's CPU LayerNorm costs about 0.7 ns an element at the LTI blocks' widths), torch's
+    function elsewhere. The native path has first-order gradients only (like the fused mixer and
+    kernels of the blocks): no double backward."""
+
+    def forward(self, x):
+        if len(self.normalized_shape) != 1 or tuple(x.shape[-1:]) != tuple(self.normalized_shape):
+            return super().forward(x)  # other shapes, and torch's own error for a wrong width
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
 class _BatchNorm(nn.BatchNorm1d):
     """BatchNorm over the channels of (..., d) features (statistics over batch and length)."""
 
@@ -66,7 +80,7 @@ def make_norm(kind: str, d: int, eps: float = 1e-5, device=None, dtype=None) -> 
     """``layer`` (LayerNorm with bias), ``rms`` (RMSNorm) or ``batch`` (BatchNorm) over d channels."""
     check_choice("norm", kind, NORMS)
     if kind == "layer":
-        return nn.LayerNorm(d, eps=eps, device=device, dtype=dtype)
+        return LayerNorm(d, eps=eps, device=device, dtype=dtype)
     if kind == "rms":
         return RMSNorm(d, eps=eps, device=device, dtype=dtype)
     return _BatchNorm(d, eps=eps, device=device, dtype=dtype)

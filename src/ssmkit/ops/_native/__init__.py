@@ -43,11 +43,11 @@ __all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
 # Mamba-2's D skip + gated group RMSNorm, the direct causal convolution of short sequences, the LTI
-# blocks' channel mixer, the diagonal SSM's Vandermonde kernel, S4's rank-1 Woodbury step
+# blocks' channel mixer, the diagonal SSM's Vandermonde kernel, S4's rank-1 Woodbury step, LayerNorm
 _SRCS = (_SRC, Path(__file__).with_name("decode_step.c"), Path(__file__).with_name("ssd_scan.c"),
          Path(__file__).with_name("gated_norm.c"), Path(__file__).with_name("direct_conv.c"),
          Path(__file__).with_name("channel_mixer.c"), Path(__file__).with_name("vandermonde.c"),
-         Path(__file__).with_name("woodbury.c"))
+         Path(__file__).with_name("woodbury.c"), Path(__file__).with_name("layer_norm.c"))
 # headers the sources include (part of the cache key, like the sources)
 _HEADERS = (Path(__file__).with_name("native_common.h"),)
 # Compile with fast-math so that the exp in the inner loops is vectorised (glibc's libmvec),
@@ -56,7 +56,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 14
+_ABI = 15
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -253,6 +253,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.s4w_fwd_f32.restype = I
     lib.s4w_bwd_f32.argtypes = [P] * 5 + [L] * 3 + [I]
     lib.s4w_bwd_f32.restype = I
+    lib.ln_fwd_f32.argtypes = [P] * 6 + [L] * 2 + [D, I]  # LayerNorm (ssmkit.ops.layer_norm)
+    lib.ln_fwd_f32.restype = None
+    lib.ln_bwd_f32.argtypes = [P] * 9 + [L] * 2 + [I]
+    lib.ln_bwd_f32.restype = I
+    lib.ln_blocks.argtypes = [L]
+    lib.ln_blocks.restype = L
     for name in ("mix_g_stride", "mix_z_stride"):
         getattr(lib, name).argtypes = [L]
         getattr(lib, name).restype = L

@@ -122,7 +122,7 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #undef SSM_LOG1P
 #undef SSM_EXPM1
 
-int ssm_abi_version(void) { return 14; }
+int ssm_abi_version(void) { return 15; }
 
 #else /* template body */
 
