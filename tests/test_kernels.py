@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssmkit.kernels import fold, naive_kernel, rational_kernel, vandermonde_kernel, vandermonde_kernel_ref
+from ssmkit.kernels import fold, naive_kernel, rational_kernel, rational_kernel_ref, vandermonde_kernel, vandermonde_kernel_ref
 from ssmkit.lti import companion, poly_from_roots, ss_to_tf, tf_to_ss
 from ssmkit.ops import _native, causal_conv_ref, fftconv
 
@@ -361,3 +361,51 @@ def test_vandermonde_method_checked_by_name():
         vandermonde_kernel(w, CB, 5, conj_pairs=False, method="native")
     with raises_naming(ValueError, "method"):  # and has no lag blocks
         vandermonde_kernel(w, CB, 5, lag_block=2, method="native")
+
+
+@pytest.mark.parametrize("a_shape,b_shape,L", [((3, 4), (3, 4), 16), ((2, 8), (2, 8), 5), ((4, 3), (4, 3), 17),
+                                               ((2, 6), (2, 6), 2), ((1, 4), (3, 4), 9), ((3, 4), (1, 4), 9),
+                                               ((5,), (2, 5), 7), ((2, 3, 4), (3, 4), 12), ((1, 1), (1, 1), 1)])
+def test_rational_kernel_fused_backward_equals_autograd(a_shape, b_shape, L):
+    """The fused function's written-out gradients (∂p_b = irfft(G conj Q), ∂p_a = -irfft(G conj(K̂ Q)))
+    against autograd through the companion powers (rational_kernel_ref), in float64: even and odd L
+    (the Nyquist bin), N + 1 > L (folded coefficients), L = 1, and broadcast leading dimensions
+    (the gradient summed back to each input's shape). Also torch.autograd.gradcheck."""
+    g = torch.Generator().manual_seed(L + 31 * a_shape[-1])
+    a = (0.4 * torch.randn(*a_shape, generator=g, dtype=f64) / a_shape[-1]).requires_grad_()
+    b = torch.randn(*b_shape, generator=g, dtype=f64).requires_grad_()
+    K = rational_kernel(a, b, L, method="fused")
+    assert type(K.grad_fn).__name__.startswith("_RationalKernel")
+    lead = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    K_ref = rational_kernel_ref(a.expand(*lead, a.shape[-1]), b.expand(*lead, b.shape[-1]), L)
+    gK = torch.randn(K.shape, generator=g, dtype=f64)
+    got = torch.autograd.grad(K, (a, b), gK)
+    want = torch.autograd.grad(K_ref, (a, b), gK)
+    assert rel_err(K, K_ref) < 1e-10
+    for x, y in zip(got, want):
+        assert x.shape == y.shape and rel_err(x, y) < 1e-10
+    assert torch.autograd.gradcheck(lambda a, b: rational_kernel(a, b, L, method="fused"), (a, b))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's forward AD warns about torch.jit.script
+def test_rational_kernel_methods_and_higher_order_derivatives():
+    """``auto`` is the fused function; ``torch`` keeps autograd's graph (double backward, forward
+    mode), ``auto`` switches to it under forward-mode AD; a bad method is refused by name."""
+    g = torch.Generator().manual_seed(5)
+    a = (0.1 * torch.randn(2, 4, generator=g, dtype=f64)).requires_grad_()
+    b = torch.randn(2, 4, generator=g, dtype=f64).requires_grad_()
+    assert type(rational_kernel(a, b, 10).grad_fn).__name__.startswith("_RationalKernel")
+    assert rel_err(rational_kernel(a, b, 10), rational_kernel(a, b, 10, method="torch")) < 1e-12
+    assert torch.autograd.gradgradcheck(lambda a, b: rational_kernel(a, b, 10, method="torch"), (a, b))
+    ga = torch.autograd.grad(rational_kernel(a, b, 10, method="fused").pow(2).sum(), a, create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        ga.sum().backward()
+    import torch.autograd.forward_ad as fwAD
+    t = torch.randn(2, 4, generator=g, dtype=f64)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(rational_kernel(fwAD.make_dual(a.detach(), t), b.detach(), 10)).tangent
+    eps = 1e-6  # central difference of the kernel along t: error O(eps²)
+    fd = (rational_kernel(a.detach() + eps * t, b.detach(), 10) - rational_kernel(a.detach() - eps * t, b.detach(), 10)) / (2 * eps)
+    assert tangent is not None and rel_err(tangent, fd) < 1e-7
+    with raises_naming(ValueError, "method"):
+        rational_kernel(a, b, 10, method="fft")
