@@ -167,35 +167,41 @@ int dconv_bwd_f32(const float *gy, const float *u, const float *K, float *gu, fl
     /* gu[s] = sum_j K[j] gy[s + j]: the causal sum in reversed time */
     if (gu && dc_causal_rows(gy, K, gu, B, L, Lk, H, -H, (L - 1) * H, nth)) return 1;
     if (gK) {
-        /* threads split the channels; per block of 8 channels, the batch rows in order, each
-         * packed once ((L, 8) slices of gy and u) and read from L1 by every group of taps */
+        /* threads split the channels (a contiguous range of units each); a thread takes the batch
+         * rows in order and, per row, each of its blocks of 8 channels: it packs the block's
+         * (L, 8) slices of gy and u and sums its taps. Batch rows outside, so a row's (L, H) slice is
+         * read from memory once (with the blocks outside, each block's pass would read every
+         * cache line of gy and u again: half a line is 8 channels). Per channel the batch rows
+         * still add up in order. */
         const long nvec = DC_VEC ? H / 8 : 0, nunit = nvec + (H - 8 * nvec);
         const long nbuf = dc_slice_floats(L) + DC_T * 8; /* u's slice, and DC_T more zero rows */
         float *bufs = (float *)calloc((size_t)(nth * 2 * nbuf), sizeof(float));
         if (!bufs) return 1;
-        long w;
-#pragma omp parallel for schedule(static) num_threads(nth)
-        for (w = 0; w < nunit; w++) {
-            /* unit w: a block of 8 channels, or one channel of the scalar tail */
-            const long h = w < nvec ? 8 * w : 8 * nvec + (w - nvec);
-            const int width = w < nvec ? 8 : 1;
-            for (long j = 0; j < Lk; j++)
-                for (int c = 0; c < width; c++) gK[j * H + h + c] = 0;
-            float *xs = bufs + ssm_thread_id() * 2 * nbuf, *gs = xs + nbuf, *xrows = xs + DC_PAD * 8;
+        for (long j = 0; j < Lk; j++)
+            for (long h = 0; h < H; h++) gK[j * H + h] = 0;
+#pragma omp parallel num_threads(nth)
+        {
+            const long tid = ssm_thread_id(), nt = ssm_num_threads();
+            const long w0 = nunit * tid / nt, w1 = nunit * (tid + 1) / nt;
+            float *xs = bufs + tid * 2 * nbuf, *gs = xs + nbuf, *xrows = xs + DC_PAD * 8;
             for (long b = 0; b < B; b++) {
                 const float *g = gy + b * L * H, *x = u + b * L * H;
+                for (long w = w0; w < w1; w++) {
+                    /* unit w: a block of 8 channels, or one channel of the scalar tail */
+                    const long h = w < nvec ? 8 * w : 8 * nvec + (w - nvec);
 #if DC_VEC
-                if (width == 8) {
-                    dc_pack8(x, H, h, L, xrows);
-                    dc_pack8(g, H, h, L, gs);
-                    dc_taps8(gs, xrows, gK + h, H, L, Lk);
-                    continue;
-                }
+                    if (w < nvec) {
+                        dc_pack8(x, H, h, L, xrows);
+                        dc_pack8(g, H, h, L, gs);
+                        dc_taps8(gs, xrows, gK + h, H, L, Lk);
+                        continue;
+                    }
 #endif
-                for (long j = 0; j < Lk; j++) {
-                    float a = gK[j * H + h];
-                    for (long t = j; t < L; t++) a += g[t * H + h] * x[(t - j) * H + h];
-                    gK[j * H + h] = a;
+                    for (long j = 0; j < Lk; j++) {
+                        float a = gK[j * H + h];
+                        for (long t = j; t < L; t++) a += g[t * H + h] * x[(t - j) * H + h];
+                        gK[j * H + h] = a;
+                    }
                 }
             }
         }

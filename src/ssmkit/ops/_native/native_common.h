@@ -16,4 +16,13 @@ static inline long ssm_thread_id(void) {
 #endif
 }
 
+/* the number of threads of the enclosing OpenMP parallel region (1 without OpenMP) */
+static inline long ssm_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 #endif
