@@ -443,3 +443,48 @@ def test_torch_func_transforms_use_torch():
     assert rel_err(g, xr.grad) < TOL
     v = torch.vmap(lambda r: layer_norm(r, w, b))(x)
     assert rel_err(v, F.layer_norm(x.double(), (8,), w.double(), b.double())) < TOL
+
+
+@needs_native
+@pytest.mark.parametrize("used", ["both", "norm", "skip"])
+def test_layer_norm_with_skip_adds_the_residual_gradient(used):
+    """``layer_norm_with_skip`` returns (LayerNorm(x), x); the gradient of the second output joins
+    x's inside the norm's backward: against float64 autograd of ``LN(x)·gy + x·gs``, with either
+    output unused (its gradient absent)."""
+    x, w, b, gy = _operands((6, 40, 16))
+    gs = torch.randn(gy.shape, generator=torch.Generator().manual_seed(3))
+    y, xs = ln_mod.layer_norm_with_skip(x, w, b)
+    assert type(y.grad_fn).__name__.startswith("_NativeLayerNorm") and torch.equal(xs, x)
+    loss = {"both": (y * gy).sum() + (xs * gs).sum(), "norm": (y * gy).sum(), "skip": (xs * gs).sum()}[used]
+    got = torch.autograd.grad(loss, (x, w, b), allow_unused=True)
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    yr = F.layer_norm(xr, (16,), wr, br)
+    ref_loss = {"both": (yr * gy.double()).sum() + (xr * gs.double()).sum(), "norm": (yr * gy.double()).sum(),
+                "skip": (xr * gs.double()).sum()}[used]
+    want = torch.autograd.grad(ref_loss, (xr, wr, br), allow_unused=True)
+    for name, a, r in zip(("x", "weight", "bias"), got, want):
+        if r is None or used == "skip" and name != "x":
+            assert a is None or float(a.abs().max()) == 0.0, name
+        else:
+            assert rel_err(a, r) < TOL, name
+
+
+@needs_native
+def test_block_routes_its_residual_through_the_norm(monkeypatch):
+    """A pre-norm LayerNorm block uses layer_norm_with_skip; the model's gradients equal those with
+    the residual summed by autograd (the skip replaced by the plain norm)."""
+    import ssmkit.models.backbone as bb
+    torch.manual_seed(0)
+    model = Backbone(16, 2, "s4d", d_input=3)
+    x = torch.randn(2, 30, 3)
+    calls = []
+    real = bb.layer_norm_with_skip
+    monkeypatch.setattr(bb, "layer_norm_with_skip", lambda *a: calls.append(1) or real(*a))
+    model(x).square().sum().backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert len(calls) == 2  # one per block
+    model.zero_grad()
+    monkeypatch.setattr(bb, "layer_norm_with_skip", lambda x, w, b, eps: (layer_norm(x, w, b, eps), x))
+    model(x).square().sum().backward()
+    for n, p in model.named_parameters():
+        assert rel_err(fused[n], p.grad) < 1e-5, n

@@ -31,7 +31,7 @@ from .._checks import (check_bool, check_choice, check_finite, check_float, chec
 from ..layers import get_layer
 from ..layers.mamba_family import cached_float_copies
 from ..ops import decode_step
-from ..ops.layer_norm import layer_norm
+from ..ops.layer_norm import layer_norm, layer_norm_with_skip
 from .mixer import ChannelMixer
 
 __all__ = ["Backbone", "Block", "LayerNorm", "RMSNorm", "make_norm", "NORMS"]
@@ -67,6 +67,14 @@ class LayerNorm(nn.LayerNorm):
         if len(self.normalized_shape) != 1 or tuple(x.shape[-1:]) != tuple(self.normalized_shape):
             return super().forward(x)  # other shapes, and torch's own error for a wrong width
         return layer_norm(x, self.weight, self.bias, self.eps)
+
+    def with_skip(self, x):
+        """``(self(x), x)`` for a pre-norm block's residual: on the native route the gradient the
+        returned x receives is added to x's inside this norm's backward pass
+        (:func:`ssmkit.ops.layer_norm.layer_norm_with_skip`)."""
+        if len(self.normalized_shape) != 1 or tuple(x.shape[-1:]) != tuple(self.normalized_shape):
+            return super().forward(x), x
+        return layer_norm_with_skip(x, self.weight, self.bias, self.eps)
 
 
 class _BatchNorm(nn.BatchNorm1d):
@@ -113,7 +121,11 @@ class Block(nn.Module):
         return y if self.prenorm else self.norm(y)
 
     def forward(self, x, mask=None, state=None, return_state=False):
-        out = self.layer(self._branch_input(x), initial_state=state, return_state=return_state, mask=mask)
+        if self.prenorm and isinstance(self.norm, LayerNorm) and x.dtype == self.norm.weight.dtype:
+            xn, x = self.norm.with_skip(x)  # the residual's gradient joins x's in the norm's backward
+        else:
+            xn = self._branch_input(x)
+        out = self.layer(xn, initial_state=state, return_state=return_state, mask=mask)
         h, new_state = out if return_state else (out, None)
         y = self._residual(x, h)
         if mask is not None:

@@ -19,7 +19,7 @@ native function has first-order reverse-mode gradients only (no double backward)
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _native
 
-__all__ = ["layer_norm"]
+__all__ = ["layer_norm", "layer_norm_with_skip"]
 
 
 def _native_applies(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> bool:
@@ -60,8 +60,11 @@ def _forward(x2: torch.Tensor, weight, bias, eps: float, keep: bool):
 
 
 class _NativeLayerNorm(torch.autograd.Function):
+    """LayerNorm by the native kernel; with ``skip``, x is returned too (as a second output) and the
+    gradient that output receives is added to x's in the backward's one pass."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, eps, skip: bool):
         shape = x.shape
         x2 = x.detach().reshape(-1, shape[-1]).contiguous()
         w = None if weight is None else weight.detach().contiguous()
@@ -69,17 +72,21 @@ class _NativeLayerNorm(torch.autograd.Function):
         y, mean, rstd = _forward(x2, w, b, eps, True)
         ctx.save_for_backward(x2, w, mean, rstd)
         ctx.shape, ctx.has_weight, ctx.has_bias = shape, weight is not None, bias is not None
-        return y.reshape(shape)
+        ctx.set_materialize_grads(False)
+        return (y.reshape(shape), x) if skip else y.reshape(shape)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gy):
+    def backward(ctx, gy, g_skip=None):
         x2, w, mean, rstd = ctx.saved_tensors
         R, H = x2.shape
-        gy = gy.reshape(R, H).contiguous()
         want_x = ctx.needs_input_grad[0]
         want_w = ctx.has_weight and ctx.needs_input_grad[1]
         want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if gy is None:  # only the skip output was used
+            return (g_skip if want_x else None), None, None, None, None
+        gy = gy.reshape(R, H).contiguous()
+        gres = None if g_skip is None or not want_x else g_skip.reshape(R, H).contiguous()
         gx = torch.empty_like(x2) if want_x else None
         gw = x2.new_zeros(H) if want_w else None
         gb = x2.new_zeros(H) if want_b else None
@@ -87,11 +94,11 @@ class _NativeLayerNorm(torch.autograd.Function):
         if R and H and (want_x or want_w or want_b):
             part = x2.new_empty(lib.ln_blocks(R) * 2 * H) if (want_w or want_b) else None
             lib.ln_bwd_f32(gy.data_ptr(), x2.data_ptr(), mean.data_ptr(), rstd.data_ptr(), _native.ptr(w),
-                           _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), _native.ptr(part), R, H,
-                           torch.get_num_threads())
+                           _native.ptr(gres), _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), _native.ptr(part),
+                           R, H, torch.get_num_threads())
         elif want_x:
-            gx.zero_()
-        return (None if gx is None else gx.reshape(ctx.shape)), gw, gb, None
+            gx.zero_() if gres is None else gx.copy_(gres)
+        return (None if gx is None else gx.reshape(ctx.shape)), gw, gb, None, None
 
 
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
@@ -101,7 +108,18 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
     if not _native_applies(x, weight, bias):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return _NativeLayerNorm.apply(x, weight, bias, eps)
+        return _NativeLayerNorm.apply(x, weight, bias, eps, False)
     shape = x.shape
     w, b = (None if t is None else t.contiguous() for t in (weight, bias))
     return _forward(x.reshape(-1, shape[-1]).contiguous(), w, b, eps, False)[0].reshape(shape)
+
+
+def layer_norm_with_skip(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                         eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(layer_norm(x, weight, bias, eps), x)`` for a pre-norm residual block ``x + f(norm(x))``:
+    the returned ``x`` has x's values, and on the native route the gradient it receives (the
+    residual's) is added to x's gradient inside the LayerNorm's backward pass, instead of by a
+    separate sum over the whole tensor. Elsewhere it is x itself."""
+    if _native_applies(x, weight, bias) and torch.is_grad_enabled() and x.requires_grad:
+        return _NativeLayerNorm.apply(x, weight, bias, eps, True)
+    return layer_norm(x, weight, bias, eps), x

@@ -255,7 +255,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.s4w_bwd_f32.restype = I
     lib.ln_fwd_f32.argtypes = [P] * 6 + [L] * 2 + [D, I]  # LayerNorm (ssmkit.ops.layer_norm)
     lib.ln_fwd_f32.restype = None
-    lib.ln_bwd_f32.argtypes = [P] * 9 + [L] * 2 + [I]
+    lib.ln_bwd_f32.argtypes = [P] * 10 + [L] * 2 + [I]
     lib.ln_bwd_f32.restype = I
     lib.ln_blocks.argtypes = [L]
     lib.ln_blocks.restype = L

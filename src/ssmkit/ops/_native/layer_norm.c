@@ -93,11 +93,12 @@ void ln_fwd_f32(const float *x, const float *w, const float *b, float *y, float 
 
 long ln_blocks(long R) { return (R + LN_ROWS - 1) / LN_ROWS; }
 
-/* From gy, x (R, H) and the forward's mean, rstd: gx (R, H) if given; gw, gb (H,) if given, by way
- * of part (ln_blocks(R) x 2H floats, the blocks' partial sums; needed when gw or gb is). w may be
- * NULL (no weight: gxh = gy). Returns 0. */
-int ln_bwd_f32(const float *gy, const float *x, const float *mean, const float *rstd, const float *w, float *gx,
-               float *gw, float *gb, float *part, long R, long H, int nthreads) {
+/* From gy, x (R, H) and the forward's mean, rstd: gx (R, H) if given, plus gres (R, H) if given
+ * (the gradient x receives by another path, e.g. a block's residual: added in the same pass);
+ * gw, gb (H,) if given, by way of part (ln_blocks(R) x 2H floats, the blocks' partial sums;
+ * needed when gw or gb is). w may be NULL (no weight: gxh = gy). Returns 0. */
+int ln_bwd_f32(const float *gy, const float *x, const float *mean, const float *rstd, const float *w,
+               const float *gres, float *gx, float *gw, float *gb, float *part, long R, long H, int nthreads) {
     const int nth = nthreads > 0 ? nthreads : 1;
     const long nblk = ln_blocks(R);
     const int sums = gw != NULL || gb != NULL;
@@ -130,8 +131,13 @@ int ln_bwd_f32(const float *gy, const float *x, const float *mean, const float *
             c1 /= (float)H;
             c2 *= rs / (float)H; /* mean_j(gxh xh) */
             float *o = gx + r * H;
-            if (w)
+            const float *q = gres ? gres + r * H : NULL;
+            if (w && q)
+                for (long j = 0; j < H; j++) o[j] = q[j] + rs * (gr[j] * w[j] - c1 - (xr[j] - m) * rs * c2);
+            else if (w)
                 for (long j = 0; j < H; j++) o[j] = rs * (gr[j] * w[j] - c1 - (xr[j] - m) * rs * c2);
+            else if (q)
+                for (long j = 0; j < H; j++) o[j] = q[j] + rs * (gr[j] - c1 - (xr[j] - m) * rs * c2);
             else
                 for (long j = 0; j < H; j++) o[j] = rs * (gr[j] - c1 - (xr[j] - m) * rs * c2);
         }
