@@ -8,12 +8,6 @@ forward + backward + AdamW. The batch keeps about 6,272 tokens per step (32 sequ
 length 196, 6 at 1024, 1 at 4096). Each measurement runs in a fresh process (2 warm-up steps,
 then timed steps); the new and the baseline code alternate, and the table gives medians of
 sequences/s and their ratio. ``--quick`` runs only the demo's shape (d_model 64, length 196).
-
-``--optimizer trainer`` (the default): each version's own ``make_optimizer(model, TrainConfig())``,
-the AdamW that ``ssmkit train`` builds (parameter groups from the layers' hints; torch's fused CPU
-kernel from this version on, the per-tensor loop in the release). ``--optimizer adamw``: the same
-``torch.optim.AdamW(lr=1e-3)`` for both versions, so the ratio is the model's forward and
-backward alone plus a shared optimizer cost.
 """
 from __future__ import annotations
 
@@ -38,13 +32,7 @@ def worker(cfg: dict) -> dict:
     layer, H, L, B = cfg["layer"], cfg["d_model"], cfg["length"], cfg["batch"]
     kw = {"l_max": L} if layer in ("rtf", "s4") else {}
     model = SequenceClassifier(Backbone(H, 2, layer, kw, d_input=1), 10)
-    if cfg.get("optimizer", "adamw") == "trainer":
-        from ssmkit.train.config import TrainConfig
-        from ssmkit.train.trainer import make_optimizer
-
-        opt = make_optimizer(model, TrainConfig())
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(B, L, 1), torch.randint(0, 10, (B,))
     steps, t = 0, None
     deadline = None
@@ -71,7 +59,6 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--layers", nargs="*", default=LAYERS)
-    ap.add_argument("--optimizer", choices=("trainer", "adamw"), default="trainer")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(json.loads(a.worker))))
@@ -80,10 +67,10 @@ def main():
 
     shapes = [(64, 196)] if a.quick else [(64, 196), (64, 1024), (64, 4096), (256, 196), (256, 1024), (256, 4096)]
     configs = [dict(layer=lay, d_model=H, length=L, batch=max(1, 6272 // L), threads=a.threads,
-                    seconds=a.seconds, min_steps=3, optimizer=a.optimizer) for H, L in shapes for lay in a.layers]
+                    seconds=a.seconds, min_steps=3) for H, L in shapes for lay in a.layers]
     base = a.baseline or _versions.BASELINE
-    print(f"training throughput, sequences/s (median of {a.rounds} alternated runs, {a.threads} thread(s), "
-          f"optimizer: {a.optimizer}); baseline {base}")
+    print(f"training throughput, sequences/s (median of {a.rounds} alternated runs, {a.threads} thread(s)); "
+          f"baseline {base}")
     print(f"| layer | d_model | length | batch | this | baseline | speed-up |")
     print(f"|---|---:|---:|---:|---:|---:|---:|")
     for cfg, new, old, err in _versions.compare(Path(__file__), configs, "seq_per_s", base, a.rounds, a.threads):
