@@ -47,7 +47,10 @@ def worker(cfg: dict) -> dict:
         steps += 1
         if t is not None and steps >= 2 + cfg["min_steps"] and time.perf_counter() > deadline:
             break
-    return {"seq_per_s": (steps - 2) * B / (time.perf_counter() - t)}
+    rate = (steps - 2) * B / (time.perf_counter() - t)
+    if not bool(torch.isfinite(loss)):  # a diverged model computes on NaN/inf, at another speed
+        raise SystemExit(f"the loss is not finite after {steps} steps ({loss.item()}): not a measurement")
+    return {"seq_per_s": rate}
 
 
 def main():

@@ -12,8 +12,8 @@ for the kernel's gradient ``g`` (spectrum ``G``)
 
 ``method="fused"`` computes the kernel and this backward as one autograd function: one rfft and
 one irfft each way over both polynomials at once (autograd through the complex division runs
-about a dozen operations on the spectra, 3x the time at the RTF layer's sizes); first-order
-reverse-mode gradients only. ``method="torch"`` differentiates the composition with autograd
+about a dozen operations on the spectra: 475 against 345 µs forward + backward at H 64, N 64,
+L 196); first-order reverse-mode gradients only. ``method="torch"`` differentiates the composition with autograd
 (any order, forward mode too). ``"auto"`` (the default) is ``fused`` except under forward-mode AD
 or a torch.func transform.
 """
