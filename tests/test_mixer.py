@@ -184,3 +184,24 @@ def test_module_residual_in_another_dtype_is_added_after():
     assert y.dtype == torch.float64 and torch.equal(y, r + m(h))
     with raises_naming(ValueError, "residual"):  # no broadcasting
         m(h, residual=r[:1])
+
+
+@needs_native
+def test_native_route_stays_finite_where_the_gate_saturates():
+    """Pre-activations far below -88 (float32's exp overflows there): σ(s) is 0 to float32, and
+    the native kernel (compiled with -ffast-math, where 1 / (1 + inf) is NaN) must give the
+    definition's finite values, as the torch route does. Found in training: an RTF model at
+    L = 4096 reached activations of 1e3 and the native mixer returned NaN."""
+    torch.manual_seed(0)
+    H = 16
+    h = (300 * torch.randn(50, H)).requires_grad_()
+    W = (0.5 * torch.randn(2 * H, H)).requires_grad_()
+    b = torch.randn(2 * H, requires_grad=True)
+    s = torch.nn.functional.gelu(h.detach().double()) @ W.detach().double()[H:].t() + b.detach().double()[H:]
+    assert float(s.min()) < -500 and float(h.detach().abs().max()) > 400  # saturated gates, huge GELU inputs
+    y = channel_mixer(h, W, b, method="native")
+    gy = torch.randn(50, H)
+    got = (y.detach(), *torch.autograd.grad(y, (h, W, b), gy))
+    for name, a, r in zip(("y", "gh", "gW", "gb"), got, _float64_reference(h, W, b, gy)):
+        assert bool(torch.isfinite(a).all()), name
+        assert rel_err(a.double(), r) < 1e-5, name

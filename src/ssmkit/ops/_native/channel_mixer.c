@@ -116,7 +116,8 @@ static void mx_gelu(const float *x, long xs, float *g, long gs, float *dg, long 
             for (long j = 0; j < H; j++) {
                 const float Phi = 0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f);
                 gr[j] = xr[j] * Phi;
-                dr[j] = Phi + xr[j] * 0.39894228040143268f * expf(-0.5f * xr[j] * xr[j]);
+                const float x2 = xr[j] * xr[j] < 400.0f ? xr[j] * xr[j] : 400.0f; /* phi(20) ~ 6e-88 = 0 */
+                dr[j] = Phi + xr[j] * 0.39894228040143268f * expf(-0.5f * x2);
             }
         } else {
             for (long j = 0; j < H; j++) gr[j] = xr[j] * (0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f));
@@ -130,7 +131,9 @@ static inline __attribute__((always_inline)) void mx_gate_row(float *a, const fl
                                                                const int with_res, const int keep_sig) {
     float *s = a + H;
     for (long j = 0; j < H; j++) {
-        const float sig = 1.0f / (1.0f + expf(-s[j]));
+        /* s clamped at -80: under -ffast-math 1 / (1 + expf(88+)) is NaN, not 0 (expf overflows to
+         * inf); sigma(-80) = 2e-35 stands for anything smaller */
+        const float sig = 1.0f / (1.0f + expf(-(s[j] < -80.0f ? -80.0f : s[j])));
         o[j] = with_res ? q[j] + a[j] * sig : a[j] * sig;
         if (keep_sig) s[j] = sig;
     }
