@@ -488,3 +488,26 @@ def test_block_routes_its_residual_through_the_norm(monkeypatch):
     model(x).square().sum().backward()
     for n, p in model.named_parameters():
         assert rel_err(fused[n], p.grad) < 1e-5, n
+
+
+@needs_native
+@pytest.mark.parametrize("scale", [1e19, 1e20, 1e36])
+def test_huge_rows_stay_finite_and_exact(scale):
+    """Rows whose squares (1e19 and up) or sums (1e36 and up) overflow float32: the native
+    kernel retakes those sums in double (under -ffast-math 1 / sqrt(inf) would be NaN) and
+    matches the float64 definition, where torch's float32 LayerNorm is off by O(1) or NaN."""
+    g = torch.Generator().manual_seed(7)
+    x = scale * torch.randn(5, 64, generator=g)
+    want = F.layer_norm(x.double(), (64,))
+    got = _native_ln(x.clone().requires_grad_(), None, None, 1e-5).detach()
+    assert bool(torch.isfinite(got).all())
+    assert rel_err(got, want) < TOL
+
+
+@needs_native
+def test_nan_and_inf_rows_give_nan_rows_like_torch():
+    x = torch.randn(3, 64)
+    x[1, 5], x[2, 7] = float("nan"), float("inf")
+    got, want = layer_norm(x), F.layer_norm(x, (64,))
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and bool(torch.isnan(got[1:]).all())
+    assert torch.allclose(got[0], want[0], atol=1e-6)

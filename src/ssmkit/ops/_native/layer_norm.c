@@ -32,7 +32,10 @@ static inline float ln_hsum(__m256 v) {
 #define LN_VEC 0
 #endif
 
-/* the row's mean and 1 / sqrt(variance + eps), the variance from a second pass (no cancellation) */
+/* the row's mean and 1 / sqrt(variance + eps), the variance from a second pass (no cancellation).
+ * Squares of values past 1.8e19 overflow float32 (sums of values past 5e36 too), and under
+ * -ffast-math 1 / sqrt(inf) is NaN: a sum that came out inf or NaN (read from its bits, which
+ * -ffast-math cannot assume away) is taken again in double. */
 static inline void ln_moments(const float *x, long H, float eps, float *mean, float *rstd) {
     long j = 0;
     float s = 0.0f, v = 0.0f;
@@ -46,7 +49,14 @@ static inline void ln_moments(const float *x, long H, float eps, float *mean, fl
     s = ln_hsum(_mm256_add_ps(a0, a1));
 #endif
     for (; j < H; j++) s += x[j];
-    const float m = s / (float)H;
+    unsigned int bits;
+    memcpy(&bits, &s, sizeof bits);
+    float m = s / (float)H;
+    if ((bits & 0x7f800000u) == 0x7f800000u) { /* the float32 sum overflowed (or x holds inf/NaN) */
+        double sd = 0.0;
+        for (j = 0; j < H; j++) sd += (double)x[j];
+        m = (float)(sd / (double)H);
+    }
     j = 0;
 #if LN_VEC
     const __m256 mv = _mm256_set1_ps(m);
@@ -66,8 +76,18 @@ static inline void ln_moments(const float *x, long H, float eps, float *mean, fl
         const float d = x[j] - m;
         v += d * d;
     }
+    memcpy(&bits, &v, sizeof bits);
     *mean = m;
-    *rstd = 1.0f / sqrtf(v / (float)H + eps);
+    if ((bits & 0x7f800000u) != 0x7f800000u) {
+        *rstd = 1.0f / sqrtf(v / (float)H + eps);
+        return;
+    }
+    double vd = 0.0;
+    for (j = 0; j < H; j++) {
+        const double d = (double)x[j] - (double)m;
+        vd += d * d;
+    }
+    *rstd = (float)(1.0 / sqrt(vd / (double)H + (double)eps));
 }
 
 /* y (R, H) = LayerNorm(x); mean, rstd (R,) receive the row statistics when given (NULL: not kept);
