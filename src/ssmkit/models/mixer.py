@@ -182,7 +182,7 @@ def channel_mixer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
                          f"(got {h.dtype} on {h.device.type}, H = {weight.shape[1]}, native library "
                          f"{'built' if _native.available() else 'unavailable'})")
     if method == "native" or (method == "auto" and _native_applies(h, weight, bias)):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias, residual)):
+        if _native.autograd_needed(h, weight, bias, residual):
             return _NativeMixer.apply(h, weight, bias, residual)
         return _native_forward(h, weight, bias, residual, False, False)[0].reshape(h.shape)  # nothing saved
     y = _FusedMixer.apply(h, weight, bias)

@@ -91,7 +91,7 @@ def skip_gated_rms_norm(y, x, D, z, weight, group_size: int, eps: float, norm_be
     if not native_applies(y, x, D, z, weight):
         return _composed(y, x, D, z, weight, group_size, eps, norm_before_gate)
     args = (int(group_size), float(eps), bool(norm_before_gate))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, x, D, z, weight)):
+    if _native.autograd_needed(y, x, D, z, weight):
         return _SkipGatedRMSNormFn.apply(y, x, D, z, weight, *args)
     return _forward(y, x, D, z, weight, *args)[0]
 

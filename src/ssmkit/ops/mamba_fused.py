@@ -98,7 +98,7 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_pr
     args = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, conv_state, ssm_state)
     if not fused_applies(*args):
         return _composed(selective_scan, *args)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
+    if _native.autograd_needed(*args):
         return _MambaInnerFn.apply(*args, checkpoint_every)
     out, last, _ = _fused_forward(*args, checkpoint_every, save=False)
     return out, last
@@ -229,8 +229,7 @@ def mamba2_conv(zxbcdt, conv_weight, conv_bias, sizes, conv_state=None):
     concatenation of the pieces, no transposes); elsewhere it is :func:`mamba2_conv_ref`."""
     if not fused_applies(zxbcdt, conv_weight, conv_bias, conv_state):
         return mamba2_conv_ref(zxbcdt, conv_weight, conv_bias, sizes, conv_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                       for t in (zxbcdt, conv_weight, conv_bias, conv_state)):
+    if _native.autograd_needed(zxbcdt, conv_weight, conv_bias, conv_state):
         return _Mamba2ConvFn.apply(zxbcdt, conv_weight, conv_bias, conv_state, tuple(sizes))
     return _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, tuple(sizes))[0]
 

@@ -295,8 +295,7 @@ def _scan_core(u, dt, A, B4, C4, initial_state, every, native):
         if native and not use_native:
             raise RuntimeError("native=True but the native kernel cannot be used here (it needs CPU float32/float64 "
                                "tensors of one dtype and a built library; see ssmkit.ops._native)")
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, dt, A, B4, C4, initial_state))
+    needs_grad = _native.autograd_needed(u, dt, A, B4, C4, initial_state)
     if use_native:
         if needs_grad:
             return _NativeScanFn.apply(u, dt, A, B4, C4, initial_state, every)

@@ -170,7 +170,7 @@ def restart_every(L: int) -> int:
 
 
 def _ssd_native(x, dt, A, B, C, h0):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, dt, A, B, C, h0)):
+    if _native.autograd_needed(x, dt, A, B, C, h0):
         return _NativeSSDFn.apply(x, dt, A, B, C, h0)
     with torch.no_grad():
         return _native_forward(x, dt, A, B, C, h0)[:2]

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from ..._io import fsync_dir
 
-__all__ = ["available", "library", "cache_dir", "ptr", "kernel"]
+__all__ = ["available", "library", "cache_dir", "ptr", "kernel", "autograd_needed"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
@@ -305,6 +306,18 @@ def available() -> bool:
 def ptr(t) -> Optional[int]:
     """The address of a tensor's data for a kernel argument (None for an absent tensor: NULL)."""
     return None if t is None else t.data_ptr()
+
+
+def autograd_needed(*tensors) -> bool:
+    """Whether a computation must go through its autograd function rather than a native call
+    that autograd does not see: grad mode on and a tensor that requires a gradient, or a
+    forward-mode AD level or a torch.func transform active (their dual or wrapped tensors do not
+    set ``requires_grad``; a bare native call would drop their tangents silently, whereas the
+    autograd function, which has no forward-mode rule, refuses them with torch's error)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return True
+    return _forward_ad._current_level >= 0 or any(
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def kernel(name: str, dtype):
