@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.autograd import forward_ad as _forward_ad
 from torch.autograd.function import once_differentiable
 
 from .._checks import FULL_PRECISION, check_choice, check_positive_int, check_tensor, value_checks_enabled
+from ..ops import _native
 
 __all__ = ["rational_kernel", "rational_kernel_ref", "fold"]
 
@@ -131,8 +131,7 @@ def rational_kernel(a: torch.Tensor, b: torch.Tensor, L: int, h0: Optional[torch
         check_tensor("h0", h0, shape=tuple(lead), dtypes=FULL_PRECISION)
     if lead.numel() == 0:  # an empty batch: no kernel to compute (the FFT refuses 0 rows)
         return torch.zeros(*lead, L, dtype=dtype, device=a.device)
-    if method == "fused" or (method == "auto" and _forward_ad._current_level < 0
-                             and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (a, b))):
+    if method == "fused" or (method == "auto" and not _native.transform_active(a, b)):
         K = _RationalKernel.apply(a, b, lead, L, value_checks_enabled())
     else:
         one = torch.ones(*a.shape[:-1], 1, dtype=a.dtype, device=a.device)

@@ -23,7 +23,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import forward_ad as _forward_ad
 from torch.autograd.function import once_differentiable
 
 from . import _native
@@ -37,7 +36,7 @@ def _native_applies(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     only), the library built."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() == 0 or x.shape[-1] == 0:
         return False
-    if _forward_ad._current_level >= 0 or torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if _native.transform_active(x):
         return False
     for p in (weight, bias):
         if p is not None and (p.dtype != torch.float32 or p.device.type != "cpu" or p.shape != x.shape[-1:]):
@@ -107,7 +106,7 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
     ``F.layer_norm(x, (H,), weight, bias, eps)``, by the native kernel where it applies."""
     if not _native_applies(x, weight, bias):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if _native.autograd_needed(x, weight, bias):
         return _NativeLayerNorm.apply(x, weight, bias, eps, False)
     shape = x.shape
     w, b = (None if t is None else t.contiguous() for t in (weight, bias))

@@ -39,7 +39,7 @@ from torch.autograd import forward_ad as _forward_ad
 
 from ..._io import fsync_dir
 
-__all__ = ["available", "library", "cache_dir", "ptr", "kernel", "autograd_needed"]
+__all__ = ["available", "library", "cache_dir", "ptr", "kernel", "autograd_needed", "transform_active"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
@@ -316,6 +316,13 @@ def autograd_needed(*tensors) -> bool:
     autograd function, which has no forward-mode rule, refuses them with torch's error)."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return True
+    return transform_active(*tensors)
+
+
+def transform_active(*tensors) -> bool:
+    """A forward-mode AD level is open, or one of ``tensors`` is wrapped by a torch.func transform
+    (grad, vmap, jvp): the native functions, which have first-order reverse-mode gradients only,
+    must not compute such tensors by a bare call."""
     return _forward_ad._current_level >= 0 or any(
         t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
