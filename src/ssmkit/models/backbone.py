@@ -63,16 +63,21 @@ class LayerNorm(nn.LayerNorm):
     function elsewhere. The native path has first-order gradients only (like the fused mixer and
     kernels of the blocks): no double backward."""
 
+    def _last_dim(self, x) -> bool:
+        """Normalised over x's last dimension only (else torch's module: other shapes, and its
+        own error for a wrong width)."""
+        return len(self.normalized_shape) == 1 and tuple(x.shape[-1:]) == tuple(self.normalized_shape)
+
     def forward(self, x):
-        if len(self.normalized_shape) != 1 or tuple(x.shape[-1:]) != tuple(self.normalized_shape):
-            return super().forward(x)  # other shapes, and torch's own error for a wrong width
+        if not self._last_dim(x):
+            return super().forward(x)
         return layer_norm(x, self.weight, self.bias, self.eps)
 
     def with_skip(self, x):
         """``(self(x), x)`` for a pre-norm block's residual: on the native route the gradient the
         returned x receives is added to x's inside this norm's backward pass
         (:func:`ssmkit.ops.layer_norm.layer_norm_with_skip`)."""
-        if len(self.normalized_shape) != 1 or tuple(x.shape[-1:]) != tuple(self.normalized_shape):
+        if not self._last_dim(x):
             return super().forward(x), x
         return layer_norm_with_skip(x, self.weight, self.bias, self.eps)
 
