@@ -131,9 +131,7 @@ static inline __attribute__((always_inline)) void mx_gate_row(float *a, const fl
                                                                const int with_res, const int keep_sig) {
     float *s = a + H;
     for (long j = 0; j < H; j++) {
-        /* s clamped at -80: under -ffast-math 1 / (1 + expf(88+)) is NaN, not 0 (expf overflows to
-         * inf); sigma(-80) = 2e-35 stands for anything smaller */
-        const float sig = 1.0f / (1.0f + expf(-(s[j] < -80.0f ? -80.0f : s[j])));
+        const float sig = 1.0f / (1.0f + expf(-SSM_SIG_ARG(s[j], float)));
         o[j] = with_res ? q[j] + a[j] * sig : a[j] * sig;
         if (keep_sig) s[j] = sig;
     }

@@ -466,8 +466,7 @@ int mamba2_stack_step(int bf16, long nl, void *const *T, const float *const *nor
 #define S DEC_SCALAR
 #define F(name) DEC_CAT(name, DEC_SFX)
 
-/* v clamped at -80 inside the exp: under -ffast-math v / (1 + exp(-v)) is NaN, not 0, once exp overflows */
-static inline S F(dec_silu)(S v) { return v / ((S)1 + DEC_EXP(-(v < (S)-80 ? (S)-80 : v))); }
+static inline S F(dec_silu)(S v) { return v / ((S)1 + DEC_EXP(-SSM_SIG_ARG(v, S))); }
 
 /* torch.nn.functional.softplus with beta 1, threshold 20 */
 static inline S F(dec_softplus)(S v) { return v > (S)20 ? v : DEC_LOG1P(DEC_EXP(v)); }

@@ -77,14 +77,13 @@ static inline void GN_CAT(gn_row, GN_SFX)(const S *restrict y, const S *restrict
     if (ds) {
 #pragma omp simd
         for (long e = 0; e < E; e++) {
-            /* z clamped at -80: under -ffast-math 1 / (1 + exp(-z)) is NaN, not 0, once exp overflows */
-            const S s = (S)1 / ((S)1 + GN_EXP(-(z[e] < (S)-80 ? (S)-80 : z[e])));
+            const S s = (S)1 / ((S)1 + GN_EXP(-SSM_SIG_ARG(z[e], S)));
             g[e] = z[e] * s;
             ds[e] = s * ((S)1 + z[e] * ((S)1 - s));
         }
     } else {
 #pragma omp simd
-        for (long e = 0; e < E; e++) g[e] = z[e] / ((S)1 + GN_EXP(-(z[e] < (S)-80 ? (S)-80 : z[e])));
+        for (long e = 0; e < E; e++) g[e] = z[e] / ((S)1 + GN_EXP(-SSM_SIG_ARG(z[e], S)));
     }
 }
 

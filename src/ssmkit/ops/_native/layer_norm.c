@@ -32,6 +32,13 @@ static inline float ln_hsum(__m256 v) {
 #define LN_VEC 0
 #endif
 
+/* inf or NaN, read from the bits (-ffast-math lets the compiler assume isinf and isnan false) */
+static inline int ln_not_finite(float v) {
+    unsigned int bits;
+    memcpy(&bits, &v, sizeof bits);
+    return (bits & 0x7f800000u) == 0x7f800000u;
+}
+
 /* the row's mean and 1 / sqrt(variance + eps), the variance from a second pass (no cancellation).
  * Squares of values past 1.8e19 overflow float32 (sums of values past 5e36 too), and under
  * -ffast-math 1 / sqrt(inf) is NaN: a sum that came out inf or NaN (read from its bits, which
@@ -49,10 +56,8 @@ static inline void ln_moments(const float *x, long H, float eps, float *mean, fl
     s = ln_hsum(_mm256_add_ps(a0, a1));
 #endif
     for (; j < H; j++) s += x[j];
-    unsigned int bits;
-    memcpy(&bits, &s, sizeof bits);
     float m = s / (float)H;
-    if ((bits & 0x7f800000u) == 0x7f800000u) { /* the float32 sum overflowed (or x holds inf/NaN) */
+    if (ln_not_finite(s)) { /* the float32 sum overflowed (or x holds inf/NaN) */
         double sd = 0.0;
         for (j = 0; j < H; j++) sd += (double)x[j];
         m = (float)(sd / (double)H);
@@ -76,9 +81,8 @@ static inline void ln_moments(const float *x, long H, float eps, float *mean, fl
         const float d = x[j] - m;
         v += d * d;
     }
-    memcpy(&bits, &v, sizeof bits);
     *mean = m;
-    if ((bits & 0x7f800000u) != 0x7f800000u) {
+    if (!ln_not_finite(v)) {
         *rstd = 1.0f / sqrtf(v / (float)H + eps);
         return;
     }

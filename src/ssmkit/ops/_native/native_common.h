@@ -25,4 +25,10 @@ static inline long ssm_num_threads(void) {
 #endif
 }
 
+/* The argument of exp(-x) in a sigmoid 1 / (1 + exp(-x)) or a SiLU x / (1 + exp(-x)), clamped
+ * below at -80: the kernels are compiled with -ffast-math, under which 1 / (1 + inf) is NaN, not
+ * 0, once exp overflows (x below -88 in float32). sigmoid(-80) = 2e-35 stands for anything
+ * smaller. T is the scalar type. */
+#define SSM_SIG_ARG(x, T) ((x) < (T)-80 ? (T)-80 : (x))
+
 #endif
