@@ -216,6 +216,19 @@ def test_non_contiguous_input_and_output_gradient():
 # --- 5. the same bits for any thread count --------------------------------------------------------
 
 @needs_native
+def test_bad_input_is_named():
+    x = torch.randn(3, 8)
+    for args, kind, name in [((3,), TypeError, "x"), ((torch.ones(3, 8, dtype=torch.long),), TypeError, "x"),
+                             ((torch.tensor(1.0),), ValueError, "x"), ((x, torch.ones(8, dtype=torch.float64)), TypeError, "weight"),
+                             ((x, None, torch.ones(5)), ValueError, "bias")]:
+        for fn in (layer_norm, ln_mod.layer_norm_with_skip):
+            with pytest.raises(kind, match=name):
+                fn(*args)
+    for eps in (-1.0, 0.0, float("nan"), "a"):
+        with pytest.raises((ValueError, TypeError), match="eps"):
+            layer_norm(x, eps=eps)
+
+
 def test_bit_identical_for_one_and_two_threads():
     """1000 rows of 64: 16 blocks of the backward's weight/bias partial sums (the last of 40
     rows), added in block order, so 1 and 2 threads give the same bits (and so do repeats)."""
@@ -260,7 +273,7 @@ def test_autocast_and_mismatched_parameters_fall_back_to_torch():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not ln_mod._native_applies(x, w, b)
         assert torch.equal(layer_norm(x, w, b), F.layer_norm(x, (16,), w, b))
-    with pytest.raises(RuntimeError):  # a weight of the wrong width: torch's own error
+    with pytest.raises(ValueError, match="weight"):  # a weight of the wrong width, named
         layer_norm(x, w[:8], b)
 
 
@@ -506,8 +519,14 @@ def test_huge_rows_stay_finite_and_exact(scale):
 
 @needs_native
 def test_nan_and_inf_rows_give_nan_rows_like_torch():
+    """Refused by name at the public entry; inside a model (trusted_inputs, no value checks) the
+    kernel propagates them as torch does."""
+    from ssmkit._checks import trusted_inputs
     x = torch.randn(3, 64)
     x[1, 5], x[2, 7] = float("nan"), float("inf")
-    got, want = layer_norm(x), F.layer_norm(x, (64,))
+    with pytest.raises(ValueError, match="x contains NaN"):
+        layer_norm(x)
+    with trusted_inputs():
+        got, want = layer_norm(x), F.layer_norm(x, (64,))
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and bool(torch.isnan(got[1:]).all())
     assert torch.allclose(got[0], want[0], atol=1e-6)

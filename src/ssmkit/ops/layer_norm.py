@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_float, check_tensor
 from . import _native
 
 __all__ = ["layer_norm", "layer_norm_with_skip"]
@@ -100,10 +101,25 @@ class _NativeLayerNorm(torch.autograd.Function):
         return (None if gx is None else gx.reshape(ctx.shape)), gw, gb, None, None
 
 
+def _check(x, weight, bias, eps) -> float:
+    """x a floating tensor of at least one dimension (finite, outside trusted_inputs and torch.func
+    transforms); weight and bias None or (H,) of x's dtype; eps a finite number > 0."""
+    check_tensor("x", x, floating=True, finite=not _native.transform_active(x))  # vmap: no data-dependent check
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the normalised one), got a 0-dimensional tensor")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None:
+            check_tensor(name, p, shape=(x.shape[-1],), floating=True)
+            if p.dtype != x.dtype:
+                raise TypeError(f"{name} must have x's dtype {x.dtype}, got {p.dtype}")
+    return check_float("eps", eps, low=0.0, low_open=True)
+
+
 def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
                eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm of ``x`` (..., H) over its last dimension with ``weight``, ``bias`` (H,) or None:
     ``F.layer_norm(x, (H,), weight, bias, eps)``, by the native kernel where it applies."""
+    eps = _check(x, weight, bias, eps)
     if not _native_applies(x, weight, bias):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     if _native.autograd_needed(x, weight, bias):
@@ -119,6 +135,7 @@ def layer_norm_with_skip(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
     the returned ``x`` has x's values, and on the native route the gradient it receives (the
     residual's) is added to x's gradient inside the LayerNorm's backward pass, instead of by a
     separate sum over the whole tensor. Elsewhere it is x itself."""
+    eps = _check(x, weight, bias, eps)
     if _native_applies(x, weight, bias) and torch.is_grad_enabled() and x.requires_grad:
         return _NativeLayerNorm.apply(x, weight, bias, eps, True)
     return layer_norm(x, weight, bias, eps), x

@@ -324,7 +324,7 @@ def transform_active(*tensors) -> bool:
     (grad, vmap, jvp): the native functions, which have first-order reverse-mode gradients only,
     must not compute such tensors by a bare call."""
     return _forward_ad._current_level >= 0 or any(
-        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+        isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def kernel(name: str, dtype):
