@@ -169,3 +169,30 @@ def test_mamba2_conv_equals_reference_float64_with_gradients(E, GN, H, K, L, wit
     want = torch.autograd.grad(sum((r * v).sum() for r, v in zip(refs, weights)), live)
     for name, a, r in zip(["zxbcdt", "conv_weight", "conv_bias", "conv_state"], got, want):
         assert_close_to_reference(a, r, 1e-13, f"grad of {name}")
+
+
+@needs_native
+def test_mamba2_conv_reads_rows_padded_as_padded_linear_leaves_them():
+    """zxbcdt whose rows are 400 apart (the padded in-projection) gives the same outputs and
+    gradients as its contiguous copy, without being copied first."""
+    from ssmkit.ops.mamba_fused import _rows, mamba2_conv
+    g = torch.Generator().manual_seed(3)
+    E, GN, H, K, L = 128, 64, 2, 4, 37
+    Din = 2 * E + 2 * GN + H
+    dense = torch.randn(2, L, Din, generator=g)
+    strided = torch.full((2, L, 400), float("nan"))  # the padding must never be read
+    strided[..., :Din] = dense
+    strided = strided[..., :Din].requires_grad_()
+    dense.requires_grad_()
+    assert _rows(strided.detach()).data_ptr() == strided.data_ptr()  # taken as it is, no copy
+    w = torch.randn(E + 2 * GN, 1, K, generator=g, requires_grad=True)
+    cb = torch.randn(E + 2 * GN, generator=g, requires_grad=True)
+    a = mamba2_conv(strided, w, cb, (E, E, GN, H))
+    b = mamba2_conv(dense, w, cb, (E, E, GN, H))
+    weights = [torch.randn(t.shape, generator=g) for t in b]
+    for o, r in zip(a, b):
+        assert torch.equal(o, r)
+    ga = torch.autograd.grad(sum((o * v).sum() for o, v in zip(a, weights)), [strided, w, cb])
+    gb = torch.autograd.grad(sum((o * v).sum() for o, v in zip(b, weights)), [dense, w, cb])
+    for x, y in zip(ga, gb):
+        assert torch.equal(x, y)

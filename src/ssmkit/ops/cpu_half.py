@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_tensor
+from .padded_linear import padded_linear, padding_pays
 
 __all__ = ["depthwise_conv1d", "linear", "module_linear"]
 
@@ -58,8 +59,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 def module_linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``m(x)``; for a plain ``nn.Linear`` without hooks, in half precision on the CPU, the product
-    of :func:`linear` (the module itself otherwise, e.g. replaced or hooked by the user)."""
-    if (type(m) is nn.Linear and _widen(x) and not (m._forward_hooks or m._forward_pre_hooks)
-            and m.weight.dtype == x.dtype and x.numel() > 8 * x.shape[-1]):
+    of :func:`linear`, and in float32 on the CPU with an output width that is not a multiple of
+    16, :func:`~ssmkit.ops.padded_linear.padded_linear` (its result's rows are padded); the module
+    itself otherwise, e.g. replaced or hooked by the user."""
+    if type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks:
+        return m(x)
+    if _widen(x) and m.weight.dtype == x.dtype and x.numel() > 8 * x.shape[-1]:
         return linear(x, m.weight, m.bias)
+    if padding_pays(x, m.weight):
+        return padded_linear(x, m.weight, m.bias)
     return m(x)

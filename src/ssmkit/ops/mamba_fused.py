@@ -240,12 +240,22 @@ def _m2_parts(sizes):
     return ((E, 0, Ex), (E + Ex, Ex, GN), (E + Ex + GN, Ex + GN, GN))
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t (b, L, D) itself when its rows are contiguous and evenly spaced (row stride >= D, as
+    padded_linear leaves them), which the kernels take as a row stride; a contiguous copy else."""
+    b, L, D = t.shape
+    if t.stride(2) == 1 and t.stride(1) >= D and (b == 1 or t.stride(0) == L * t.stride(1)):
+        return t
+    return t.contiguous()
+
+
 def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
     dtype = zxbcdt.dtype
     threads = torch.get_num_threads()
     E, Ex, GN, H = sizes
-    zxbcdt = zxbcdt.detach().contiguous()
+    zxbcdt = _rows(zxbcdt.detach())
     bsz, L, Din = zxbcdt.shape
+    S = zxbcdt.stride(1)  # row stride: Din, or more for the padded rows of padded_linear
     K = conv_weight.shape[-1]
     Cd = Ex + 2 * GN
     wt = conv_weight.detach().reshape(Cd, K).t()  # (K, Cd)
@@ -258,7 +268,7 @@ def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
         bpart = None if cb is None else cb[ch:ch + width].contiguous()
         wnp = None if win is None else win[..., ch:ch + width].contiguous()
         u = zxbcdt.new_empty(bsz, L, width)
-        _native.kernel("cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
+        _native.kernel("cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, S, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
                                   u.data_ptr(), bsz, width, L, K, threads)
         outs.append(u)
         pieces.append((wpart, bpart, wnp))
@@ -287,6 +297,7 @@ class _Mamba2ConvFn(torch.autograd.Function):
         E, Ex, GN, H = ctx.sizes
         has_cb, has_win = ctx.has
         bsz, L, Din = zxbcdt.shape
+        S = zxbcdt.stride(1)
         K = pieces[0][0].shape[0]
         Cd = Ex + 2 * GN
         esz = zxbcdt.element_size()
@@ -307,7 +318,7 @@ class _Mamba2ConvFn(torch.autograd.Function):
             dcb = zxbcdt.new_empty(width) if has_cb else None
             dwn = zxbcdt.new_empty(bsz, K - 1, width) if has_win else None
             part = zxbcdt.new_empty(bsz * (K + 1) * width)
-            _native.kernel("cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, Din, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
+            _native.kernel("cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, S, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
                                       du.data_ptr(), g.data_ptr() + col * esz, Din, _native.ptr(dwn), dwt.data_ptr(), _native.ptr(dcb),
                                       part.data_ptr(), work.data_ptr(), bsz, width, L, K, threads)
             dw.append(dwt)

@@ -1,0 +1,73 @@
+"""The product at a padded width (ssmkit.ops.padded_linear): the same values and gradients as
+``F.linear``, with rows padded to a multiple of 16 where it applies, ``F.linear`` itself elsewhere."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit.ops.cpu_half import module_linear
+from ssmkit.ops.padded_linear import padded_linear, padded_width, padding_pays
+
+
+def _float64_reference(x, w, b):
+    y = x.double() @ w.double().T
+    return y if b is None else y + b.double()
+
+
+@pytest.mark.parametrize("N", [386, 17, 1])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_padded_product_equals_linear_with_gradients(N, with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(4, 100, 64, requires_grad=True)
+    w = torch.randn(N, 64, requires_grad=True)
+    b = torch.randn(N, requires_grad=True) if with_bias else None
+    assert padding_pays(x, w)
+    y = padded_linear(x, w, b)
+    assert y.shape == (4, 100, N) and y.stride() == (100 * padded_width(N), padded_width(N), 1)
+    # float32 sums of 64 products of N(0,1) numbers: errors ~1e-6 relative to their size (~8)
+    assert torch.allclose(y.double(), _float64_reference(x, w, b), rtol=0, atol=1e-4)
+    v = torch.randn(y.shape)
+    live = [x, w] + ([b] if with_bias else [])
+    got = torch.autograd.grad((y * v).sum(), live)
+    want = torch.autograd.grad((F.linear(x, w, b) * v).sum(), live)
+    for name, g, r in zip(["x", "weight", "bias"], got, want):
+        # sums over 386 columns (x) or 400 rows (weight, bias): atol a few float32 ulps of ~50
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-4), name
+
+
+def test_padded_product_has_a_second_derivative():
+    torch.manual_seed(1)
+    x = torch.randn(300, 8, requires_grad=True)
+    w = torch.randn(5, 8, requires_grad=True)
+    (gx,) = torch.autograd.grad(padded_linear(x, w).square().sum(), x, create_graph=True)
+    (gx_ref,) = torch.autograd.grad(F.linear(x, w).square().sum(), x, create_graph=True)
+    gw = torch.autograd.grad(gx.square().sum(), w)[0]
+    gw_ref = torch.autograd.grad(gx_ref.square().sum(), w)[0]
+    assert torch.allclose(gw, gw_ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("case", ["width_multiple_of_16", "float64", "few_rows"])
+def test_padding_applies_only_where_it_pays(case):
+    x = torch.randn(400, 32, dtype=torch.float64 if case == "float64" else torch.float32)
+    if case == "few_rows":
+        x = x[:10]
+    w = torch.randn(48 if case == "width_multiple_of_16" else 50, 32, dtype=x.dtype)
+    assert not padding_pays(x, w)
+    y = padded_linear(x, w)
+    assert y.is_contiguous() and torch.equal(y, F.linear(x, w))
+
+
+def test_module_linear_pads_a_plain_linear_and_leaves_a_hooked_one_to_the_module():
+    torch.manual_seed(2)
+    m = nn.Linear(64, 386, bias=False)
+    x = torch.randn(2, 200, 64)
+    y = module_linear(m, x)
+    assert y.stride(-2) == 400 and torch.allclose(y, m(x), rtol=1e-5, atol=1e-5)
+    calls = []
+    m.register_forward_hook(lambda mod, a, out: calls.append(out.shape))
+    assert module_linear(m, x).is_contiguous() and calls == [(2, 200, 386)]
+
+
+def test_a_wrong_weight_width_still_gets_torchs_error():
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        padded_linear(torch.randn(300, 64), torch.randn(386, 63))
