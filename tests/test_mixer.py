@@ -205,3 +205,34 @@ def test_native_route_stays_finite_where_the_gate_saturates():
     for name, a, r in zip(("y", "gh", "gW", "gb"), got, _float64_reference(h, W, b, gy)):
         assert bool(torch.isfinite(a).all()), name
         assert rel_err(a.double(), r) < 1e-5, name
+
+
+@needs_native
+def test_native_gelu_and_its_derivative_elementwise_over_the_whole_range():
+    """The kernel's own GELU and GELU' (inlined Phi and exp, ops/_native/native_common.h),
+    exposed elementwise: with W = [I; 0] and the gate's bias at 100 (σ = 1 in float32) the
+    mixer's output is GELU(h) and its gradient GELU'(h) · gy, with no other rounding. Against
+    the float64 definition, value by value: relative error below 1e-6 + 6e-8 x², the second term
+    being the float32 rounding of x² inside exp(-x²/2) (for |x| <= 13, up to ~5e-6 where GELU is
+    below 1e-30 in size); beyond |x| = 13 the tail (below 1e-36) is returned as 0. GELU' = Φ + xφ
+    crosses zero near x = -0.75, where its two float32 terms (~0.23 each, one ulp 1.5e-8) cancel:
+    there the bound is absolute, 1e-7."""
+    H = 16
+    x = torch.cat([torch.linspace(-14, 14, 28001), torch.tensor([0.0, -1e-30, 1e-30, 30.0, -30.0, 1e4, -1e4])])
+    x = torch.cat([x, torch.zeros((-len(x)) % H)])
+    h = x.reshape(-1, H).clone().requires_grad_()
+    W = torch.cat([torch.eye(H), torch.zeros(H, H)])
+    b = torch.cat([torch.zeros(H), torch.full((H,), 100.0)])
+    y = channel_mixer(h, W, b, method="native")
+    (gh,) = torch.autograd.grad(y, h, torch.ones_like(y))
+    xd = x.double()
+    Phi = 0.5 * torch.special.erfc(-xd / 2 ** 0.5)
+    ref_y = xd * Phi
+    ref_d = Phi + xd * torch.exp(-0.5 * xd * xd) / (2 * torch.pi) ** 0.5
+    tol = 1e-6 + 6e-8 * xd * xd
+    near = xd.abs() <= 13
+    for name, got, ref, cancel in (("GELU", y.detach().reshape(-1), ref_y, 0.0),
+                                   ("GELU'", gh.reshape(-1), ref_d, 1e-7)):
+        err = (got.double() - ref).abs()
+        assert bool((err[near] <= tol[near] * ref[near].abs() + cancel).all()), name
+        assert bool((err[~near] <= 1e-36 + 1e-7 * ref[~near].abs()).all()), name

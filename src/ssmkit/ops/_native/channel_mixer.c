@@ -4,12 +4,13 @@
  *     ga = gy * sig(s),  gs = ga * a * (1 - sig(s)),  dz = [ga, gs]
  *     gh = GELU'(h) * (dz W),  gW = dz^T g,  gb = sum_r dz                         (backward)
  * GELU is the exact one, x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, and
- * GELU'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).
+ * GELU'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi); Phi, exp and the sigmoid are the inlined
+ * float32 functions of native_common.h (a few ulp; no library call in the vector loops).
  * torch runs these as a dozen passes over (R, H) or (R, 2H) tensors that leave the cache between
  * passes; here one thread takes MX_RB rows at a time through every step (GELU, the product, the
  * gate; in the backward dz, GELU', both products), so each step reads what the previous one left
  * in L1/L2. The forward saves for the backward g, [a, sig(s)] in place of z (rows padded, see
- * mix_z_stride) and GELU'(h), which it gets almost free beside GELU(h) (the erf is shared), so
+ * mix_z_stride) and GELU'(h), which it gets almost free beside GELU(h) (the exp is shared), so
  * the backward evaluates no erf, exp or sigmoid.
  * The products use an AVX2 register tile of 4 rows x 16 columns over B packed in panels of
  * 16 columns (a portable loop otherwise). H must be a multiple of 8. float32, contiguous operands.
@@ -105,22 +106,27 @@ static void mx_pack(const float *src, long rs, long cs, long K, long N, float *d
 }
 
 /* rows of x (n, H, row stride xs) -> g = GELU(x) (row stride gs) and, if dg is given, its
- * derivative GELU'(x) = Phi(x) + x phi(x) (n rows of H); vectorised with the vector erf and exp
- * of the math library */
+ * derivative GELU'(x) = Phi(x) + x phi(x) (n rows of H); Phi and phi by ssm_gauss_cdf, inlined
+ * and vectorised */
 static void mx_gelu(const float *x, long xs, float *g, long gs, float *dg, long n, long H) {
     for (long r = 0; r < n; r++) {
         const float *xr = x + r * xs;
         float *gr = g + r * gs;
         if (dg) {
             float *dr = dg + r * H;
+#pragma omp simd
             for (long j = 0; j < H; j++) {
-                const float Phi = 0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f);
+                float e;
+                const float Phi = ssm_gauss_cdf(xr[j], &e);
                 gr[j] = xr[j] * Phi;
-                const float x2 = xr[j] * xr[j] < 400.0f ? xr[j] * xr[j] : 400.0f; /* phi(20) ~ 6e-88 = 0 */
-                dr[j] = Phi + xr[j] * 0.39894228040143268f * expf(-0.5f * x2);
+                dr[j] = Phi + xr[j] * 0.39894228040143268f * e;
             }
         } else {
-            for (long j = 0; j < H; j++) gr[j] = xr[j] * (0.5f + 0.5f * erff(xr[j] * 0.70710678118654752f));
+#pragma omp simd
+            for (long j = 0; j < H; j++) {
+                float e;
+                gr[j] = xr[j] * ssm_gauss_cdf(xr[j], &e);
+            }
         }
     }
 }
@@ -130,8 +136,9 @@ static void mx_gelu(const float *x, long xs, float *g, long gs, float *dg, long 
 static inline __attribute__((always_inline)) void mx_gate_row(float *a, const float *q, float *o, long H,
                                                                const int with_res, const int keep_sig) {
     float *s = a + H;
+#pragma omp simd
     for (long j = 0; j < H; j++) {
-        const float sig = 1.0f / (1.0f + expf(-SSM_SIG_ARG(s[j], float)));
+        const float sig = 1.0f / (1.0f + ssm_expf(-s[j])); /* ssm_expf clamps: no overflow to inf */
         o[j] = with_res ? q[j] + a[j] * sig : a[j] * sig;
         if (keep_sig) s[j] = sig;
     }

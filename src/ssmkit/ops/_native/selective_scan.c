@@ -50,28 +50,6 @@
 #define MI_CB 32 /* channels per vector block in the fused Mamba kernels */
 #define CV_C 128 /* channels per task of the conv kernels (contiguous in each row) */
 
-/* exp for float32, inlined so that the loops over N vectorise without a library call:
- * exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two for an exact
- * product), exp(r) on |r| <= ln(2)/2 by a degree-7 polynomial (minimax coefficients as in
- * Cephes' expf), relative error ~1 ulp. x is clamped to [-87, 88] so 2^k stays a normal
- * float; for x < -87 this returns ~1.6e-38 instead of a denormal or zero. */
-static inline float ssm_expf(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float k = floorf(x * 1.44269504088896341f + 0.5f);
-    const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    const int bits = ((int)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 static long ssm_gcd_(long a, long b) { while (b) { long r = a % b; a = b; b = r; } return a; }
 static long ssm_lcm_(long a, long b) { return a / ssm_gcd_(a, b) * b; }
 
