@@ -249,6 +249,18 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def _addresses(tensors) -> torch.Tensor:
+    """An array of the tensors' data addresses (0 for None) for a kernel's per-part arguments:
+    the caller keeps it (and the tensors) alive until the kernel returns."""
+    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+
+
+def _part_layout(parts):
+    """(columns in zxbcdt, widths) of the conv's parts as int64 arrays for the kernels."""
+    return (torch.tensor([col for col, _, _ in parts], dtype=torch.int64),
+            torch.tensor([width for _, _, width in parts], dtype=torch.int64))
+
+
 def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
     dtype = zxbcdt.dtype
     threads = torch.get_num_threads()
@@ -261,17 +273,18 @@ def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
     wt = conv_weight.detach().reshape(Cd, K).t()  # (K, Cd)
     cb = None if conv_bias is None else conv_bias.detach()
     win = None if conv_state is None else conv_state.detach().transpose(1, 2)  # (b, K-1, Cd)
-    esz = zxbcdt.element_size()
-    outs, pieces = [], []
-    for col, ch, width in _m2_parts(sizes):
-        wpart = wt[:, ch:ch + width].contiguous()
-        bpart = None if cb is None else cb[ch:ch + width].contiguous()
-        wnp = None if win is None else win[..., ch:ch + width].contiguous()
-        u = zxbcdt.new_empty(bsz, L, width)
-        _native.kernel("cv_fwd", dtype)(zxbcdt.data_ptr() + col * esz, S, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
-                                  u.data_ptr(), bsz, width, L, K, threads)
-        outs.append(u)
-        pieces.append((wpart, bpart, wnp))
+    parts = _m2_parts(sizes)
+    pieces = [(wt[:, ch:ch + width].contiguous(), None if cb is None else cb[ch:ch + width].contiguous(),
+               None if win is None else win[..., ch:ch + width].contiguous()) for _, ch, width in parts]
+    outs = [zxbcdt.new_empty(bsz, L, width) for _, _, width in parts]
+    # x, B and C in one call: a sequence's rows are read once for the three (docs/performance.md);
+    # the address arrays are held in locals until the call returns
+    cols, widths = _part_layout(parts)
+    wts, biases, wins = (_addresses([pc[i] for pc in pieces]) for i in range(3))
+    out_at = _addresses(outs)
+    _native.kernel("cv_fwd_parts", dtype)(
+        zxbcdt.data_ptr(), S, len(parts), cols.data_ptr(), widths.data_ptr(), wts.data_ptr(), biases.data_ptr(),
+        wins.data_ptr(), out_at.data_ptr(), bsz, L, K, threads)
     z = zxbcdt[..., :E].contiguous()
     dt = zxbcdt[..., E + Cd:].contiguous()
     return (z, *outs, dt), zxbcdt, pieces
@@ -300,7 +313,6 @@ class _Mamba2ConvFn(torch.autograd.Function):
         S = zxbcdt.stride(1)
         K = pieces[0][0].shape[0]
         Cd = Ex + 2 * GN
-        esz = zxbcdt.element_size()
         g = zxbcdt.new_empty(bsz, L, Din)
         if dz is None:
             g[..., :E].zero_()
@@ -310,20 +322,21 @@ class _Mamba2ConvFn(torch.autograd.Function):
             g[..., E + Cd:].zero_()
         else:
             g[..., E + Cd:].copy_(ddt)
-        dw, db, dwin = [], [], []
+        parts = _m2_parts(ctx.sizes)
         work = zxbcdt.new_empty(threads * L * _CV_C)
-        for (col, ch, width), (wpart, bpart, wnp), du in zip(_m2_parts(ctx.sizes), pieces, (dx, dB, dC)):
-            du = zxbcdt.new_zeros(bsz, L, width) if du is None else du.contiguous()
-            dwt = zxbcdt.new_empty(K, width)
-            dcb = zxbcdt.new_empty(width) if has_cb else None
-            dwn = zxbcdt.new_empty(bsz, K - 1, width) if has_win else None
-            part = zxbcdt.new_empty(bsz * (K + 1) * width)
-            _native.kernel("cv_bwd", dtype)(zxbcdt.data_ptr() + col * esz, S, wpart.data_ptr(), _native.ptr(bpart), _native.ptr(wnp),
-                                      du.data_ptr(), g.data_ptr() + col * esz, Din, _native.ptr(dwn), dwt.data_ptr(), _native.ptr(dcb),
-                                      part.data_ptr(), work.data_ptr(), bsz, width, L, K, threads)
-            dw.append(dwt)
-            db.append(dcb)
-            dwin.append(dwn)
+        du = [zxbcdt.new_zeros(bsz, L, width) if d is None else d.contiguous()
+              for (_, _, width), d in zip(parts, (dx, dB, dC))]
+        dw = [zxbcdt.new_empty(K, width) for _, _, width in parts]
+        db = [zxbcdt.new_empty(width) if has_cb else None for _, _, width in parts]
+        dwin = [zxbcdt.new_empty(bsz, K - 1, width) if has_win else None for _, _, width in parts]
+        part = [zxbcdt.new_empty(bsz * (K + 1) * width) for _, _, width in parts]
+        cols, widths = _part_layout(parts)
+        wts, biases, wins = (_addresses([pc[i] for pc in pieces]) for i in range(3))
+        arrays = [_addresses(t) for t in (du, dwin, dw, db, part)]  # held until the call returns
+        _native.kernel("cv_bwd_parts", dtype)(
+            zxbcdt.data_ptr(), S, len(parts), cols.data_ptr(), widths.data_ptr(), wts.data_ptr(), biases.data_ptr(),
+            wins.data_ptr(), arrays[0].data_ptr(), g.data_ptr(), Din, *(a.data_ptr() for a in arrays[1:]),
+            work.data_ptr(), bsz, L, K, threads)
         dconv_w = torch.cat(dw, dim=1).t().reshape(Cd, 1, K)
         dconv_b = torch.cat(db) if has_cb else None
         dstate = torch.cat(dwin, dim=-1).transpose(1, 2) if has_win else None

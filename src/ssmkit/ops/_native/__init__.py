@@ -57,7 +57,7 @@ _HEADERS = (Path(__file__).with_name("native_common.h"),)
 _CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
 _LDFLAGS = ["-shared", "-fopenmp"]
 _LIBS = ["-lm"]
-_ABI = 15
+_ABI = 16
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -197,6 +197,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.restype = None
         f = getattr(lib, f"cv_bwd_{sfx}")
         f.argtypes = [P] + [L] + [P] * 5 + [L] + [P] * 5 + [L] * 4 + [I]
+        f.restype = None
+        f = getattr(lib, f"cv_fwd_parts_{sfx}")  # pointer arguments past the counts: arrays, one entry per part
+        f.argtypes = [P, L, L] + [P] * 6 + [L] * 3 + [I]
+        f.restype = None
+        f = getattr(lib, f"cv_bwd_parts_{sfx}")
+        f.argtypes = [P, L, L] + [P] * 7 + [L] + [P] * 5 + [L] * 3 + [I]
         f.restype = None
         f = getattr(lib, f"lti_fwd_{sfx}")  # time-invariant diagonal scan (ssmkit.ops.scan)
         f.argtypes = [P] * 4 + [L] * 3 + [I] * 2

@@ -69,6 +69,24 @@ static void ssm_blocking_(long nb, long D, long GB, long GC, long *F, long *per,
     *nblk = (*per + *cb - 1) / *cb;
 }
 
+/* The tasks of np column bands ("parts") of x, batch element by batch element: task i is batch
+ * element i / per, then part by part and chunk by chunk, so the parts of one batch element run
+ * one after another while its rows of x are still in L2 (separate calls per part would each read
+ * every row of x from memory: rows of Mamba-2's in-projection are 386 floats, a part 64-128 of
+ * them). cv_part_task maps task i to (bi, p, c0); per = the tasks of one batch element. */
+static long cv_part_tasks(long np, const long *width) {
+    long per = 0;
+    for (long p = 0; p < np; p++) per += (width[p] + CV_C - 1) / CV_C;
+    return per;
+}
+
+static void cv_part_task(long i, long per, long np, const long *width, long *bi, long *p, long *c0) {
+    long j = i % per;
+    *bi = i / per;
+    for (*p = 0; *p < np - 1 && j >= (width[*p] + CV_C - 1) / CV_C; (*p)++) j -= (width[*p] + CV_C - 1) / CV_C;
+    *c0 = j * CV_C;
+}
+
 /* Number of backward tasks (the partial buffer holds 2 * tasks * S * N scalars). */
 long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
     long F, per, cb, nblk;
@@ -100,7 +118,7 @@ long ssm_bwd_tasks(long nb, long D, long GB, long GC) {
 #undef SSM_LOG1P
 #undef SSM_EXPM1
 
-int ssm_abi_version(void) { return 15; }
+int ssm_abi_version(void) { return 16; }
 
 #else /* template body */
 
@@ -640,21 +658,39 @@ static inline __attribute__((always_inline)) void SSM_CAT(cv_fwd_task, SSM_SFX)(
     }
 }
 
-void SSM_CAT(cv_fwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win,
-                              S *restrict u, long nb, long E, long L, long K, int nthreads) {
-    const long nch = (E + CV_C - 1) / CV_C;
+/* one (batch element, chunk of channels) task of cv_fwd, its loops specialised: a full chunk and the
+ * usual width K = 4 run loops of fixed lengths with the taps unrolled */
+static void SSM_CAT(cv_fwd_run, SSM_SFX)(const S *x, long sx, const S *wt, const S *bias, const S *win, S *u,
+                                         long bi, long c0, long E, long L, long K) {
+    if (E - c0 >= CV_C && K == 4)
+        SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, CV_C, E, L, 4);
+    else if (K == 4)
+        SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0, E, L, 4);
+    else
+        SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0 < CV_C ? E - c0 : CV_C, E, L, K);
+}
+
+/* cv_fwd for np parts of x (b, L, ·) with row stride sx: part p is the columns col[p] ..
+ * col[p] + width[p] - 1 with its own taps wt[p] (K, width[p]), bias[p] (width[p]) or NULL,
+ * window win[p] (b, K-1, width[p]) or NULL, and output u[p] (b, L, width[p]) */
+void SSM_CAT(cv_fwd_parts, SSM_SFX)(const S *x, long sx, long np, const long *col, const long *width,
+                                    const S *const *wt, const S *const *bias, const S *const *win, S *const *u,
+                                    long nb, long L, long K, int nthreads) {
+    const long per = cv_part_tasks(np, width);
     long task;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (task = 0; task < nb * nch; task++) {
-        const long bi = task / nch, c0 = (task % nch) * CV_C;
-        /* a full chunk and the usual width K = 4: loops of fixed lengths, the taps unrolled */
-        if (E - c0 >= CV_C && K == 4)
-            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, CV_C, E, L, 4);
-        else if (K == 4)
-            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0, E, L, 4);
-        else
-            SSM_CAT(cv_fwd_task, SSM_SFX)(x, sx, wt, bias, win, u, bi, c0, E - c0 < CV_C ? E - c0 : CV_C, E, L, K);
+    for (task = 0; task < nb * per; task++) {
+        long bi, p, c0;
+        cv_part_task(task, per, np, width, &bi, &p, &c0);
+        SSM_CAT(cv_fwd_run, SSM_SFX)(x + col[p], sx, wt[p], bias[p], win[p], u[p], bi, c0, width[p], L, K);
     }
+}
+
+/* u (b, L, E) = silu(causal conv of the E channels of x (b, L, ·), row stride sx): one part */
+void SSM_CAT(cv_fwd, SSM_SFX)(const S *x, long sx, const S *wt, const S *bias, const S *win, S *u, long nb,
+                              long E, long L, long K, int nthreads) {
+    const long col = 0;
+    SSM_CAT(cv_fwd_parts, SSM_SFX)(x, sx, 1, &col, &E, &wt, &bias, &win, &u, nb, L, K, nthreads);
 }
 
 /* one task of cv_bwd: batch element bi, channels c0 .. c0 + cw (dx, dwin: rows not overlapping x or du) */
@@ -723,40 +759,65 @@ static inline __attribute__((always_inline)) void SSM_CAT(cv_bwd_task, SSM_SFX)(
     }
 }
 
-/* Backward of cv_fwd. du (b, L, E) contiguous; dx rows of stride sdx; dwin (b, K-1, E) or NULL.
- * dwt (K, E) and dbias (E) (may be NULL) are summed over the batch in index order from the batch
- * elements' slots in part (nb * (K + 1) * E scalars), each summed over t in order: the same
- * numbers for any thread count. work: nthreads * L * CV_C scalars (a task's dpre rows). */
-void SSM_CAT(cv_bwd, SSM_SFX)(const S *x, long sx, const S *restrict wt, const S *restrict bias, const S *win,
-                              const S *restrict du, S *dx, long sdx, S *dwin, S *restrict dwt, S *restrict dbias,
-                              S *restrict part, S *restrict work, long nb, long E, long L, long K, int nthreads) {
-    const long nch = (E + CV_C - 1) / CV_C;
+static void SSM_CAT(cv_bwd_run, SSM_SFX)(const S *x, long sx, const S *wt, const S *bias, const S *win,
+                                         const S *du, S *dx, long sdx, S *dwin, S *part, S *dp, long bi, long c0,
+                                         long E, long L, long K) {
+    if (E - c0 >= CV_C && K == 4) /* as in cv_fwd_run */
+        SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, CV_C, E, L, 4);
+    else if (K == 4)
+        SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, E - c0, E, L, 4);
+    else
+        SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0,
+                                      E - c0 < CV_C ? E - c0 : CV_C, E, L, K);
+}
+
+/* Backward of cv_fwd_parts. Per part p: du[p] (b, L, width[p]) contiguous; the gradient of x's
+ * columns col[p] .. into dx + col[p] (rows of stride sdx); dwin[p] (b, K-1, width[p]) or NULL;
+ * dwt[p] (K, width[p]) and dbias[p] (width[p]) (may be NULL) summed over the batch in index order
+ * from the batch elements' slots in part[p] (nb * (K + 1) * width[p] scalars), each summed over t
+ * in order: the same numbers for any thread count. work: nthreads * L * CV_C scalars (a task's
+ * dpre rows). */
+void SSM_CAT(cv_bwd_parts, SSM_SFX)(const S *x, long sx, long np, const long *col, const long *width,
+                                    const S *const *wt, const S *const *bias, const S *const *win,
+                                    const S *const *du, S *dx, long sdx, S *const *dwin, S *const *dwt,
+                                    S *const *dbias, S *const *part, S *restrict work, long nb, long L, long K,
+                                    int nthreads) {
+    const long per = cv_part_tasks(np, width);
 #pragma omp parallel num_threads(nthreads)
     {
         S *restrict dp = work + ssm_thread_id() * L * CV_C; /* dpre_t at dp + t * CV_C */
         long task;
 #pragma omp for schedule(static)
-        for (task = 0; task < nb * nch; task++) {
-            const long bi = task / nch, c0 = (task % nch) * CV_C;
-            if (E - c0 >= CV_C && K == 4) /* as in cv_fwd */
-                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, CV_C, E, L, 4);
-            else if (K == 4)
-                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0, E - c0, E, L, 4);
-            else
-                SSM_CAT(cv_bwd_task, SSM_SFX)(x, sx, wt, bias, win, du, dx, sdx, dwin, part, dp, bi, c0,
-                                              E - c0 < CV_C ? E - c0 : CV_C, E, L, K);
+        for (task = 0; task < nb * per; task++) {
+            long bi, p, c0;
+            cv_part_task(task, per, np, width, &bi, &p, &c0);
+            SSM_CAT(cv_bwd_run, SSM_SFX)(x + col[p], sx, wt[p], bias[p], win[p], du[p], dx + col[p], sdx, dwin[p],
+                                         part[p], dp, bi, c0, width[p], L, K);
         }
-        /* (implicit barrier) sum the slots over the batch in index order */
-        long r;
+        /* (implicit barrier) sum each part's slots over the batch in index order */
+        for (long p = 0; p < np; p++) {
+            const long E = width[p];
+            long r;
 #pragma omp for schedule(static)
-        for (r = 0; r < E; r++)
-            for (long k = 0; k <= K; k++) {
-                S sum = 0;
-                for (long bi = 0; bi < nb; bi++) sum += part[(bi * (K + 1) + k) * E + r];
-                if (k < K) dwt[k * E + r] = sum;
-                else if (dbias) dbias[r] = sum;
-            }
+            for (r = 0; r < E; r++)
+                for (long k = 0; k <= K; k++) {
+                    S sum = 0;
+                    for (long bi = 0; bi < nb; bi++) sum += part[p][(bi * (K + 1) + k) * E + r];
+                    if (k < K) dwt[p][k * E + r] = sum;
+                    else if (dbias[p]) dbias[p][r] = sum;
+                }
+        }
     }
+}
+
+/* Backward of cv_fwd (one part). du (b, L, E) contiguous; dx rows of stride sdx; dwin (b, K-1, E)
+ * or NULL; dwt (K, E), dbias (E) or NULL, part (nb * (K + 1) * E scalars) and work as above. */
+void SSM_CAT(cv_bwd, SSM_SFX)(const S *x, long sx, const S *wt, const S *bias, const S *win, const S *du, S *dx,
+                              long sdx, S *dwin, S *dwt, S *dbias, S *part, S *work, long nb, long E, long L, long K,
+                              int nthreads) {
+    const long col = 0;
+    SSM_CAT(cv_bwd_parts, SSM_SFX)(x, sx, 1, &col, &E, &wt, &bias, &win, &du, dx, sdx, &dwin, &dwt, &dbias, &part,
+                                   work, nb, L, K, nthreads);
 }
 
 /* ---------------------------------------------------------------------------------------------
