@@ -68,6 +68,10 @@ def test_module_linear_pads_a_plain_linear_and_leaves_a_hooked_one_to_the_module
     assert module_linear(m, x).is_contiguous() and calls == [(2, 200, 386)]
 
 
-def test_a_wrong_weight_width_still_gets_torchs_error():
+def test_bad_arguments_get_torchs_own_errors():
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         padded_linear(torch.randn(300, 64), torch.randn(386, 63))
+    with pytest.raises(TypeError):
+        padded_linear([[1.0] * 64] * 300, torch.randn(386, 64))
+    with pytest.raises(RuntimeError):
+        padded_linear(torch.randn(300, 64), torch.randn(386, 64), torch.randn(5))

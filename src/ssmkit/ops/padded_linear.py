@@ -34,6 +34,8 @@ def padding_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True where :func:`padded_linear` differs from ``F.linear``: a float32 CPU product of at
     least 256 rows whose output width is not a multiple of 16, outside torch.func transforms."""
     from . import _native  # the one test for "a forward-AD level or torch.func transform is active"
+    if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return False  # F.linear gives its own error
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.dim() == 2
             and weight.shape[0] % ALIGN != 0 and x.dim() >= 1 and x.numel() >= MIN_ROWS * max(1, x.shape[-1])
             and not _native.transform_active(x, weight))
@@ -79,8 +81,8 @@ def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     on the padded route its rows are ``padded_width(N)`` elements apart (not contiguous)."""
     if not padding_pays(x, weight) or weight.shape[1] != x.shape[-1]:
         return torch.nn.functional.linear(x, weight, bias)  # torch's own checks and errors
-    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype
-                             or bias.device != weight.device):
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],)
+                             or bias.dtype != weight.dtype or bias.device != weight.device):
         return torch.nn.functional.linear(x, weight, bias)
     if not x.is_contiguous():
         x = x.contiguous()
