@@ -37,6 +37,7 @@ from typing import Optional
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
+from ..._checks import _is_compiling
 from ..._io import fsync_dir
 
 __all__ = ["available", "library", "cache_dir", "ptr", "kernel", "autograd_needed", "transform_active"]
@@ -305,8 +306,11 @@ def library() -> Optional[ctypes.CDLL]:
 
 
 def available() -> bool:
-    """True if the native kernels are enabled and built (building them on the first call)."""
-    return library() is not None
+    """True if the native kernels are enabled and built (building them on the first call), and no
+    ``torch.compile`` trace is running: the kernels are ctypes calls the compiler cannot see into
+    (tracing Mamba-2's crashed the process inside torch 2.13's dynamo), so compiled code takes
+    every operation's torch path, which the compiler can trace and fuse."""
+    return library() is not None and not _is_compiling()
 
 
 def ptr(t) -> Optional[int]:
