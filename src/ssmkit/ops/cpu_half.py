@@ -59,8 +59,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 def module_linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``m(x)``; for a plain ``nn.Linear`` without hooks, in half precision on the CPU, the product
-    of :func:`linear`, and in float32 on the CPU with an output width that is not a multiple of
-    16, :func:`~ssmkit.ops.padded_linear.padded_linear` (its result's rows are padded); the module
+    of :func:`linear`, and in float32 on the CPU with an output width that MKL runs slowly (see
+    :func:`~ssmkit.ops.padded_linear.padding_pays`), :func:`~ssmkit.ops.padded_linear.padded_linear`
+    (its result's rows are padded); the module
     itself otherwise, e.g. replaced or hooked by the user."""
     if type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks:
         return m(x)

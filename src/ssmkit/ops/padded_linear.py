@@ -1,12 +1,14 @@
 """``x Wᵀ + b`` computed into rows padded to a multiple of 16 columns, on the CPU.
 
-The CPU's float32 matrix product (MKL in torch's CPU build) runs about half as fast when the
-output width N is not a multiple of 16: on the AVX-512 machine of benchmarks/RESULTS.md, 6,272
-rows of 64 times a (64, N) matrix took 4.4 ms at N = 384 and 400 but 8.0 ms at N = 386 — the
-width of Mamba-2's in-projection at d_model 64 (2·128 + 2·64 + 2). :func:`padded_linear`
-multiplies by the weight padded with zero rows to N' = 16⌈N/16⌉ and returns the first N columns
-of the (…, N') result: a view whose rows are N' apart, with the same values (the extra columns
-cost N'/N - 1 more arithmetic, at most 15 columns). Its backward is the plain linear one,
+The CPU's float32 matrix product (MKL in torch's CPU build) runs up to about half as fast for
+some output widths N: on the AVX-512 machine of benchmarks/RESULTS.md, 6,272 rows of 64 times a
+(64, N) matrix took 4.4 ms at N = 384 and 400 but 8.0 ms at N = 386, the width of Mamba-2's
+in-projection at d_model 64 (2·128 + 2·64 + 2). Measured with the two alternated, the padded
+product was 1.4-1.75x faster at N = 258, 300, 386 and 1,030 (K = 64 and 256), and 5-15% slower
+at N = 40, 100, 130, 200, 520 and 1,288: widths that are not a multiple of 8, from 256 columns
+on, are the slow ones. For those, :func:`padded_linear` multiplies by the weight padded with
+zero rows to N' = 16⌈N/16⌉ and returns the first N columns of the (…, N') result: a view whose
+rows are N' apart, with the same values. Its backward is the plain linear one,
 ``∂x = ∂y W``, ``∂W = ∂yᵀ x``, ``∂b = Σ ∂y``, over the N real columns only, in torch
 operations (so it has higher derivatives too).
 
@@ -23,6 +25,7 @@ __all__ = ["padded_linear", "padded_width", "padding_pays"]
 
 ALIGN = 16  # columns: 64 bytes of float32, one cache line
 MIN_ROWS = 256  # below this the product is short and the padding buys nothing measurable
+MIN_WIDTH = 256  # narrower outputs ran at full speed whatever their width (measured)
 
 
 def padded_width(n: int) -> int:
@@ -32,12 +35,13 @@ def padded_width(n: int) -> int:
 
 def padding_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True where :func:`padded_linear` differs from ``F.linear``: a float32 CPU product of at
-    least 256 rows whose output width is not a multiple of 16, outside torch.func transforms."""
+    least 256 rows whose output width is at least 256 and not a multiple of 8, outside torch.func
+    transforms."""
     from . import _native  # the one test for "a forward-AD level or torch.func transform is active"
     if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
         return False  # F.linear gives its own error
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.dim() == 2
-            and weight.shape[0] % ALIGN != 0 and x.dim() >= 1 and x.numel() >= MIN_ROWS * max(1, x.shape[-1])
+            and weight.shape[0] % 8 != 0 and weight.shape[0] >= MIN_WIDTH and x.dim() >= 1 and x.numel() >= MIN_ROWS * max(1, x.shape[-1])
             and not _native.transform_active(x, weight))
 
 
