@@ -13,26 +13,32 @@ import sys
 from ssmkit.layers import available_layers
 
 SCRIPT = r"""
-import json, sys, torch
+import copy, json, sys, torch
 from ssmkit.models import Backbone, SequenceClassifier
 from ssmkit.ops import _native
+
+def run(model, x):
+    y = model(x)
+    y.square().sum().backward()
+    return y.detach(), [p.grad.clone() for p in model.parameters()]
+
+def err(a, ref):
+    return float((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+
 out = {}
 for layer in sys.argv[1:]:
     torch.manual_seed(0)
     kw = {"l_max": 64} if layer in ("rtf", "s4") else {}
     m = SequenceClassifier(Backbone(32, 1, layer, kw, d_input=1), 10)
     x = torch.randn(2, 64, 1)
-    y = m(x)
-    y.square().sum().backward()
-    g = [p.grad.clone() for p in m.parameters()]
+    y64, g64 = run(copy.deepcopy(m).double(), x.double())  # the float64 reference, eager
+    y, g = run(m, x)  # eager float32: the native kernels
     m.zero_grad()
     torch._dynamo.reset()
-    y2 = torch.compile(m, backend="aot_eager")(x)
-    y2.square().sum().backward()
-    out[layer] = dict(
-        out=float((y2 - y).abs().max() / y.abs().max()),
-        grad=max(float((p.grad - q).abs().max() / q.abs().max().clamp_min(1e-30)) for p, q in zip(m.parameters(), g)),
-        native=_native.available())
+    yc, gc = run(torch.compile(m, backend="aot_eager"), x)  # compiled float32: the torch paths
+    out[layer] = dict(eager=max([err(y, y64)] + [err(a, r) for a, r in zip(g, g64)]),
+                      compiled=max([err(yc, y64)] + [err(a, r) for a, r in zip(gc, g64)]),
+                      native=_native.available())
 print(json.dumps(out))
 """
 
@@ -44,6 +50,7 @@ def test_every_layer_family_compiles_and_matches_eager():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(res) == set(layers)
     for layer, e in res.items():
-        # eager runs the native kernels, the compiled model the torch paths: both float32, so
-        # they differ by rounding (~1e-6 relative); a wrong path would be O(1)
-        assert e["out"] < 1e-4 and e["grad"] < 1e-3, (layer, e)
+        # eager runs the native kernels, the compiled model the torch paths: each against the
+        # float64 model within the float32 tolerance of docs/reliability.md (2e-3 relative
+        # max-norm error, outputs and every parameter's gradient); a wrong path would be O(1)
+        assert e["eager"] < 2e-3 and e["compiled"] < 2e-3, (layer, e)
