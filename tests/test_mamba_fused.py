@@ -175,7 +175,8 @@ def test_mamba2_conv_equals_reference_float64_with_gradients(E, GN, H, K, L, wit
 def test_mamba2_conv_reads_rows_padded_as_padded_linear_leaves_them():
     """zxbcdt whose rows are 400 apart (the padded in-projection) gives the same outputs and
     gradients as its contiguous copy, without being copied first."""
-    from ssmkit.ops.mamba_fused import _rows, mamba2_conv
+    from ssmkit.ops._native import row_view
+    from ssmkit.ops.mamba_fused import mamba2_conv
     g = torch.Generator().manual_seed(3)
     E, GN, H, K, L = 128, 64, 2, 4, 37
     Din = 2 * E + 2 * GN + H
@@ -184,7 +185,7 @@ def test_mamba2_conv_reads_rows_padded_as_padded_linear_leaves_them():
     strided[..., :Din] = dense
     strided = strided[..., :Din].requires_grad_()
     dense.requires_grad_()
-    assert _rows(strided.detach()).data_ptr() == strided.data_ptr()  # taken as it is, no copy
+    assert row_view(strided.detach())[0].data_ptr() == strided.data_ptr()  # taken as it is, no copy
     w = torch.randn(E + 2 * GN, 1, K, generator=g, requires_grad=True)
     cb = torch.randn(E + 2 * GN, generator=g, requires_grad=True)
     a = mamba2_conv(strided, w, cb, (E, E, GN, H))

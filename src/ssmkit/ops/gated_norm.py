@@ -96,24 +96,12 @@ def skip_gated_rms_norm(y, x, D, z, weight, group_size: int, eps: float, norm_be
     return _forward(y, x, D, z, weight, *args)[0]
 
 
-def _rows(z):
-    """``z`` as (rows, E) with its last dimension contiguous (a view when possible) and its row stride."""
-    E = z.shape[-1]
-    if z.stride(-1) != 1 or z.numel() == 0:
-        z = z.contiguous()
-    try:
-        z2 = z.view(-1, E)
-    except RuntimeError:  # rows not evenly strided: copy
-        z2 = z.contiguous().view(-1, E)
-    return z2, (z2.stride(0) if z2.shape[0] > 1 else E)
-
-
 def _forward(y, x, D, z, weight, group_size, eps, nbg):
     dtype = y.dtype
     E = z.shape[-1]
     H, P = y.shape[-2], y.shape[-1]
     y, x, D, weight = (t.detach().contiguous() for t in (y, x, D, weight))
-    z2, zs = _rows(z.detach())
+    z2, zs = _native.row_view(z.detach())
     rows = z2.shape[0]
     out = y.new_empty(*z.shape)
     rstd = y.new_empty(rows, E // group_size)

@@ -119,7 +119,11 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
                eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm of ``x`` (..., H) over its last dimension with ``weight``, ``bias`` (H,) or None:
     ``F.layer_norm(x, (H,), weight, bias, eps)``, by the native kernel where it applies."""
-    eps = _check(x, weight, bias, eps)
+    return _layer_norm(x, weight, bias, _check(x, weight, bias, eps))
+
+
+def _layer_norm(x, weight, bias, eps: float) -> torch.Tensor:
+    """:func:`layer_norm` on checked arguments."""
     if not _native_applies(x, weight, bias):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
     if _native.autograd_needed(x, weight, bias):
@@ -138,4 +142,4 @@ def layer_norm_with_skip(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
     eps = _check(x, weight, bias, eps)
     if _native_applies(x, weight, bias) and torch.is_grad_enabled() and x.requires_grad:
         return _NativeLayerNorm.apply(x, weight, bias, eps, True)
-    return layer_norm(x, weight, bias, eps), x
+    return _layer_norm(x, weight, bias, eps), x

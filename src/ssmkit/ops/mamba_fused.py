@@ -240,15 +240,6 @@ def _m2_parts(sizes):
     return ((E, 0, Ex), (E + Ex, Ex, GN), (E + Ex + GN, Ex + GN, GN))
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """t (b, L, D) itself when its rows are contiguous and evenly spaced (row stride >= D, as
-    padded_linear leaves them), which the kernels take as a row stride; a contiguous copy else."""
-    b, L, D = t.shape
-    if t.stride(2) == 1 and t.stride(1) >= D and (b == 1 or t.stride(0) == L * t.stride(1)):
-        return t
-    return t.contiguous()
-
-
 def _addresses(tensors) -> torch.Tensor:
     """An array of the tensors' data addresses (0 for None) for a kernel's per-part arguments:
     the caller keeps it (and the tensors) alive until the kernel returns."""
@@ -265,9 +256,9 @@ def _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes):
     dtype = zxbcdt.dtype
     threads = torch.get_num_threads()
     E, Ex, GN, H = sizes
-    zxbcdt = _rows(zxbcdt.detach())
     bsz, L, Din = zxbcdt.shape
-    S = zxbcdt.stride(1)  # row stride: Din, or more for the padded rows of padded_linear
+    rows, S = _native.row_view(zxbcdt.detach())  # row stride: Din, or more for padded_linear's rows
+    zxbcdt = rows.view(bsz, L, Din)
     K = conv_weight.shape[-1]
     Cd = Ex + 2 * GN
     wt = conv_weight.detach().reshape(Cd, K).t()  # (K, Cd)
@@ -310,7 +301,7 @@ class _Mamba2ConvFn(torch.autograd.Function):
         E, Ex, GN, H = ctx.sizes
         has_cb, has_win = ctx.has
         bsz, L, Din = zxbcdt.shape
-        S = zxbcdt.stride(1)
+        S = _native.row_view(zxbcdt)[1]  # the forward's row stride (zxbcdt is already its view)
         K = pieces[0][0].shape[0]
         Cd = Ex + 2 * GN
         g = zxbcdt.new_empty(bsz, L, Din)

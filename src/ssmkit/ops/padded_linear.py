@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from . import _native
+
 __all__ = ["padded_linear", "padded_width", "padding_pays"]
 
 ALIGN = 16  # columns: 64 bytes of float32, one cache line
@@ -37,7 +39,6 @@ def padding_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True where :func:`padded_linear` differs from ``F.linear``: a float32 CPU product of at
     least 256 rows whose output width is at least 256 and not a multiple of 8, outside torch.func
     transforms."""
-    from . import _native  # the one test for "a forward-AD level or torch.func transform is active"
     if not (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)):
         return False  # F.linear gives its own error
     return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and weight.dim() == 2

@@ -40,7 +40,7 @@ from torch.autograd import forward_ad as _forward_ad
 from ..._checks import _is_compiling
 from ..._io import fsync_dir
 
-__all__ = ["available", "library", "cache_dir", "ptr", "kernel", "autograd_needed", "transform_active"]
+__all__ = ["available", "library", "cache_dir", "ptr", "kernel", "autograd_needed", "transform_active", "row_view"]
 
 _SRC = Path(__file__).with_name("selective_scan.c")
 # every source compiled into the one library: the selective scan, the fused decoding steps, the SSD scan,
@@ -316,6 +316,20 @@ def available() -> bool:
 def ptr(t) -> Optional[int]:
     """The address of a tensor's data for a kernel argument (None for an absent tensor: NULL)."""
     return None if t is None else t.data_ptr()
+
+
+def row_view(t: torch.Tensor):
+    """``t`` as (rows, D) with its last dimension contiguous and its rows evenly spaced, for a
+    kernel that takes a row stride: a view where t's layout allows (e.g. the padded rows of
+    ``padded_linear``), else a contiguous copy; and that row stride."""
+    D = t.shape[-1]
+    if t.stride(-1) != 1 or t.numel() == 0:
+        t = t.contiguous()
+    try:
+        t2 = t.view(-1, D)
+    except RuntimeError:  # rows not evenly strided: copy
+        t2 = t.contiguous().view(-1, D)
+    return t2, (t2.stride(0) if t2.shape[0] > 1 else D)
 
 
 def autograd_needed(*tensors) -> bool:
