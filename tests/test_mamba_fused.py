@@ -197,3 +197,42 @@ def test_mamba2_conv_reads_rows_padded_as_padded_linear_leaves_them():
     gb = torch.autograd.grad(sum((o * v).sum() for o, v in zip(b, weights)), [dense, w, cb])
     for x, y in zip(ga, gb):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("bad, name", [
+    (dict(zxbcdt=torch.randn(2, 5, 380)), "zxbcdt"),  # not E + Ex + 2 GN + H wide: read past each row before
+    (dict(conv_weight=torch.randn(250, 1, 4)), "conv_weight"),
+    (dict(conv_bias=torch.randn(7)), "conv_bias"),
+    (dict(conv_state=torch.randn(2, 256, 2)), "conv_state"),
+    (dict(sizes=(128, 128, 64)), "sizes"),
+    (dict(sizes=(128, 0, 64, 2)), "sizes[1]"),
+])
+def test_mamba2_conv_names_a_wrong_shape(bad, name):
+    from helpers import raises_naming
+    from ssmkit.ops.mamba_fused import mamba2_conv
+    args = dict(zxbcdt=torch.randn(2, 5, 386), conv_weight=torch.randn(256, 1, 4), conv_bias=torch.randn(256),
+                sizes=(128, 128, 64, 2), conv_state=None)
+    args.update(bad)
+    with raises_naming(ValueError, name):
+        mamba2_conv(args["zxbcdt"], args["conv_weight"], args["conv_bias"], args["sizes"], args["conv_state"])
+
+
+@pytest.mark.parametrize("bad, name", [
+    (dict(xz=torch.randn(2, 9, 31)), "xz"),
+    (dict(conv_weight=torch.randn(15, 1, 4)), "conv_weight"),
+    (dict(x_proj_weight=torch.randn(10, 17)), "x_proj_weight"),
+    (dict(D=torch.randn(5)), "D"),
+    (dict(ssm_state=torch.randn(2, 16, 3)), "ssm_state"),
+])
+def test_mamba_inner_names_a_wrong_shape(bad, name):
+    """A (E, N + 1) against an x_proj of R + 2N rows used to run, reading past each row of the
+    projection; every such mismatch is now refused by name."""
+    from helpers import raises_naming
+    from ssmkit.ops.mamba_fused import mamba_inner
+    E, N, R, K = 16, 4, 2, 4
+    args = dict(xz=torch.randn(2, 9, 2 * E), conv_weight=torch.randn(E, 1, K), conv_bias=torch.randn(E),
+                x_proj_weight=torch.randn(R + 2 * N, E), dt_proj_weight=torch.randn(E, R),
+                dt_proj_bias=torch.randn(E), A=-torch.rand(E, N), D=torch.randn(E))
+    args.update(bad)
+    with raises_naming(ValueError, name):
+        mamba_inner(**args)

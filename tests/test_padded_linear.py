@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import raises_naming
 from ssmkit.ops.cpu_half import module_linear
 from ssmkit.ops.padded_linear import padded_linear, padded_width, padding_pays
 
@@ -69,10 +70,20 @@ def test_module_linear_pads_a_plain_linear_and_leaves_a_hooked_one_to_the_module
     assert module_linear(m, x).is_contiguous() and calls == [(2, 200, 386)]
 
 
-def test_bad_arguments_get_torchs_own_errors():
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+def test_bad_arguments_are_refused_by_name():
+    with raises_naming(ValueError, "weight"):
         padded_linear(torch.randn(300, 64), torch.randn(386, 63))
-    with pytest.raises(TypeError):
+    with raises_naming(TypeError, "x"):
         padded_linear([[1.0] * 64] * 300, torch.randn(386, 64))
-    with pytest.raises(RuntimeError):
+    with raises_naming(ValueError, "bias"):
         padded_linear(torch.randn(300, 64), torch.randn(386, 64), torch.randn(5))
+    with raises_naming(TypeError, "weight"):
+        padded_linear(torch.randn(300, 64).double(), torch.randn(386, 64))
+    with raises_naming(ValueError, "x"):
+        padded_linear(torch.tensor(1.0), torch.randn(386, 1))
+
+
+@pytest.mark.parametrize("shape", [(0, 300, 64), (2, 0, 64)])
+def test_empty_batches_and_lengths_give_empty_results(shape):
+    y = padded_linear(torch.randn(*shape), torch.randn(386, 64))
+    assert y.shape == (*shape[:-1], 386)

@@ -40,6 +40,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_positive_int, check_tensor
 from . import _native
 from .cpu_half import depthwise_conv1d, linear
 from .selective_scan import CHECKPOINT_EVERY, selective_scan, selective_scan_ref
@@ -96,12 +97,34 @@ def mamba_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_pr
     """Fast path of :func:`mamba_inner_ref` (same arguments and results; see the module
     docstring). ``checkpoint_every``: steps between the states kept for the backward pass."""
     args = (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, conv_state, ssm_state)
+    _check_inner(*args)
     if not fused_applies(*args):
         return _composed(selective_scan, *args)
     if _native.autograd_needed(*args):
         return _MambaInnerFn.apply(*args, checkpoint_every)
     out, last, _ = _fused_forward(*args, checkpoint_every, save=False)
     return out, last
+
+
+def _check_inner(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D, conv_state,
+                 ssm_state) -> None:
+    """mamba_inner's shapes (the argument is named): xz (b, L, 2E); A (E, N); dt_proj_weight
+    (E, R); x_proj_weight (R + 2N, E); conv_weight (E, 1, K); conv_bias, dt_proj_bias, D (E,) or
+    None; conv_state (b, E, K - 1), ssm_state (b, E, N) or None. Values are not checked."""
+    check_tensor("xz", xz, ndim=3, floating=True, finite=False)
+    if xz.shape[-1] % 2:
+        raise ValueError(f"xz must have shape (batch, length, 2E), got {tuple(xz.shape)}")
+    E = xz.shape[-1] // 2
+    check_tensor("A", A, shape=(E, None), floating=True, finite=False)
+    check_tensor("dt_proj_weight", dt_proj_weight, shape=(E, None), floating=True, finite=False)
+    N, R = A.shape[1], dt_proj_weight.shape[1]
+    check_tensor("x_proj_weight", x_proj_weight, shape=(R + 2 * N, E), floating=True, finite=False)
+    check_tensor("conv_weight", conv_weight, shape=(E, 1, None), floating=True, finite=False)
+    for name, t, shape in (("conv_bias", conv_bias, (E,)), ("dt_proj_bias", dt_proj_bias, (E,)), ("D", D, (E,)),
+                           ("conv_state", conv_state, (xz.shape[0], E, conv_weight.shape[-1] - 1)),
+                           ("ssm_state", ssm_state, (xz.shape[0], E, N))):
+        if t is not None:
+            check_tensor(name, t, shape=shape, floating=True, finite=False)
 
 
 def _fused_forward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A, D,
@@ -226,12 +249,32 @@ def mamba2_conv(zxbcdt, conv_weight, conv_bias, sizes, conv_state=None):
 
     On CPU float32/float64 with the native library this is one autograd node whose backward
     writes every gradient straight into one buffer of the in-projection's output layout (no
-    concatenation of the pieces, no transposes); elsewhere it is :func:`mamba2_conv_ref`."""
+    concatenation of the pieces, no transposes); elsewhere it is :func:`mamba2_conv_ref`.
+    Shapes are checked (the argument is named); values are not (the layer checks its input)."""
+    sizes = _check_m2(zxbcdt, conv_weight, conv_bias, sizes, conv_state)
     if not fused_applies(zxbcdt, conv_weight, conv_bias, conv_state):
         return mamba2_conv_ref(zxbcdt, conv_weight, conv_bias, sizes, conv_state)
     if _native.autograd_needed(zxbcdt, conv_weight, conv_bias, conv_state):
-        return _Mamba2ConvFn.apply(zxbcdt, conv_weight, conv_bias, conv_state, tuple(sizes))
-    return _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, tuple(sizes))[0]
+        return _Mamba2ConvFn.apply(zxbcdt, conv_weight, conv_bias, conv_state, sizes)
+    return _m2_forward(zxbcdt, conv_weight, conv_bias, conv_state, sizes)[0]
+
+
+def _check_m2(zxbcdt, conv_weight, conv_bias, sizes, conv_state) -> tuple:
+    """mamba2_conv's shapes: sizes four positive ints (E, Ex, GN, H); zxbcdt (b, L, E + Ex + 2 GN + H),
+    conv_weight (Ex + 2 GN, 1, K), conv_bias (Ex + 2 GN,) or None, conv_state (b, Ex + 2 GN, K - 1)
+    or None; one floating dtype. Returns sizes as a tuple."""
+    if not isinstance(sizes, (tuple, list)) or len(sizes) != 4:
+        raise ValueError(f"sizes must be (E, Ex, GN, H), four positive ints, got {sizes!r}")
+    E, Ex, GN, H = (check_positive_int(f"sizes[{i}]", v) for i, v in enumerate(sizes))
+    Cd = Ex + 2 * GN
+    check_tensor("zxbcdt", zxbcdt, shape=(None, None, E + Cd + H), floating=True, finite=False)
+    check_tensor("conv_weight", conv_weight, shape=(Cd, 1, None), floating=True, finite=False)
+    if conv_bias is not None:
+        check_tensor("conv_bias", conv_bias, shape=(Cd,), floating=True, finite=False)
+    if conv_state is not None:
+        check_tensor("conv_state", conv_state, shape=(zxbcdt.shape[0], Cd, conv_weight.shape[-1] - 1),
+                     floating=True, finite=False)
+    return E, Ex, GN, H
 
 
 def _m2_parts(sizes):

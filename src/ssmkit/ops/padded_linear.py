@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from .._checks import check_tensor
 from . import _native
 
 __all__ = ["padded_linear", "padded_width", "padding_pays"]
@@ -81,13 +82,21 @@ class _PaddedLinear(torch.autograd.Function):
 
 
 def padded_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` — x (..., K), weight (N, K), bias (N,) — computed at the
-    padded width where :func:`padding_pays`, else by ``F.linear`` itself. The result is (..., N);
-    on the padded route its rows are ``padded_width(N)`` elements apart (not contiguous)."""
-    if not padding_pays(x, weight) or weight.shape[1] != x.shape[-1]:
-        return torch.nn.functional.linear(x, weight, bias)  # torch's own checks and errors
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],)
-                             or bias.dtype != weight.dtype or bias.device != weight.device):
+    """``F.linear(x, weight, bias)`` — x (..., K), weight (N, K), bias (N,) or None, one floating
+    dtype and device — computed at the padded width where :func:`padding_pays`, else by
+    ``F.linear`` itself. The result is (..., N); on the padded route its rows are
+    ``padded_width(N)`` elements apart (not contiguous). Shapes and dtypes are checked (the
+    argument is named); values are not, as in ``nn.Linear``."""
+    check_tensor("x", x, floating=True, finite=False)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the K inputs), got a 0-dimensional tensor")
+    check_tensor("weight", weight, shape=(None, x.shape[-1]), floating=True, finite=False)
+    if bias is not None:
+        check_tensor("bias", bias, shape=(weight.shape[0],), floating=True, finite=False)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise TypeError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}), got {t.dtype}, {t.device}")
+    if not padding_pays(x, weight):
         return torch.nn.functional.linear(x, weight, bias)
     if not x.is_contiguous():
         x = x.contiguous()
